@@ -1,0 +1,35 @@
+# Two commands for a new user:  `make run` (set up + default pipeline)  and  `make test` (set up + tests).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+RECIPE ?= configs/default.yaml
+
+.PHONY: setup run quick test test-slow lint clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# torch first and exactly pinned: its CPU build comes from the local wheel, not a multi-GB CUDA build.
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $@
+
+setup: $(BIN)/.installed
+
+run: setup
+	HF_HUB_OFFLINE=1 $(BIN)/edge-compress run $(RECIPE)
+
+quick: setup
+	HF_HUB_OFFLINE=1 $(BIN)/edge-compress run configs/quick.yaml
+
+test: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+test-slow: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m slow
+
+lint: setup
+	$(BIN)/ruff check compress export benchmarks tests
+
+clean:
+	rm -rf runs $(VENV) *.egg-info

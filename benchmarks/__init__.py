@@ -1,0 +1,1 @@
+"""Measurements of deployed artifacts: accuracy, latency, size, memory; and the run report."""

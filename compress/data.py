@@ -1,0 +1,158 @@
+"""Task data: read TSV/CSV/JSONL splits, map labels to ids, tokenize without padding.
+
+Padding happens per batch (dynamic padding) and batches are grouped by length, so the short SST-2 sentences
+(about 13 tokens on average in train) are not padded to a fixed 128.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from compress.recipe import DataConfig, RecipeError
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split of the task: texts and label ids."""
+
+    texts: list[str]
+    labels: list[int]
+
+
+@dataclass(frozen=True)
+class TaskData:
+    """All splits, plus the label names in id order (shipped with the model)."""
+
+    train: Split
+    dev: Split
+    test: Split | None
+    label_names: list[str]
+
+
+def _read_rows(path: Path, text_col: str, label_col: str, key: str) -> list[tuple[str, str]]:
+    suffix = path.suffix.lower()
+    rows: list[tuple[str, str]] = []
+    with path.open(encoding="utf-8", newline="") as f:
+        if suffix in (".jsonl", ".json"):
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise RecipeError(f"data.{key} = {str(path)!r}: line {n} is not JSON ({e.msg})") from None
+                _check_columns(rec.keys(), path, text_col, label_col, key)
+                rows.append((str(rec[text_col]), str(rec[label_col])))
+        else:
+            # TSV files of GLUE are unquoted: a quote character is part of the text.
+            reader = (
+                csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+                if suffix == ".tsv"
+                else csv.DictReader(f)
+            )
+            _check_columns(reader.fieldnames or [], path, text_col, label_col, key)
+            for rec in reader:
+                if rec[text_col] is None or rec[label_col] is None:
+                    raise RecipeError(f"data.{key} = {str(path)!r}: line {reader.line_num} has too few columns")
+                rows.append((rec[text_col], rec[label_col].strip()))
+    if not rows:
+        raise RecipeError(f"data.{key} = {str(path)!r}: no rows")
+    return rows
+
+
+def _check_columns(columns, path: Path, text_col: str, label_col: str, key: str) -> None:
+    columns = list(columns)
+    for name, col in (("text_column", text_col), ("label_column", label_col)):
+        if col not in columns:
+            raise RecipeError(f"data.{name} = {col!r}: no such column in {path} (columns: {', '.join(columns)})")
+
+
+def load_task_data(cfg: DataConfig) -> TaskData:
+    """Read the splits named in the recipe.
+
+    Raises:
+        RecipeError: a missing column, an unparsable line, or a dev/test label that train does not have.
+    """
+    raw = {k: _read_rows(getattr(cfg, k), cfg.text_column, cfg.label_column, k) for k in ("train", "dev")}
+    if cfg.test is not None:
+        raw["test"] = _read_rows(cfg.test, cfg.text_column, cfg.label_column, "test")
+    names = list(cfg.labels) if cfg.labels else sorted({lab for _, lab in raw["train"]}, key=_label_sort_key)
+    if len(names) < 2:
+        raise RecipeError(f"data.label_column = {cfg.label_column!r}: train has fewer than 2 distinct labels")
+    index = {n: i for i, n in enumerate(names)}
+    splits: dict[str, Split] = {}
+    for key, rows in raw.items():
+        limit = cfg.max_train_examples if key == "train" else cfg.max_eval_examples
+        if limit is not None:
+            rows = rows[:limit]
+        unknown = sorted({lab for _, lab in rows if lab not in index})
+        if unknown:
+            raise RecipeError(
+                f"data.{key}: labels {unknown[:5]} are not among the known labels {names} (set data.labels)"
+            )
+        splits[key] = Split([t for t, _ in rows], [index[lab] for _, lab in rows])
+    return TaskData(splits["train"], splits["dev"], splits.get("test"), names)
+
+
+def _label_sort_key(label: str) -> tuple[int, float | str]:
+    # Numeric labels sort numerically ("2" before "10"); others alphabetically.
+    try:
+        return (0, float(label))
+    except ValueError:
+        return (1, label)
+
+
+class EncodedDataset(torch.utils.data.Dataset):
+    """Tokenized examples (unpadded), optionally with the teacher's cached logits for distillation."""
+
+    def __init__(self, encodings: dict[str, list[list[int]]], labels: list[int], teacher_logits=None):
+        self.encodings = encodings
+        self.labels = labels
+        self.teacher_logits = teacher_logits  # (N, C) float32 array or None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict:
+        item = {k: v[i] for k, v in self.encodings.items()}
+        item["labels"] = self.labels[i]
+        if self.teacher_logits is not None:
+            item["teacher_logits"] = self.teacher_logits[i]
+        return item
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(x) for x in self.encodings["input_ids"]]
+
+
+def encode(tokenizer, split: Split, max_length: int, teacher_logits=None) -> EncodedDataset:
+    """Tokenize a split with truncation and no padding."""
+    enc = tokenizer(split.texts, truncation=True, max_length=max_length, padding=False)
+    keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
+    return EncodedDataset({k: enc[k] for k in keys}, split.labels, teacher_logits)
+
+
+class PadCollator:
+    """Pads a batch to its longest member and stacks teacher logits when present."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        logits = [f.pop("teacher_logits") for f in features if "teacher_logits" in f]
+        batch = self.tokenizer.pad(features, padding="longest", return_tensors="pt")
+        if logits:
+            batch["teacher_logits"] = torch.as_tensor(np.stack(logits), dtype=torch.float32)
+        return batch
+
+
+def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of similar length, for fast inference over a whole split."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]

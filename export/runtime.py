@@ -1,0 +1,82 @@
+"""Uniform inference over a PyTorch model and an ONNX Runtime session, for checks and benchmarks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from compress.data import length_sorted_batches
+
+
+def session_options(threads: int):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.log_severity_level = 3
+    return so
+
+
+class OrtClassifier:
+    """An ONNX sequence classifier on ONNX Runtime's CPU provider; call it with a dict of int64 arrays."""
+
+    runtime = "onnxruntime"
+
+    def __init__(self, model_path: Path, threads: int = 1):
+        import onnxruntime as ort
+
+        self.session = ort.InferenceSession(
+            str(model_path), session_options(threads), providers=["CPUExecutionProvider"]
+        )
+        self.input_names = [i.name for i in self.session.get_inputs()]
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        feeds = {k: np.asarray(batch[k], dtype=np.int64) for k in self.input_names}
+        return self.session.run(["logits"], feeds)[0]
+
+
+class TorchClassifier:
+    """A PyTorch sequence classifier in eager mode; call it with a dict of int64 arrays."""
+
+    runtime = "torch"
+
+    def __init__(self, model_or_dir, threads: int | None = None):
+        import torch
+        from transformers import AutoModelForSequenceClassification
+
+        if threads is not None:
+            torch.set_num_threads(threads)
+        if isinstance(model_or_dir, str | Path):
+            model_or_dir = AutoModelForSequenceClassification.from_pretrained(model_or_dir, local_files_only=True)
+        self.model = model_or_dir.eval()
+        self._torch = torch
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        torch = self._torch
+        with torch.inference_mode():
+            feeds = {k: torch.as_tensor(np.asarray(v, dtype=np.int64)) for k, v in batch.items()}
+            return self.model(**feeds).logits.float().numpy()
+
+
+def tokenize_each(tokenizer, texts: list[str], max_length: int) -> list[dict[str, np.ndarray]]:
+    """One (1, T) batch per text at its real length: what a single-sentence request looks like."""
+    enc = tokenizer(texts, truncation=True, max_length=max_length, padding=False)
+    keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
+    return [{k: np.asarray([enc[k][i]], dtype=np.int64) for k in keys} for i in range(len(texts))]
+
+
+def batched_logits(classifier, tokenizer, texts: list[str], max_length: int, batch_size: int = 32) -> np.ndarray:
+    """Logits for every text, in order, from length-sorted padded batches."""
+    enc = tokenizer(texts, truncation=True, max_length=max_length, padding=False)
+    lengths = [len(x) for x in enc["input_ids"]]
+    out: np.ndarray | None = None
+    for idx in length_sorted_batches(lengths, batch_size):
+        batch = tokenizer.pad({k: [enc[k][i] for i in idx] for k in enc}, padding="longest", return_tensors="np")
+        logits = classifier(dict(batch))
+        if out is None:
+            out = np.zeros((len(texts), logits.shape[-1]), dtype=np.float32)
+        out[idx] = logits
+    return out
