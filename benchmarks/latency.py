@@ -46,8 +46,8 @@ def measure_latency(
     """
     names = list(runners)
     for name in names:
-        for x in inputs[: max(warmup, 0)] or inputs[:1]:
-            runners[name](x)
+        for k in range(warmup):  # cycles through the inputs when warmup > len(inputs)
+            runners[name](inputs[k % len(inputs)])
     times: dict[str, list[float]] = {n: [] for n in names}
     steps = [(p, i) for p in range(passes) for i in range(len(inputs))]
     it = progress(steps) if progress else steps

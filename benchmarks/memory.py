@@ -28,7 +28,9 @@ def _peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux; non-Linux fallback
 
 
-def _child(runtime: str, model: str, tokenizer_dir: str, texts: list[str], threads: int, max_length: int) -> dict:
+def _child(
+    runtime: str, model: str, tokenizer_dir: str, texts: list[str], threads: int, max_length: int
+) -> dict:
     import numpy as np
     from tokenizers import Tokenizer
 
@@ -48,7 +50,11 @@ def _child(runtime: str, model: str, tokenizer_dir: str, texts: list[str], threa
         load_s = time.perf_counter() - t0
         names = [i.name for i in sess.get_inputs()]
         for e in encs:
-            feeds = {"input_ids": [e.ids], "attention_mask": [e.attention_mask], "token_type_ids": [e.type_ids]}
+            feeds = {
+                "input_ids": [e.ids],
+                "attention_mask": [e.attention_mask],
+                "token_type_ids": [e.type_ids],
+            }
             sess.run(None, {k: np.asarray(feeds[k], dtype=np.int64) for k in names})
     else:
         import torch
@@ -67,7 +73,13 @@ def _child(runtime: str, model: str, tokenizer_dir: str, texts: list[str], threa
 
 
 def measure_peak_rss(
-    runtime: str, model: Path | str, tokenizer_dir: Path, texts: list[str], *, threads: int = 1, max_length: int = 128
+    runtime: str,
+    model: Path | str,
+    tokenizer_dir: Path,
+    texts: list[str],
+    *,
+    threads: int = 1,
+    max_length: int = 128,
 ) -> dict:
     """Peak RSS of a fresh process loading `model` and running it on `texts`, and of one that loads none.
 
@@ -75,11 +87,30 @@ def measure_peak_rss(
         peak_rss_bytes, baseline_rss_bytes (same imports and tokenizer, no model), their difference and the
         model load time.
     """
+
     def run(m: str) -> dict:
-        cmd = [sys.executable, "-m", "benchmarks.memory", "--runtime", runtime, "--model", str(m),
-               "--tokenizer", str(tokenizer_dir), "--threads", str(threads), "--max-length", str(max_length)]
-        proc = subprocess.run(cmd, input="\n".join(texts), capture_output=True, text=True,
-                              cwd=Path(__file__).resolve().parent.parent)
+        cmd = [
+            sys.executable,
+            "-m",
+            "benchmarks.memory",
+            "--runtime",
+            runtime,
+            "--model",
+            str(m),
+            "--tokenizer",
+            str(tokenizer_dir),
+            "--threads",
+            str(threads),
+            "--max-length",
+            str(max_length),
+        ]
+        proc = subprocess.run(
+            cmd,
+            input="\n".join(texts),
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
         if proc.returncode != 0:
             raise RuntimeError(f"memory probe failed for {m}: {proc.stderr.strip().splitlines()[-1:]}")
         return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -106,8 +106,14 @@ def benchmark(
         probe_texts = data.dev.texts[:32]
         for v in tqdm(variants, desc="peak RSS (fresh process each)", unit="variant"):
             records[v.name].update(
-                measure_peak_rss(v.runtime, v.path, v.tokenizer_dir, probe_texts, threads=config.threads,
-                                 max_length=max_length)
+                measure_peak_rss(
+                    v.runtime,
+                    v.path,
+                    v.tokenizer_dir,
+                    probe_texts,
+                    threads=config.threads,
+                    max_length=max_length,
+                )
             )
 
     lengths = [int(r["input_ids"].shape[1]) for r in requests]

@@ -39,7 +39,7 @@ def _read_rows(path: Path, text_col: str, label_col: str, key: str) -> list[tupl
     suffix = path.suffix.lower()
     rows: list[tuple[str, str]] = []
     with path.open(encoding="utf-8", newline="") as f:
-        if suffix in (".jsonl", ".json"):
+        if suffix == ".jsonl":
             for n, line in enumerate(f, 1):
                 if not line.strip():
                     continue
@@ -47,8 +47,10 @@ def _read_rows(path: Path, text_col: str, label_col: str, key: str) -> list[tupl
                     rec = json.loads(line)
                 except json.JSONDecodeError as e:
                     raise RecipeError(f"data.{key} = {str(path)!r}: line {n} is not JSON ({e.msg})") from None
+                if not isinstance(rec, dict):
+                    raise RecipeError(f"data.{key} = {str(path)!r}: line {n} is not a JSON object")
                 _check_columns(rec.keys(), path, text_col, label_col, key)
-                rows.append((str(rec[text_col]), str(rec[label_col])))
+                rows.append((str(rec[text_col]), _label_str(rec[label_col])))
         else:
             # TSV files of GLUE are unquoted: a quote character is part of the text.
             reader = (
@@ -59,18 +61,29 @@ def _read_rows(path: Path, text_col: str, label_col: str, key: str) -> list[tupl
             _check_columns(reader.fieldnames or [], path, text_col, label_col, key)
             for rec in reader:
                 if rec[text_col] is None or rec[label_col] is None:
-                    raise RecipeError(f"data.{key} = {str(path)!r}: line {reader.line_num} has too few columns")
+                    raise RecipeError(
+                        f"data.{key} = {str(path)!r}: line {reader.line_num} has too few columns"
+                    )
                 rows.append((rec[text_col], rec[label_col].strip()))
     if not rows:
         raise RecipeError(f"data.{key} = {str(path)!r}: no rows")
     return rows
 
 
+def _label_str(value) -> str:
+    # JSON labels 0, 0.0 and "0" are one label; TSV/CSV labels are strings already.
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value)
+
+
 def _check_columns(columns, path: Path, text_col: str, label_col: str, key: str) -> None:
     columns = list(columns)
     for name, col in (("text_column", text_col), ("label_column", label_col)):
         if col not in columns:
-            raise RecipeError(f"data.{name} = {col!r}: no such column in {path} (columns: {', '.join(columns)})")
+            raise RecipeError(
+                f"data.{name} = {col!r}: no such column in {path} (columns: {', '.join(columns)})"
+            )
 
 
 def load_task_data(cfg: DataConfig) -> TaskData:

@@ -49,9 +49,15 @@ def distill(
     )
     student.train()
     history = train(
-        student, tokenizer, train_set, args, distill={"temperature": config.temperature, "alpha": config.alpha}
+        student,
+        tokenizer,
+        train_set,
+        args,
+        distill={"temperature": config.temperature, "alpha": config.alpha},
     )
-    dev_logits = predict_logits(student, tokenizer, encode(tokenizer, data.dev, max_length), desc="student dev")
+    dev_logits = predict_logits(
+        student, tokenizer, encode(tokenizer, data.dev, max_length), desc="student dev"
+    )
     return DistillResult(
         student,
         {

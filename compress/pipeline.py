@@ -22,7 +22,7 @@ from compress.manifest import (
     library_versions,
     write_json_atomic,
 )
-from compress.recipe import Recipe
+from compress.recipe import Recipe, RecipeError
 
 # The ONNX variants the export stage writes, from which stage's output each comes.
 EXPORTED = {"teacher": "teacher", "student": "distill", "pruned": "prune"}
@@ -71,7 +71,9 @@ def _teacher(ctx: RunContext, out: Path) -> dict:
     from compress.teacher import train_teacher
 
     r = ctx.recipe
-    res = train_teacher(r.teacher, ctx.data, seed=r.seed, max_length=r.data.max_length, work_dir=out / "_trainer")
+    res = train_teacher(
+        r.teacher, ctx.data, seed=r.seed, max_length=r.data.max_length, work_dir=out / "_trainer"
+    )
     res.model.save_pretrained(out)
     res.tokenizer.save_pretrained(out)
     np.save(out / "train_logits.npy", res.train_logits)
@@ -84,8 +86,14 @@ def _distill(ctx: RunContext, out: Path) -> dict:
     r = ctx.recipe
     teacher, tokenizer = ctx.load("teacher")
     res = distill(
-        teacher, tokenizer, ctx.teacher_logits(), r.distill, ctx.data,
-        seed=r.seed, max_length=r.data.max_length, work_dir=out / "_trainer",
+        teacher,
+        tokenizer,
+        ctx.teacher_logits(),
+        r.distill,
+        ctx.data,
+        seed=r.seed,
+        max_length=r.data.max_length,
+        work_dir=out / "_trainer",
     )
     res.model.save_pretrained(out)
     tokenizer.save_pretrained(out)
@@ -98,8 +106,14 @@ def _prune(ctx: RunContext, out: Path) -> dict:
     r = ctx.recipe
     student, tokenizer = ctx.load("distill")
     res = prune(
-        student, tokenizer, ctx.teacher_logits(), r.prune, ctx.data,
-        seed=r.seed, max_length=r.data.max_length, work_dir=out / "_trainer",
+        student,
+        tokenizer,
+        ctx.teacher_logits(),
+        r.prune,
+        ctx.data,
+        seed=r.seed,
+        max_length=r.data.max_length,
+        work_dir=out / "_trainer",
     )
     res.model.save_pretrained(out)
     tokenizer.save_pretrained(out)
@@ -113,7 +127,11 @@ def _export(ctx: RunContext, out: Path) -> dict:
     for name, stage in EXPORTED.items():
         ctx.log(f"    exporting {name} ({stage}/) to ONNX")
         metrics[name] = export_onnx(
-            ctx.out(stage), out / name, ctx.recipe.export, ctx.data.dev.texts, max_length=ctx.recipe.data.max_length
+            ctx.out(stage),
+            out / name,
+            ctx.recipe.export,
+            ctx.data.dev.texts,
+            max_length=ctx.recipe.data.max_length,
         )
     return metrics
 
@@ -131,22 +149,68 @@ def _benchmark(ctx: RunContext, out: Path) -> dict:
     teacher, distill, prune = (m.stage(s)["metrics"] for s in ("teacher", "distill", "prune"))
     exp = ctx.out("export")
     variants = [
-        Variant("teacher-torch", "baseline", "torch", None, ctx.out("teacher"), ctx.out("teacher"),
-                teacher["params"], teacher["layers"]),
-        Variant("teacher-onnx", "teacher", "onnxruntime", "teacher-torch", exp / "teacher" / "model.onnx",
-                exp / "teacher", teacher["params"], teacher["layers"]),
-        Variant("student-onnx", "distill", "onnxruntime", "teacher-onnx", exp / "student" / "model.onnx",
-                exp / "student", distill["params"], distill["layers"]),
-        Variant("pruned-onnx", "prune", "onnxruntime", "student-onnx", exp / "pruned" / "model.onnx",
-                exp / "pruned", prune["params"], prune["layers"]),
-        Variant("pruned-int8-onnx", "quantize", "onnxruntime", "pruned-onnx", ctx.out("quantize") / "model.onnx",
-                ctx.out("quantize"), prune["params"], prune["layers"]),
+        Variant(
+            "teacher-torch",
+            "baseline",
+            "torch",
+            None,
+            ctx.out("teacher"),
+            ctx.out("teacher"),
+            teacher["params"],
+            teacher["layers"],
+        ),
+        Variant(
+            "teacher-onnx",
+            "teacher",
+            "onnxruntime",
+            "teacher-torch",
+            exp / "teacher" / "model.onnx",
+            exp / "teacher",
+            teacher["params"],
+            teacher["layers"],
+        ),
+        Variant(
+            "student-onnx",
+            "distill",
+            "onnxruntime",
+            "teacher-onnx",
+            exp / "student" / "model.onnx",
+            exp / "student",
+            distill["params"],
+            distill["layers"],
+        ),
+        Variant(
+            "pruned-onnx",
+            "prune",
+            "onnxruntime",
+            "student-onnx",
+            exp / "pruned" / "model.onnx",
+            exp / "pruned",
+            prune["params"],
+            prune["layers"],
+        ),
+        Variant(
+            "pruned-int8-onnx",
+            "quantize",
+            "onnxruntime",
+            "pruned-onnx",
+            ctx.out("quantize") / "model.onnx",
+            ctx.out("quantize"),
+            prune["params"],
+            prune["layers"],
+        ),
     ]
     results = benchmark(
-        variants, ctx.data, ctx.recipe.benchmark, max_length=ctx.recipe.data.max_length, reference="teacher-torch"
+        variants,
+        ctx.data,
+        ctx.recipe.benchmark,
+        max_length=ctx.recipe.data.max_length,
+        reference="teacher-torch",
     )
     write_json_atomic(out / "results.json", results)
-    return {v["name"]: {"accuracy": v["accuracy"], "p50_ms": v["latency_ms"]["p50"]} for v in results["variants"]}
+    return {
+        v["name"]: {"accuracy": v["accuracy"], "p50_ms": v["latency_ms"]["p50"]} for v in results["variants"]
+    }
 
 
 @dataclass(frozen=True)
@@ -182,6 +246,20 @@ def _stage_key(ctx: RunContext, stage: Stage) -> tuple[str, dict]:
     return hash_json(basis), basis
 
 
+def preflight(recipe: Recipe) -> None:
+    """Checks that need the teacher's config, done before any stage runs (not 20 minutes into one)."""
+    from compress.modeling import base_model_dir
+
+    teacher_dir = recipe.teacher.path or base_model_dir(recipe.teacher.base)
+    cfg = json.loads((Path(teacher_dir) / "config.json").read_text())
+    n = cfg.get("num_hidden_layers", cfg.get("n_layers"))
+    bad = [i for i in recipe.distill.layers if n is not None and i >= n]
+    if bad:
+        raise RecipeError(
+            f"distill.layers = {list(recipe.distill.layers)}: the teacher has layers 0..{n - 1}"
+        )
+
+
 def run_pipeline(recipe: Recipe, out_dir: Path | None = None, *, log: Callable[[str], None] = print) -> dict:
     """Run every stage of `recipe` whose config or inputs changed since the last run in `out_dir`.
 
@@ -194,6 +272,7 @@ def run_pipeline(recipe: Recipe, out_dir: Path | None = None, *, log: Callable[[
     """
     from benchmarks.report import write_report
 
+    preflight(recipe)
     run_dir = Path(out_dir) if out_dir is not None else Path("runs") / recipe.name
     run_dir.mkdir(parents=True, exist_ok=True)
     clean_stale_temporaries(run_dir)

@@ -7,7 +7,6 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
 import onnx
 
 from compress.hardware import cpu_info, has_vnni
@@ -33,8 +32,14 @@ def graph_summary(model_path: Path) -> dict:
     """Operator counts and int8/uint8 initializer counts of an ONNX graph."""
     model = onnx.load(str(model_path), load_external_data=False)
     ops = Counter(n.op_type for n in model.graph.node)
-    int8 = sum(1 for t in model.graph.initializer if t.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8))
-    return {"op_counts": dict(sorted(ops.items())), "int8_initializers": int8, "initializers": len(model.graph.initializer)}
+    int8 = sum(
+        1 for t in model.graph.initializer if t.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
+    )
+    return {
+        "op_counts": dict(sorted(ops.items())),
+        "int8_initializers": int8,
+        "initializers": len(model.graph.initializer),
+    }
 
 
 def quantize(onnx_dir: Path, out_dir: Path, config: QuantizeConfig) -> dict:
@@ -48,13 +53,13 @@ def quantize(onnx_dir: Path, out_dir: Path, config: QuantizeConfig) -> dict:
 
     onnx_dir, out_dir = Path(onnx_dir), Path(out_dir)
     reduce_range, why = resolve_reduce_range(config.reduce_range)
+    out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
         pre = Path(tmp) / "preprocessed.onnx"
-        # Shape inference + graph cleanup first, as onnxruntime's quantization docs recommend.
-        try:
-            quant_pre_process(onnx_dir / "model.onnx", pre, auto_merge=True)
-        except Exception:  # symbolic shape inference gives up on some graphs; ONNX's own inference suffices
-            quant_pre_process(onnx_dir / "model.onnx", pre, skip_symbolic_shape=True)
+        # ONNX shape inference and graph cleanup first, as onnxruntime's quantization docs recommend. Symbolic
+        # shape inference is skipped: it gives up on optimum's BERT graphs and then leaves temporary files
+        # in the working directory.
+        quant_pre_process(onnx_dir / "model.onnx", pre, skip_symbolic_shape=True)
         quantize_dynamic(
             pre,
             out_dir / "model.onnx",
@@ -68,7 +73,9 @@ def quantize(onnx_dir: Path, out_dir: Path, config: QuantizeConfig) -> dict:
             shutil.copy2(f, out_dir / f.name)
     summary = graph_summary(out_dir / "model.onnx")
     if summary["int8_initializers"] == 0:
-        raise RuntimeError(f"quantize: no int8 weights in {out_dir / 'model.onnx'}; op_types {config.op_types}")
+        raise RuntimeError(
+            f"quantize: no int8 weights in {out_dir / 'model.onnx'}; op_types {config.op_types}"
+        )
     return {
         "method": config.method,
         "op_types": list(config.op_types),
@@ -77,7 +84,3 @@ def quantize(onnx_dir: Path, out_dir: Path, config: QuantizeConfig) -> dict:
         "reduce_range_reason": why,
         **summary,
     }
-
-
-def label_agreement(a: np.ndarray, b: np.ndarray) -> float:
-    return float((a.argmax(-1) == b.argmax(-1)).mean())

@@ -46,6 +46,7 @@ def training_args(
         seed=seed,
         data_seed=seed,
         dataloader_num_workers=0,
+        dataloader_pin_memory=False,  # CPU training: nothing to pin
         disable_tqdm=False,
         remove_unused_columns=False,
     )
@@ -110,4 +111,3 @@ def predict_logits(
 def accuracy(logits: np.ndarray, labels) -> float:
     """Share of argmax predictions equal to the labels."""
     return float((logits.argmax(-1) == np.asarray(labels)).mean())
-

@@ -1,0 +1,177 @@
+"""The whole pipeline on a tiny random BERT: artifacts, report, caching, interruption."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import export.onnx
+from compress.pipeline import STAGES, run_pipeline
+from compress.recipe import load_recipe
+from tests.conftest import write_tiny_data, write_tiny_recipe
+
+VARIANTS = ["teacher-torch", "teacher-onnx", "student-onnx", "pruned-onnx", "pruned-int8-onnx"]
+VARIANT_KEYS = {
+    "name",
+    "stage",
+    "runtime",
+    "parent",
+    "params",
+    "layers",
+    "accuracy",
+    "latency_ms",
+    "size_bytes",
+    "size_gzip_bytes",
+    "peak_rss_bytes",
+    "ratios",
+}
+
+
+def _ran(logs: list[str]) -> list[str]:
+    return [line.split("]")[1].split(":")[0].strip() for line in logs if line.endswith(": running")]
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory, tiny_base_dir):
+    # One full run shared by the tests below (it is the slow part); each test then works on its own copy
+    # or only reads.
+    work = tmp_path_factory.mktemp("pipeline")
+    data = write_tiny_data(work / "data")
+    recipe = load_recipe(
+        write_tiny_recipe(work / "recipe.yaml", data, tiny_base_dir, benchmark={"memory": True})
+    )
+    out = tmp_path_factory.mktemp("run")
+    logs: list[str] = []
+    report = run_pipeline(recipe, out, log=logs.append)
+    return recipe, out, report, logs
+
+
+def test_every_stage_writes_its_artifact_and_the_report(first_run):
+    recipe, out, report, logs = first_run
+    assert _ran(logs) == [s.name for s in STAGES]
+    for s in STAGES:
+        assert (out / s.name).is_dir()
+    assert not list(out.glob(".*tmp-*"))
+    on_disk = json.loads((out / "report.json").read_text())
+    assert on_disk["run"] == "tiny"
+    assert [v["name"] for v in on_disk["variants"]] == VARIANTS
+    for v in on_disk["variants"]:
+        assert VARIANT_KEYS <= set(v), VARIANT_KEYS - set(v)
+        lat = v["latency_ms"]
+        assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"]
+        assert 0.0 <= v["accuracy"] <= 1.0
+        assert v["size_bytes"] > v["size_gzip_bytes"] > 0
+        assert v["peak_rss_bytes"] >= v["baseline_rss_bytes"] > 0
+    assert {"cpu", "threads", "versions"} <= set(on_disk["environment"])
+    assert "isa" in on_disk["environment"]["cpu"]
+    md = (out / "report.md").read_text()
+    for name in VARIANTS:
+        assert f"| {name} |" in md
+
+
+def test_models_learn_and_int8_is_smaller(first_run):
+    _, out, report, _ = first_run
+    by = {v["name"]: v for v in report["variants"]}
+    # The synthetic task is separable by word identity: a trained teacher is far above chance (0.5).
+    assert by["teacher-onnx"]["accuracy"] >= 0.8
+    # ONNX export preserves the teacher's predictions.
+    assert by["teacher-onnx"]["accuracy"] == pytest.approx(by["teacher-torch"]["accuracy"], abs=1 / 32)
+    assert by["student-onnx"]["layers"] == 2 and by["teacher-onnx"]["layers"] == 4
+    # int8 weights are a quarter of fp32; on a model this tiny the graph's fixed parts keep the ratio ~0.7.
+    assert by["pruned-int8-onnx"]["size_bytes"] < 0.8 * by["pruned-onnx"]["size_bytes"]
+    # Half the encoder weights are zero: the pruned file compresses better than the dense student's.
+    assert by["pruned-onnx"]["size_gzip_bytes"] < by["student-onnx"]["size_gzip_bytes"]
+
+
+def test_manifest_records_each_stage(first_run):
+    recipe, out, _, _ = first_run
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["recipe"]["name"] == "tiny"
+    for s in STAGES:
+        rec = manifest["stages"][s.name]
+        assert rec["status"] == "done"
+        assert len(rec["output_hash"]) == 64
+        assert rec["seed"] == recipe.seed
+        assert {"torch", "onnx", "onnxruntime", "transformers"} <= set(rec["versions"])
+        assert rec["wall_s"] >= 0
+    assert manifest["stages"]["teacher"]["inputs"]["data"]["files"]["train"]
+    prune = manifest["stages"]["prune"]["metrics"]
+    assert prune["sparsity_prunable"] == pytest.approx(0.5, abs=1e-3)
+    assert manifest["stages"]["quantize"]["metrics"]["int8_initializers"] > 0
+
+
+def test_rerun_skips_unchanged_stages_and_sparsity_change_reruns_from_prune(first_run, tmp_path):
+    import shutil
+
+    recipe, out, _, _ = first_run
+    run = tmp_path / "run"
+    shutil.copytree(out, run)
+    logs: list[str] = []
+    run_pipeline(recipe, run, log=logs.append)
+    assert _ran(logs) == []
+    assert sum("skipped" in line for line in logs) == len(STAGES)
+
+    changed = load_recipe(recipe_path(recipe, tmp_path, prune={"sparsity": 0.3}))
+    logs = []
+    report = run_pipeline(changed, run, log=logs.append)
+    assert _ran(logs) == ["prune", "export", "quantize", "benchmark"]
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["stages"]["prune"]["metrics"]["sparsity_prunable"] == pytest.approx(0.3, abs=1e-3)
+    assert [v["name"] for v in report["variants"]] == VARIANTS
+
+
+def recipe_path(recipe, tmp_path, **sections):
+    import yaml
+
+    tree = recipe.model_dump(mode="json")
+    for k, v in sections.items():
+        tree[k].update(v)
+    p = tmp_path / "changed.yaml"
+    p.write_text(yaml.safe_dump(tree))
+    return p
+
+
+def test_interrupted_stage_leaves_no_artifact_and_the_next_run_finishes(first_run, tmp_path, monkeypatch):
+    import shutil
+
+    recipe, out, _, _ = first_run
+    run = tmp_path / "run"
+    shutil.copytree(out, run)
+    shutil.rmtree(run / "export")  # as if export had never finished
+    (run / "report.json").unlink()
+
+    def interrupted(model_dir, out_dir, *args, **kwargs):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "model.onnx").write_bytes(b"half a model")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(export.onnx, "export_onnx", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(recipe, run, log=lambda _: None)
+    assert not (run / "export").exists()
+    assert not list(run.glob(".*tmp-*"))
+    assert json.loads((run / "manifest.json").read_text())["stages"]["export"]["status"] == "running"
+
+    monkeypatch.undo()
+    logs: list[str] = []
+    run_pipeline(recipe, run, log=logs.append)
+    # The re-export is byte-identical to the one before, so quantize and benchmark stay valid and are skipped.
+    assert _ran(logs) == ["export"]
+    assert (run / "export" / "pruned" / "model.onnx").stat().st_size > 1000
+    assert (run / "report.json").is_file()
+
+
+def test_stale_temporaries_from_a_killed_run_are_cleaned(first_run, tmp_path):
+    import shutil
+
+    recipe, out, _, _ = first_run
+    run = tmp_path / "run"
+    shutil.copytree(out, run)
+    stale = run / ".prune.tmp-99999"
+    stale.mkdir()
+    (stale / "model.safetensors").write_bytes(b"partial")
+    logs: list[str] = []
+    run_pipeline(recipe, run, log=logs.append)
+    assert not stale.exists()
+    assert _ran(logs) == []
