@@ -28,9 +28,7 @@ def _peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux; non-Linux fallback
 
 
-def _child(
-    runtime: str, model: str, tokenizer_dir: str, texts: list[str], threads: int, max_length: int
-) -> dict:
+def _child(runtime: str, model: str, tokenizer_dir: str, texts: list[str], threads: int, max_length: int) -> dict:
     import numpy as np
     from tokenizers import Tokenizer
 

@@ -95,7 +95,7 @@ def benchmark(
         requests,
         warmup=config.warmup,
         passes=config.passes,
-        progress=lambda it: tqdm(it, desc=f"latency x{len(runners)} variants", unit="req"),
+        progress=lambda it: tqdm(it, desc=f"latency x{len(variants)} variants", unit="req"),
     )
     latency_wall = time.perf_counter() - t0
     del runners

@@ -54,16 +54,12 @@ def _read_rows(path: Path, text_col: str, label_col: str, key: str) -> list[tupl
         else:
             # TSV files of GLUE are unquoted: a quote character is part of the text.
             reader = (
-                csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-                if suffix == ".tsv"
-                else csv.DictReader(f)
+                csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE) if suffix == ".tsv" else csv.DictReader(f)
             )
             _check_columns(reader.fieldnames or [], path, text_col, label_col, key)
             for rec in reader:
                 if rec[text_col] is None or rec[label_col] is None:
-                    raise RecipeError(
-                        f"data.{key} = {str(path)!r}: line {reader.line_num} has too few columns"
-                    )
+                    raise RecipeError(f"data.{key} = {str(path)!r}: line {reader.line_num} has too few columns")
                 rows.append((rec[text_col], rec[label_col].strip()))
     if not rows:
         raise RecipeError(f"data.{key} = {str(path)!r}: no rows")
@@ -81,9 +77,7 @@ def _check_columns(columns, path: Path, text_col: str, label_col: str, key: str)
     columns = list(columns)
     for name, col in (("text_column", text_col), ("label_column", label_col)):
         if col not in columns:
-            raise RecipeError(
-                f"data.{name} = {col!r}: no such column in {path} (columns: {', '.join(columns)})"
-            )
+            raise RecipeError(f"data.{name} = {col!r}: no such column in {path} (columns: {', '.join(columns)})")
 
 
 def load_task_data(cfg: DataConfig) -> TaskData:

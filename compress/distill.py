@@ -55,9 +55,7 @@ def distill(
         args,
         distill={"temperature": config.temperature, "alpha": config.alpha},
     )
-    dev_logits = predict_logits(
-        student, tokenizer, encode(tokenizer, data.dev, max_length), desc="student dev"
-    )
+    dev_logits = predict_logits(student, tokenizer, encode(tokenizer, data.dev, max_length), desc="student dev")
     return DistillResult(
         student,
         {

@@ -6,9 +6,7 @@ import torch
 import torch.nn.functional as F
 
 
-def soft_target_loss(
-    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float
-) -> torch.Tensor:
+def soft_target_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """KL(teacher_T || student_T) * T^2 (Hinton et al., 2015), averaged over the batch.
 
     The T^2 factor keeps the gradient scale of the soft term independent of the temperature.

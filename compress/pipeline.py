@@ -71,9 +71,7 @@ def _teacher(ctx: RunContext, out: Path) -> dict:
     from compress.teacher import train_teacher
 
     r = ctx.recipe
-    res = train_teacher(
-        r.teacher, ctx.data, seed=r.seed, max_length=r.data.max_length, work_dir=out / "_trainer"
-    )
+    res = train_teacher(r.teacher, ctx.data, seed=r.seed, max_length=r.data.max_length, work_dir=out / "_trainer")
     res.model.save_pretrained(out)
     res.tokenizer.save_pretrained(out)
     np.save(out / "train_logits.npy", res.train_logits)
@@ -208,9 +206,7 @@ def _benchmark(ctx: RunContext, out: Path) -> dict:
         reference="teacher-torch",
     )
     write_json_atomic(out / "results.json", results)
-    return {
-        v["name"]: {"accuracy": v["accuracy"], "p50_ms": v["latency_ms"]["p50"]} for v in results["variants"]
-    }
+    return {v["name"]: {"accuracy": v["accuracy"], "p50_ms": v["latency_ms"]["p50"]} for v in results["variants"]}
 
 
 @dataclass(frozen=True)
@@ -255,9 +251,7 @@ def preflight(recipe: Recipe) -> None:
     n = cfg.get("num_hidden_layers", cfg.get("n_layers"))
     bad = [i for i in recipe.distill.layers if n is not None and i >= n]
     if bad:
-        raise RecipeError(
-            f"distill.layers = {list(recipe.distill.layers)}: the teacher has layers 0..{n - 1}"
-        )
+        raise RecipeError(f"distill.layers = {list(recipe.distill.layers)}: the teacher has layers 0..{n - 1}")
 
 
 def run_pipeline(recipe: Recipe, out_dir: Path | None = None, *, log: Callable[[str], None] = print) -> dict:

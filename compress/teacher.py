@@ -54,9 +54,7 @@ def train_teacher(
         )
         history = train(model, tokenizer, train_set, args)
     model.eval()
-    train_logits = predict_logits(
-        model, tokenizer, encode(tokenizer, data.train, max_length), desc="teacher logits"
-    )
+    train_logits = predict_logits(model, tokenizer, encode(tokenizer, data.train, max_length), desc="teacher logits")
     dev_logits = predict_logits(model, tokenizer, encode(tokenizer, data.dev, max_length), desc="teacher dev")
     metrics = {
         "trained": config.path is None,

@@ -50,9 +50,7 @@ class TorchClassifier:
         if threads is not None:
             torch.set_num_threads(threads)
         if isinstance(model_or_dir, str | Path):
-            model_or_dir = AutoModelForSequenceClassification.from_pretrained(
-                model_or_dir, local_files_only=True
-            )
+            model_or_dir = AutoModelForSequenceClassification.from_pretrained(model_or_dir, local_files_only=True)
         self.model = model_or_dir.eval()
         self._torch = torch
 
@@ -70,17 +68,13 @@ def tokenize_each(tokenizer, texts: list[str], max_length: int) -> list[dict[str
     return [{k: np.asarray([enc[k][i]], dtype=np.int64) for k in keys} for i in range(len(texts))]
 
 
-def batched_logits(
-    classifier, tokenizer, texts: list[str], max_length: int, batch_size: int = 32
-) -> np.ndarray:
+def batched_logits(classifier, tokenizer, texts: list[str], max_length: int, batch_size: int = 32) -> np.ndarray:
     """Logits for every text, in order, from length-sorted padded batches."""
     enc = tokenizer(texts, truncation=True, max_length=max_length, padding=False)
     lengths = [len(x) for x in enc["input_ids"]]
     out: np.ndarray | None = None
     for idx in length_sorted_batches(lengths, batch_size):
-        batch = tokenizer.pad(
-            {k: [enc[k][i] for i in idx] for k in enc}, padding="longest", return_tensors="np"
-        )
+        batch = tokenizer.pad({k: [enc[k][i] for i in idx] for k in enc}, padding="longest", return_tensors="np")
         logits = classifier(dict(batch))
         if out is None:
             out = np.zeros((len(texts), logits.shape[-1]), dtype=np.float32)

@@ -38,9 +38,7 @@ def first_run(tmp_path_factory, tiny_base_dir):
     # or only reads.
     work = tmp_path_factory.mktemp("pipeline")
     data = write_tiny_data(work / "data")
-    recipe = load_recipe(
-        write_tiny_recipe(work / "recipe.yaml", data, tiny_base_dir, benchmark={"memory": True})
-    )
+    recipe = load_recipe(write_tiny_recipe(work / "recipe.yaml", data, tiny_base_dir, benchmark={"memory": True}))
     out = tmp_path_factory.mktemp("run")
     logs: list[str] = []
     report = run_pipeline(recipe, out, log=logs.append)

@@ -35,9 +35,7 @@ def test_tsv_keeps_quotes_as_text(tmp_path):
 def test_csv_with_three_string_labels_sorted_alphabetically(tmp_path):
     (tmp_path / "train.csv").write_text('text,y\n"good, really",pos\nmeh,neu\nawful,neg\nfine,pos\n')
     (tmp_path / "dev.csv").write_text("text,y\nbad,neg\nok,neu\n")
-    cfg = DataConfig(
-        train=tmp_path / "train.csv", dev=tmp_path / "dev.csv", text_column="text", label_column="y"
-    )
+    cfg = DataConfig(train=tmp_path / "train.csv", dev=tmp_path / "dev.csv", text_column="text", label_column="y")
     data = load_task_data(cfg)
     assert data.label_names == ["neg", "neu", "pos"]
     assert data.train.texts[0] == "good, really"  # quoted comma stays in the text

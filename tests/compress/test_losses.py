@@ -52,9 +52,7 @@ def test_t_squared_keeps_the_gradient_scale_independent_of_temperature(logits):
         return s.grad
 
     g50, g100 = grad(50.0), grad(100.0)
-    limit = ((student - student.mean(-1, keepdim=True)) - (teacher - teacher.mean(-1, keepdim=True))) / (
-        C * B
-    )
+    limit = ((student - student.mean(-1, keepdim=True)) - (teacher - teacher.mean(-1, keepdim=True))) / (C * B)
     assert torch.allclose(g50, g100, rtol=0, atol=0.02 * limit.abs().max().item())
     assert torch.allclose(g100, limit, rtol=0, atol=0.02 * limit.abs().max().item())
 

@@ -39,9 +39,7 @@ def test_student_keeps_the_chosen_layers_weights(teacher):
 
 def test_all_layers_reproduce_the_teacher(teacher):
     model, tokenizer = teacher
-    batch = tokenizer(
-        ["the movie was very good and lovely", "it is so dull"], padding=True, return_tensors="pt"
-    )
+    batch = tokenizer(["the movie was very good and lovely", "it is so dull"], padding=True, return_tensors="pt")
     student = build_student(model, [0, 1, 2, 3]).eval()
     with torch.no_grad():
         assert torch.equal(student(**batch).logits, model(**batch).logits)

@@ -25,18 +25,12 @@ def setup(tiny_classifier_dir, tiny_data_dir):
 def _run(setup, tmp_path, **config):
     model, tokenizer, teacher_logits, data = setup
     cfg = PruneConfig(batch_size=8, **config)
-    return prune(
-        model, tokenizer, teacher_logits, cfg, data, seed=0, max_length=32, work_dir=tmp_path / "work"
-    )
+    return prune(model, tokenizer, teacher_logits, cfg, data, seed=0, max_length=32, work_dir=tmp_path / "work")
 
 
 def _encoder_weights(model) -> dict[str, torch.Tensor]:
     # Independent of prunable_linears: every Linear inside the encoder's layers.
-    return {
-        n: m.weight.detach().clone()
-        for n, m in model.bert.encoder.named_modules()
-        if isinstance(m, nn.Linear)
-    }
+    return {n: m.weight.detach().clone() for n, m in model.bert.encoder.named_modules() if isinstance(m, nn.Linear)}
 
 
 def _expected_zero_masks(model, sparsity: float) -> dict[str, torch.Tensor]:
@@ -101,9 +95,7 @@ def test_pruned_model_saves_and_reloads_with_the_same_logits(setup, tmp_path):
     _, tokenizer, _, data = setup
     res = _run(setup, tmp_path, sparsity=0.5, epochs=0)
     res.model.save_pretrained(tmp_path / "saved")
-    reloaded = AutoModelForSequenceClassification.from_pretrained(
-        tmp_path / "saved", local_files_only=True
-    ).eval()
+    reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "saved", local_files_only=True).eval()
     batch = tokenizer(data.dev.texts, padding=True, return_tensors="pt")
     with torch.no_grad():
         want, got = res.model.eval()(**batch).logits, reloaded(**batch).logits

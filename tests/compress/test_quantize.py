@@ -39,18 +39,14 @@ def test_graph_has_int8_weights_and_integer_matmuls(quantized, tiny_onnx_dir):
     assert len(int8) >= 4 * 6  # at least the 6 weight matrices of each of the 4 layers
     # No float MatMul is left with a weight (initializer) operand: only activation x activation (attention).
     inits = {t.name for t in model.graph.initializer}
-    float_weight_matmuls = [
-        n.name for n in model.graph.node if n.op_type == "MatMul" and set(n.input) & inits
-    ]
+    float_weight_matmuls = [n.name for n in model.graph.node if n.op_type == "MatMul" and set(n.input) & inits]
     assert float_weight_matmuls == []
     # Gather is quantized too: the word embeddings are stored as 8-bit integers.
     emb = [a for name, a in _initializers(out / "model.onnx").items() if "word_embeddings" in name]
     assert emb and all(a.dtype in (np.int8, np.uint8) for a in emb if a.ndim == 2)
     # The summary the stage records agrees with the graph.
     assert summary == {**summary, **graph_summary(out / "model.onnx")}
-    assert summary["op_counts"]["MatMulInteger"] == sum(
-        n.op_type == "MatMulInteger" for n in model.graph.node
-    )
+    assert summary["op_counts"]["MatMulInteger"] == sum(n.op_type == "MatMulInteger" for n in model.graph.node)
     assert (out / "model.onnx").stat().st_size < (tiny_onnx_dir / "model.onnx").stat().st_size
 
 
@@ -86,9 +82,7 @@ def test_quantize_writes_nothing_into_the_working_directory(quantized):
 
 
 @pytest.mark.parametrize(("reduce_range", "max_abs"), [(True, 64), (False, 127)])
-def test_reduce_range_setting_reaches_the_weights(
-    tmp_path, tiny_onnx_dir, monkeypatch, reduce_range, max_abs
-):
+def test_reduce_range_setting_reaches_the_weights(tmp_path, tiny_onnx_dir, monkeypatch, reduce_range, max_abs):
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "int8"
     out.mkdir()
@@ -100,9 +94,7 @@ def test_reduce_range_setting_reaches_the_weights(
     assert max(int(np.abs(a.astype(np.int32)).max()) for a in weights) == pytest.approx(max_abs, abs=1)
 
 
-def test_incomplete_shape_inference_leaves_no_files_in_the_working_directory(
-    tmp_path, tiny_onnx_dir, monkeypatch
-):
+def test_incomplete_shape_inference_leaves_no_files_in_the_working_directory(tmp_path, tiny_onnx_dir, monkeypatch):
     from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
     original = SymbolicShapeInference._infer_impl

@@ -97,9 +97,7 @@ def test_recipe_is_frozen(write_recipe):
 
 
 def test_parse_overrides_parses_values_as_yaml():
-    got = parse_overrides(
-        ["prune.sparsity=0.7", "distill.layers=[0, 1]", "benchmark.memory=false", "name=a=b"]
-    )
+    got = parse_overrides(["prune.sparsity=0.7", "distill.layers=[0, 1]", "benchmark.memory=false", "name=a=b"])
     assert got == {"prune.sparsity": 0.7, "distill.layers": [0, 1], "benchmark.memory": False, "name": "a=b"}
     assert isinstance(got["prune.sparsity"], float)
 

@@ -89,9 +89,7 @@ def test_label_names_ship_in_config_json(tiny_classifier_dir, tmp_path, tiny_cor
 
 def test_export_reports_its_check(tmp_path, trained_classifier_dir, tiny_corpus):
     texts = [t for t, _ in tiny_corpus["dev"]]
-    metrics = export_onnx(
-        trained_classifier_dir, tmp_path, ExportConfig(check_examples=20), texts, max_length=32
-    )
+    metrics = export_onnx(trained_classifier_dir, tmp_path, ExportConfig(check_examples=20), texts, max_length=32)
     assert metrics["check_examples"] == 20
     assert 0 <= metrics["max_abs_logit_diff"] < 1e-4
     assert metrics["label_agreement"] == 1.0
@@ -114,9 +112,7 @@ class _Perturbed(OrtClassifier):
     ],
     ids=["logits-off", "labels-flipped"],
 )
-def test_failed_check_raises(
-    tmp_path, monkeypatch, trained_classifier_dir, tiny_corpus, shift, swap, config, named
-):
+def test_failed_check_raises(tmp_path, monkeypatch, trained_classifier_dir, tiny_corpus, shift, swap, config, named):
     monkeypatch.setattr(_Perturbed, "shift", shift)
     monkeypatch.setattr(_Perturbed, "swap", swap)
     monkeypatch.setattr(export.onnx, "OrtClassifier", _Perturbed)
