@@ -23,6 +23,7 @@ quick: setup
 	HF_HUB_OFFLINE=1 $(BIN)/edge-compress run configs/quick.yaml
 
 test: setup
+	$(BIN)/ruff check compress export benchmarks tests
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
 test-slow: setup
