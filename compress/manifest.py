@@ -68,10 +68,10 @@ def atomic_dir(final: Path) -> Iterator[Path]:
 
 def clean_stale_temporaries(run_dir: Path) -> None:
     """Remove temporaries left by a killed run (a kill -9 skips the cleanup in `atomic_dir`)."""
-    for p in Path(run_dir).glob(".*.tmp-*"):
-        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-    for p in Path(run_dir).glob(".*.old-*"):
-        shutil.rmtree(p, ignore_errors=True)
+    run_dir = Path(run_dir)
+    for pattern in (".*.tmp-*", ".*.old-*", "*/.*.tmp-*", "*/.*.old-*"):
+        for p in run_dir.glob(pattern):
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
 
 def library_versions() -> dict[str, str]:

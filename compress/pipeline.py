@@ -1,4 +1,9 @@
-"""The pipeline: an explicit, ordered list of stages, each cached by the hash of its config and inputs."""
+"""The pipeline: an explicit, ordered list of steps, each cached by the hash of its config and inputs.
+
+`plan(recipe)` turns the recipe into that list: the teacher, each distill variant, each prune variant, the
+ONNX export of every model, each quantize variant, then the benchmark. A step reads only the outputs of the
+steps named in its `inputs`, so changing one variant re-runs that variant and what depends on it.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -24,8 +30,21 @@ from compress.manifest import (
 )
 from compress.recipe import Recipe, RecipeError
 
-# The ONNX variants the export stage writes, from which stage's output each comes.
-EXPORTED = {"teacher": "teacher", "student": "distill", "pruned": "prune"}
+
+@dataclass(frozen=True)
+class Step:
+    """One unit of work: a stage applied to one variant."""
+
+    stage: str  # teacher, distill, prune, export, quantize or benchmark
+    name: str  # the variant it produces (for export: the model it exports)
+    config: Any  # the stage config (a frozen pydantic model)
+    inputs: tuple[str, ...]  # ids of the steps whose outputs this one reads
+    run: Callable[[RunContext, Step, Path], dict]
+    uses_data: bool = True
+
+    @property
+    def id(self) -> str:
+        return self.stage if self.name == self.stage else f"{self.stage}/{self.name}"
 
 
 @dataclass
@@ -46,28 +65,42 @@ class RunContext:
         files = {k: hash_path(getattr(d, k)) for k in ("train", "dev", "test") if getattr(d, k) is not None}
         return {"files": files, "config": d.model_dump(mode="json", exclude={"train", "dev", "test"})}
 
-    def out(self, stage: str) -> Path:
-        return self.run_dir / stage
+    def out(self, step_id: str) -> Path:
+        return self.run_dir / step_id
 
-    def output_hash(self, stage: str) -> str:
-        return self.manifest.stage(stage)["output_hash"]
+    def model_dir(self, variant: str) -> Path:
+        """The Hugging Face directory of a model variant (the teacher, a student or a pruned student)."""
+        return self.out(model_step_id(self.recipe, variant))
 
-    def load(self, stage: str):
-        """The model (and tokenizer) a training stage wrote, loaded once per run."""
-        if stage not in self._models:
+    def load(self, variant: str):
+        """A model variant and its tokenizer, loaded once per run."""
+        if variant not in self._models:
             from compress.modeling import load_classifier
 
-            self._models[stage] = load_classifier(self.out(stage))
-        return self._models[stage]
+            self._models[variant] = load_classifier(self.model_dir(variant))
+        return self._models[variant]
 
     def teacher_logits(self) -> np.ndarray:
         return np.load(self.out("teacher") / "train_logits.npy")
 
+    def metrics(self, step_id: str) -> dict:
+        return self.manifest.stage(step_id)["metrics"]
 
-# ---- stages: each takes the context and a fresh directory to fill, and returns its metrics ----
+
+def model_step_id(recipe: Recipe, variant: str) -> str:
+    if variant == "teacher":
+        return "teacher"
+    if variant in {d.name for d in recipe.distill}:
+        return f"distill/{variant}"
+    if variant in {p.name for p in recipe.prune}:
+        return f"prune/{variant}"
+    raise RecipeError(f"no model variant named {variant!r}")
 
 
-def _teacher(ctx: RunContext, out: Path) -> dict:
+# ---- what each stage does: fill a fresh directory, return the metrics ----
+
+
+def _teacher(ctx: RunContext, step: Step, out: Path) -> dict:
     from compress.teacher import train_teacher
 
     r = ctx.recipe
@@ -78,7 +111,7 @@ def _teacher(ctx: RunContext, out: Path) -> dict:
     return res.metrics
 
 
-def _distill(ctx: RunContext, out: Path) -> dict:
+def _distill(ctx: RunContext, step: Step, out: Path) -> dict:
     from compress.distill import distill
 
     r = ctx.recipe
@@ -87,7 +120,7 @@ def _distill(ctx: RunContext, out: Path) -> dict:
         teacher,
         tokenizer,
         ctx.teacher_logits(),
-        r.distill,
+        step.config,
         ctx.data,
         seed=r.seed,
         max_length=r.data.max_length,
@@ -98,16 +131,16 @@ def _distill(ctx: RunContext, out: Path) -> dict:
     return res.metrics
 
 
-def _prune(ctx: RunContext, out: Path) -> dict:
+def _prune(ctx: RunContext, step: Step, out: Path) -> dict:
     from compress.prune import prune
 
     r = ctx.recipe
-    student, tokenizer = ctx.load("distill")
+    student, tokenizer = ctx.load(r.source_of(step.config))
     res = prune(
         student,
         tokenizer,
         ctx.teacher_logits(),
-        r.prune,
+        step.config,
         ctx.data,
         seed=r.seed,
         max_length=r.data.max_length,
@@ -118,148 +151,96 @@ def _prune(ctx: RunContext, out: Path) -> dict:
     return res.metrics
 
 
-def _export(ctx: RunContext, out: Path) -> dict:
+def _export(ctx: RunContext, step: Step, out: Path) -> dict:
     from export.onnx import export_onnx
 
-    metrics = {}
-    for name, stage in EXPORTED.items():
-        ctx.log(f"    exporting {name} ({stage}/) to ONNX")
-        metrics[name] = export_onnx(
-            ctx.out(stage),
-            out / name,
-            ctx.recipe.export,
-            ctx.data.dev.texts,
-            max_length=ctx.recipe.data.max_length,
-        )
-    return metrics
+    r = ctx.recipe
+    return export_onnx(ctx.model_dir(step.name), out, step.config, ctx.data.dev.texts, max_length=r.data.max_length)
 
 
-def _quantize(ctx: RunContext, out: Path) -> dict:
+def _quantize(ctx: RunContext, step: Step, out: Path) -> dict:
     from compress.quantize import quantize
 
-    return quantize(ctx.out("export") / "pruned", out, ctx.recipe.quantize)
+    return quantize(ctx.out(step.inputs[0]), out, step.config)
 
 
-def _benchmark(ctx: RunContext, out: Path) -> dict:
+def _benchmark(ctx: RunContext, step: Step, out: Path) -> dict:
     from benchmarks.suite import Variant, benchmark
 
-    m = ctx.manifest
-    teacher, distill, prune = (m.stage(s)["metrics"] for s in ("teacher", "distill", "prune"))
-    exp = ctx.out("export")
+    r = ctx.recipe
+
+    def onnx(name: str, stage: str, parent: str | None, artifact: str, model: str) -> Variant:
+        m = ctx.metrics(model_step_id(r, model))
+        d = ctx.out(artifact)
+        return Variant(name, stage, "onnxruntime", parent, d / "model.onnx", d, m["params"], m["layers"])
+
+    t = ctx.metrics("teacher")
     variants = [
-        Variant(
-            "teacher-torch",
-            "baseline",
-            "torch",
-            None,
-            ctx.out("teacher"),
-            ctx.out("teacher"),
-            teacher["params"],
-            teacher["layers"],
-        ),
-        Variant(
-            "teacher-onnx",
-            "teacher",
-            "onnxruntime",
-            "teacher-torch",
-            exp / "teacher" / "model.onnx",
-            exp / "teacher",
-            teacher["params"],
-            teacher["layers"],
-        ),
-        Variant(
-            "student-onnx",
-            "distill",
-            "onnxruntime",
-            "teacher-onnx",
-            exp / "student" / "model.onnx",
-            exp / "student",
-            distill["params"],
-            distill["layers"],
-        ),
-        Variant(
-            "pruned-onnx",
-            "prune",
-            "onnxruntime",
-            "student-onnx",
-            exp / "pruned" / "model.onnx",
-            exp / "pruned",
-            prune["params"],
-            prune["layers"],
-        ),
-        Variant(
-            "pruned-int8-onnx",
-            "quantize",
-            "onnxruntime",
-            "pruned-onnx",
-            ctx.out("quantize") / "model.onnx",
-            ctx.out("quantize"),
-            prune["params"],
-            prune["layers"],
-        ),
+        Variant("teacher-torch", "baseline", "torch", None, ctx.out("teacher"), ctx.out("teacher"), t["params"], t["layers"]),
+        onnx("teacher-onnx", "baseline", "teacher-torch", "export/teacher", "teacher"),
     ]
-    results = benchmark(
-        variants,
-        ctx.data,
-        ctx.recipe.benchmark,
-        max_length=ctx.recipe.data.max_length,
-        reference="teacher-torch",
-    )
+    variants += [onnx(d.name, "distill", "teacher-onnx", f"export/{d.name}", d.name) for d in r.distill]
+    variants += [onnx(p.name, "prune", r.source_of(p), f"export/{p.name}", p.name) for p in r.prune]
+    variants += [
+        onnx(q.name, "quantize", r.source_of(q), f"quantize/{q.name}", r.source_of(q)) for q in r.quantize
+    ]
+    results = benchmark(variants, ctx.data, step.config, max_length=r.data.max_length, reference="teacher-torch")
     write_json_atomic(out / "results.json", results)
     return {v["name"]: {"accuracy": v["accuracy"], "p50_ms": v["latency_ms"]["p50"]} for v in results["variants"]}
 
 
-@dataclass(frozen=True)
-class Stage:
-    name: str
-    run: Callable[[RunContext, Path], dict]
-    inputs: tuple[str, ...]  # stages whose outputs this one reads
-    uses_data: bool = True
+def plan(recipe: Recipe) -> list[Step]:
+    """The ordered steps of a run."""
+    steps = [Step("teacher", "teacher", recipe.teacher, (), _teacher)]
+    models = ["teacher"]
+    for d in recipe.distill:
+        steps.append(Step("distill", d.name, d, ("teacher",), _distill))
+        models.append(d.name)
+    for p in recipe.prune:
+        steps.append(Step("prune", p.name, p, (f"distill/{recipe.source_of(p)}", "teacher"), _prune))
+        models.append(p.name)
+    for m in models:
+        steps.append(Step("export", m, recipe.export, (model_step_id(recipe, m),), _export))
+    for q in recipe.quantize:
+        steps.append(Step("quantize", q.name, q, (f"export/{recipe.source_of(q)}",), _quantize, uses_data=False))
+    everything = tuple(s.id for s in steps)
+    steps.append(Step("benchmark", "benchmark", recipe.benchmark, everything, _benchmark))
+    return steps
 
 
-# The pipeline, in order.
-STAGES: tuple[Stage, ...] = (
-    Stage("teacher", _teacher, ()),
-    Stage("distill", _distill, ("teacher",)),
-    Stage("prune", _prune, ("distill", "teacher")),
-    Stage("export", _export, ("teacher", "distill", "prune")),
-    Stage("quantize", _quantize, ("export",), uses_data=False),
-    Stage("benchmark", _benchmark, ("teacher", "distill", "prune", "export", "quantize")),
-)
-
-
-def _stage_key(ctx: RunContext, stage: Stage) -> tuple[str, dict]:
+def _step_key(ctx: RunContext, step: Step) -> tuple[str, dict]:
     r = ctx.recipe
-    config = getattr(r, stage.name).model_dump(mode="json")
-    inputs = {s: ctx.output_hash(s) for s in stage.inputs}
-    if stage.uses_data:
+    inputs: dict[str, Any] = {s: ctx.manifest.stage(s)["output_hash"] for s in step.inputs}
+    if step.uses_data:
         inputs["data"] = ctx.data_hashes
-    if stage.name == "teacher" and r.teacher.path is not None:
+    if step.stage == "teacher" and r.teacher.path is not None:
         inputs["teacher_path"] = hash_path(r.teacher.path)
-    if stage.name == "teacher" and r.teacher.path is None and r.teacher.base != "minilm":
+    if step.stage == "teacher" and r.teacher.path is None and r.teacher.base != "minilm":
         inputs["teacher_base"] = hash_path(Path(r.teacher.base))
-    basis = {"stage": stage.name, "config": config, "seed": r.seed, "inputs": inputs}
+    basis = {"step": step.id, "config": step.config.model_dump(mode="json"), "seed": r.seed, "inputs": inputs}
     return hash_json(basis), basis
 
 
 def preflight(recipe: Recipe) -> None:
-    """Checks that need the teacher's config, done before any stage runs (not 20 minutes into one)."""
+    """Checks that need the teacher's config, done before any step runs (not 20 minutes into one)."""
     from compress.modeling import base_model_dir
 
     teacher_dir = recipe.teacher.path or base_model_dir(recipe.teacher.base)
     cfg = json.loads((Path(teacher_dir) / "config.json").read_text())
     n = cfg.get("num_hidden_layers", cfg.get("n_layers"))
-    bad = [i for i in recipe.distill.layers if n is not None and i >= n]
-    if bad:
-        raise RecipeError(f"distill.layers = {list(recipe.distill.layers)}: the teacher has layers 0..{n - 1}")
+    for i, d in enumerate(recipe.distill):
+        if n is not None and any(layer >= n for layer in d.layers):
+            key = "distill.layers" if len(recipe.distill) == 1 else f"distill.{i}.layers"
+            raise RecipeError(f"{key} = {list(d.layers)}: the teacher has layers 0..{n - 1}")
 
 
 def run_pipeline(recipe: Recipe, out_dir: Path | None = None, *, log: Callable[[str], None] = print) -> dict:
-    """Run every stage of `recipe` whose config or inputs changed since the last run in `out_dir`.
+    """Run every step of `recipe` whose config or inputs changed since the last run in `out_dir`.
 
     Args:
         recipe: a validated recipe (see `compress.recipe.load_recipe`).
         out_dir: the run directory; default `runs/<recipe.name>`.
+        log: where progress lines go.
 
     Returns:
         The report (also written to `out_dir/report.json` and `report.md`).
@@ -272,29 +253,33 @@ def run_pipeline(recipe: Recipe, out_dir: Path | None = None, *, log: Callable[[
     clean_stale_temporaries(run_dir)
     manifest = Manifest(run_dir / "manifest.json", recipe.model_dump(mode="json"))
     ctx = RunContext(recipe, run_dir, manifest, log)
+    steps = plan(recipe)
+    manifest.data["plan"] = [s.id for s in steps]
     manifest.save()
-    for i, stage in enumerate(STAGES, 1):
-        key, basis = _stage_key(ctx, stage)
-        out = ctx.out(stage.name)
-        if manifest.is_fresh(stage.name, key, out):
-            log(f"[{i}/{len(STAGES)}] {stage.name}: inputs and config unchanged, skipped")
+    for i, step in enumerate(steps, 1):
+        key, basis = _step_key(ctx, step)
+        out = ctx.out(step.id)
+        tag = f"[{i}/{len(steps)}] {step.id}"
+        if manifest.is_fresh(step.id, key, out):
+            log(f"{tag}: inputs and config unchanged, skipped")
             continue
-        log(f"[{i}/{len(STAGES)}] {stage.name}: running")
+        log(f"{tag}: running")
         started = time.time()
-        manifest.record(stage.name, {"status": "running", "key": key, "started": _iso(started)})
+        manifest.record(step.id, {"status": "running", "key": key, "started": _iso(started)})
         with atomic_dir(out) as tmp:
-            metrics = stage.run(ctx, tmp)
+            metrics = step.run(ctx, step, tmp)
             shutil.rmtree(tmp / "_trainer", ignore_errors=True)
         ended = time.time()
         manifest.record(
-            stage.name,
+            step.id,
             {
                 "status": "done",
+                "stage": step.stage,
                 "key": key,
                 "config": basis["config"],
                 "seed": recipe.seed,
                 "inputs": basis["inputs"],
-                "output": str(out.relative_to(run_dir)),
+                "output": step.id,
                 "output_hash": hash_path(out),
                 "metrics": metrics,
                 "versions": library_versions(),
@@ -303,9 +288,11 @@ def run_pipeline(recipe: Recipe, out_dir: Path | None = None, *, log: Callable[[
                 "wall_s": round(ended - started, 2),
             },
         )
-        log(f"[{i}/{len(STAGES)}] {stage.name}: done in {ended - started:.1f}s")
+        log(f"{tag}: done in {ended - started:.1f}s")
     results = json.loads((ctx.out("benchmark") / "results.json").read_text())
-    report = write_report(results, manifest.data, run_dir)
+    # Only this plan's steps: records of variants since removed from the recipe stay in the manifest only.
+    planned = {**manifest.data, "stages": {s.id: manifest.stage(s.id) for s in steps}}
+    report = write_report(results, planned, run_dir)
     log(f"report: {run_dir / 'report.md'}")
     return report
 

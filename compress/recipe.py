@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class RecipeError(ValueError):
@@ -49,9 +49,13 @@ class TeacherConfig(_Config):
     weight_decay: float = Field(default=0.01, ge=0, lt=1)
 
 
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+
+
 class DistillConfig(_Config):
     """Student = the teacher's layers `layers`, trained on the teacher's soft targets plus the hard labels."""
 
+    name: str = Field(default="student", pattern=_NAME)
     layers: list[int] = Field(default=[0, 2, 4], min_length=1)
     temperature: float = Field(default=2.0, gt=0, le=100)
     alpha: float = Field(default=0.5, ge=0, le=1, description="weight of the soft-target loss; 1-alpha on labels")
@@ -74,6 +78,8 @@ class DistillConfig(_Config):
 class PruneConfig(_Config):
     """Global unstructured magnitude pruning of the encoder's Linear weights, then a short distillation fine-tune."""
 
+    name: str = Field(default="pruned", pattern=_NAME)
+    source: str | None = Field(default=None, description="the distill variant to prune; default: the first")
     sparsity: float = Field(default=0.5, ge=0, lt=1)
     epochs: float = Field(default=0.5, ge=0, le=50)
     batch_size: int = Field(default=32, ge=1, le=4096)
@@ -94,6 +100,10 @@ class ExportConfig(_Config):
 class QuantizeConfig(_Config):
     """Post-training dynamic int8 quantization in ONNX Runtime."""
 
+    name: str = Field(default="int8", pattern=_NAME)
+    source: str | None = Field(
+        default=None, description="the distill or prune variant to quantize; default: the first prune variant"
+    )
     method: Literal["dynamic"] = "dynamic"
     op_types: list[Literal["MatMul", "Gather", "Attention", "EmbedLayerNormalization"]] = ["MatMul", "Gather"]
     per_channel: bool = False
@@ -115,26 +125,77 @@ class BenchmarkConfig(_Config):
 class Recipe(_Config):
     """A whole pipeline run."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    name: str = Field(pattern=_NAME)
     seed: int = Field(default=42, ge=0)
     data: DataConfig
     teacher: TeacherConfig = TeacherConfig()
-    distill: DistillConfig = DistillConfig()
-    prune: PruneConfig = PruneConfig()
+    # distill, prune and quantize each take one mapping or a list of them (variants, each with a unique name).
+    distill: list[DistillConfig] = Field(default=[DistillConfig()], min_length=1)
+    prune: list[PruneConfig] = Field(default=[PruneConfig()], min_length=0)
     export: ExportConfig = ExportConfig()
-    quantize: QuantizeConfig = QuantizeConfig()
+    quantize: list[QuantizeConfig] = Field(default=[QuantizeConfig()], min_length=0)
     benchmark: BenchmarkConfig = BenchmarkConfig()
+
+    @field_validator("distill", "prune", "quantize", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        return [v] if isinstance(v, dict) else v
+
+    @model_validator(mode="after")
+    def _names_and_sources(self) -> Recipe:
+        seen = {"teacher"}
+        for section in ("distill", "prune", "quantize"):
+            for i, v in enumerate(getattr(self, section)):
+                if v.name in seen:
+                    raise ValueError(f"{section}.{i}.name = {v.name!r}: variant names must be unique (and not 'teacher')")
+                seen.add(v.name)
+        students = [d.name for d in self.distill]
+        for i, p in enumerate(self.prune):
+            if p.source is not None and p.source not in students:
+                raise ValueError(f"prune.{i}.source = {p.source!r}: not a distill variant; choose from {students}")
+        models = students + [p.name for p in self.prune]
+        for i, q in enumerate(self.quantize):
+            if q.source is not None and q.source not in models:
+                raise ValueError(f"quantize.{i}.source = {q.source!r}: not a distill or prune variant; choose from {models}")
+        return self
+
+    def source_of(self, variant: PruneConfig | QuantizeConfig) -> str:
+        """The model variant a prune or quantize variant starts from (the documented defaults applied)."""
+        if variant.source is not None:
+            return variant.source
+        if isinstance(variant, PruneConfig):
+            return self.distill[0].name
+        return self.prune[0].name if self.prune else self.distill[0].name
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set `a.b.c` in a tree of mappings; a list of variants is entered by index (`prune.1.sparsity`), or
+    directly when it holds a single variant (`prune.sparsity`)."""
     keys = dotted.split(".")
-    node = tree
-    for k in keys[:-1]:
-        child = node.setdefault(k, {})
-        if not isinstance(child, dict):
-            raise RecipeError(f"--set {dotted}: '{k}' is a value, not a section")
-        node = child
-    node[keys[-1]] = value
+    node: Any = tree
+    for depth, k in enumerate(keys):
+        last = depth == len(keys) - 1
+        if isinstance(node, list):
+            if k.isdigit():
+                if last and int(k) == len(node):  # --set distill.1={name: small, layers: [0]} adds a variant
+                    node.append(value)
+                    return
+                if int(k) >= len(node):
+                    raise RecipeError(f"--set {dotted}: index {k} out of range ({len(node)} variants)")
+                if last:
+                    node[int(k)] = value
+                    return
+                node = node[int(k)]
+                continue
+            if len(node) != 1:
+                raise RecipeError(f"--set {dotted}: this section holds {len(node)} variants; name one by index")
+            node = node[0]
+        if not isinstance(node, dict):
+            raise RecipeError(f"--set {dotted}: '{keys[depth - 1]}' is a value, not a section")
+        if last:
+            node[k] = value
+        else:
+            node = node.setdefault(k, {})
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -152,17 +213,25 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 
 
 def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    import typing
+
     model: type[BaseModel] | None = Recipe
     for part in loc:
-        if model is None or not isinstance(part, str) or part not in model.model_fields:
+        if isinstance(part, int):  # an index into a list of variants: the model stays the item type
+            continue
+        if model is None or part not in model.model_fields:
             return None
         ann = model.model_fields[part].annotation
+        if typing.get_origin(ann) is list:
+            ann = typing.get_args(ann)[0]
         model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
     return model
 
 
-def _format_error(source: str, err: dict[str, Any]) -> str:
+def _format_error(source: str, err: dict[str, Any], singles: set[str] = frozenset()) -> str:
     loc = tuple(err["loc"])
+    if len(loc) > 1 and loc[0] in singles and loc[1] == 0:  # written as one mapping: no index in the message
+        loc = loc[:1] + loc[2:]
     key = ".".join(str(p) for p in loc)
     if err["type"] == "extra_forbidden":
         parent = _model_at(loc[:-1])
@@ -170,6 +239,8 @@ def _format_error(source: str, err: dict[str, Any]) -> str:
         return f"{source}: unknown key '{key}'; valid keys here: {valid}"
     if err["type"] == "missing":
         return f"{source}: missing required key '{key}'"
+    if not loc:  # a check across keys: its message names them
+        return f"{source}: {err['msg'].removeprefix('Value error, ')}"
     return f"{source}: {key} = {err.get('input')!r}: {err['msg']}"
 
 
@@ -195,12 +266,15 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Re
         raise RecipeError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(tree, dict):
         raise RecipeError(f"{path}: expected a mapping of sections at the top level, got {type(tree).__name__}")
+    singles = {s for s in ("distill", "prune", "quantize") if isinstance(tree.get(s), dict) or s not in tree}
+    for section in singles & set(tree):
+        tree[section] = [tree[section]]
     for dotted, value in (overrides or {}).items():
         _set_dotted(tree, dotted, value)
     try:
         recipe = Recipe.model_validate(tree)
     except ValidationError as e:
-        raise RecipeError(_format_error(str(path), e.errors()[0])) from None
+        raise RecipeError(_format_error(str(path), e.errors()[0], singles)) from None
     return _resolve_paths(recipe, path.parent)
 
 

@@ -7,11 +7,12 @@ import json
 import pytest
 
 import export.onnx
-from compress.pipeline import STAGES, run_pipeline
+from compress.pipeline import plan, run_pipeline
 from compress.recipe import load_recipe
 from tests.conftest import write_tiny_data, write_tiny_recipe
 
-VARIANTS = ["teacher-torch", "teacher-onnx", "student-onnx", "pruned-onnx", "pruned-int8-onnx"]
+VARIANTS = ["teacher-torch", "teacher-onnx", "student", "pruned", "int8"]
+STEPS = ["teacher", "distill/student", "prune/pruned", "export/teacher", "export/student", "export/pruned", "quantize/int8", "benchmark"]
 VARIANT_KEYS = {
     "name",
     "stage",
@@ -29,7 +30,7 @@ VARIANT_KEYS = {
 
 
 def _ran(logs: list[str]) -> list[str]:
-    return [line.split("]")[1].split(":")[0].strip() for line in logs if line.endswith(": running")]
+    return [line.split("] ")[1].split(": ")[0] for line in logs if line.endswith(": running")]
 
 
 @pytest.fixture(scope="module")
@@ -47,10 +48,11 @@ def first_run(tmp_path_factory, tiny_base_dir):
 
 def test_every_stage_writes_its_artifact_and_the_report(first_run):
     recipe, out, report, logs = first_run
-    assert _ran(logs) == [s.name for s in STAGES]
-    for s in STAGES:
-        assert (out / s.name).is_dir()
-    assert not list(out.glob(".*tmp-*"))
+    assert [s.id for s in plan(recipe)] == STEPS
+    assert _ran(logs) == STEPS
+    for step in STEPS:
+        assert (out / step).is_dir()
+    assert not list(out.glob("**/.*tmp-*"))
     on_disk = json.loads((out / "report.json").read_text())
     assert on_disk["run"] == "tiny"
     assert [v["name"] for v in on_disk["variants"]] == VARIANTS
@@ -71,32 +73,36 @@ def test_every_stage_writes_its_artifact_and_the_report(first_run):
 def test_models_learn_and_int8_is_smaller(first_run):
     _, out, report, _ = first_run
     by = {v["name"]: v for v in report["variants"]}
+    assert [(by[n]["stage"], by[n]["parent"]) for n in VARIANTS] == [
+        ("baseline", None), ("baseline", "teacher-torch"), ("distill", "teacher-onnx"), ("prune", "student"),
+        ("quantize", "pruned"),
+    ]
     # The synthetic task is separable by word identity: a trained teacher is far above chance (0.5).
     assert by["teacher-onnx"]["accuracy"] >= 0.8
     # ONNX export preserves the teacher's predictions.
     assert by["teacher-onnx"]["accuracy"] == pytest.approx(by["teacher-torch"]["accuracy"], abs=1 / 32)
-    assert by["student-onnx"]["layers"] == 2 and by["teacher-onnx"]["layers"] == 4
+    assert by["student"]["layers"] == 2 and by["teacher-onnx"]["layers"] == 4
     # int8 weights are a quarter of fp32; on a model this tiny the graph's fixed parts keep the ratio ~0.7.
-    assert by["pruned-int8-onnx"]["size_bytes"] < 0.8 * by["pruned-onnx"]["size_bytes"]
+    assert by["int8"]["size_bytes"] < 0.8 * by["pruned"]["size_bytes"]
     # Half the encoder weights are zero: the pruned file compresses better than the dense student's.
-    assert by["pruned-onnx"]["size_gzip_bytes"] < by["student-onnx"]["size_gzip_bytes"]
+    assert by["pruned"]["size_gzip_bytes"] < by["student"]["size_gzip_bytes"]
 
 
 def test_manifest_records_each_stage(first_run):
     recipe, out, _, _ = first_run
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["recipe"]["name"] == "tiny"
-    for s in STAGES:
-        rec = manifest["stages"][s.name]
+    for step in STEPS:
+        rec = manifest["stages"][step]
         assert rec["status"] == "done"
         assert len(rec["output_hash"]) == 64
         assert rec["seed"] == recipe.seed
         assert {"torch", "onnx", "onnxruntime", "transformers"} <= set(rec["versions"])
         assert rec["wall_s"] >= 0
     assert manifest["stages"]["teacher"]["inputs"]["data"]["files"]["train"]
-    prune = manifest["stages"]["prune"]["metrics"]
+    prune = manifest["stages"]["prune/pruned"]["metrics"]
     assert prune["sparsity_prunable"] == pytest.approx(0.5, abs=1e-3)
-    assert manifest["stages"]["quantize"]["metrics"]["int8_initializers"] > 0
+    assert manifest["stages"]["quantize/int8"]["metrics"]["int8_initializers"] > 0
 
 
 def test_rerun_skips_unchanged_stages_and_sparsity_change_reruns_from_prune(first_run, tmp_path):
@@ -108,14 +114,14 @@ def test_rerun_skips_unchanged_stages_and_sparsity_change_reruns_from_prune(firs
     logs: list[str] = []
     run_pipeline(recipe, run, log=logs.append)
     assert _ran(logs) == []
-    assert sum("skipped" in line for line in logs) == len(STAGES)
+    assert sum("skipped" in line for line in logs) == len(STEPS)
 
     changed = load_recipe(recipe_path(recipe, tmp_path, prune={"sparsity": 0.3}))
     logs = []
     report = run_pipeline(changed, run, log=logs.append)
-    assert _ran(logs) == ["prune", "export", "quantize", "benchmark"]
+    assert _ran(logs) == ["prune/pruned", "export/pruned", "quantize/int8", "benchmark"]
     manifest = json.loads((run / "manifest.json").read_text())
-    assert manifest["stages"]["prune"]["metrics"]["sparsity_prunable"] == pytest.approx(0.3, abs=1e-3)
+    assert manifest["stages"]["prune/pruned"]["metrics"]["sparsity_prunable"] == pytest.approx(0.3, abs=1e-3)
     assert [v["name"] for v in report["variants"]] == VARIANTS
 
 
@@ -124,7 +130,7 @@ def recipe_path(recipe, tmp_path, **sections):
 
     tree = recipe.model_dump(mode="json")
     for k, v in sections.items():
-        tree[k].update(v)
+        (tree[k][0] if isinstance(tree[k], list) else tree[k]).update(v)
     p = tmp_path / "changed.yaml"
     p.write_text(yaml.safe_dump(tree))
     return p
@@ -147,15 +153,14 @@ def test_interrupted_stage_leaves_no_artifact_and_the_next_run_finishes(first_ru
     monkeypatch.setattr(export.onnx, "export_onnx", interrupted)
     with pytest.raises(KeyboardInterrupt):
         run_pipeline(recipe, run, log=lambda _: None)
-    assert not (run / "export").exists()
-    assert not list(run.glob(".*tmp-*"))
-    assert json.loads((run / "manifest.json").read_text())["stages"]["export"]["status"] == "running"
+    assert list((run / "export").iterdir()) == []  # neither a half-written export/teacher nor a temporary
+    assert json.loads((run / "manifest.json").read_text())["stages"]["export/teacher"]["status"] == "running"
 
     monkeypatch.undo()
     logs: list[str] = []
     run_pipeline(recipe, run, log=logs.append)
     # The re-export is byte-identical to the one before, so quantize and benchmark stay valid and are skipped.
-    assert _ran(logs) == ["export"]
+    assert _ran(logs) == ["export/teacher", "export/student", "export/pruned"]
     assert (run / "export" / "pruned" / "model.onnx").stat().st_size > 1000
     assert (run / "report.json").is_file()
 
@@ -166,7 +171,7 @@ def test_stale_temporaries_from_a_killed_run_are_cleaned(first_run, tmp_path):
     recipe, out, _, _ = first_run
     run = tmp_path / "run"
     shutil.copytree(out, run)
-    stale = run / ".prune.tmp-99999"
+    stale = run / "prune" / ".pruned.tmp-99999"
     stale.mkdir()
     (stale / "model.safetensors").write_bytes(b"partial")
     logs: list[str] = []

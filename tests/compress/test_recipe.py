@@ -20,8 +20,8 @@ def _error(path, overrides=None) -> str:
 def test_tiny_recipe_loads_with_its_values(write_recipe, tiny_data_dir, tiny_base_dir):
     r = load_recipe(write_recipe(prune={"sparsity": 0.3}))
     assert r.name == "tiny"
-    assert r.prune.sparsity == 0.3 and r.prune.epochs == 1  # a section override updates, not replaces
-    assert r.distill.layers == [0, 2]
+    assert r.prune[0].sparsity == 0.3 and r.prune[0].epochs == 1  # a section override updates, not replaces
+    assert r.distill[0].layers == [0, 2]
     assert r.data.train == tiny_data_dir / "train.tsv"
     assert r.teacher.base == str(tiny_base_dir)
 
@@ -93,7 +93,7 @@ def test_top_level_must_be_a_mapping(tmp_path):
 def test_recipe_is_frozen(write_recipe):
     r = load_recipe(write_recipe())
     with pytest.raises(pydantic.ValidationError):
-        r.prune.sparsity = 0.9
+        r.prune[0].sparsity = 0.9
 
 
 def test_parse_overrides_parses_values_as_yaml():
@@ -112,11 +112,11 @@ def test_parse_overrides_rejects_malformed_items(item):
 def test_overrides_are_applied_before_validation(write_recipe):
     path = write_recipe()
     r = load_recipe(path, parse_overrides(["prune.sparsity=0.3", "distill.layers=[2, 0]", "seed=7"]))
-    assert r.prune.sparsity == 0.3
-    assert r.distill.layers == [0, 2]  # validated: sorted
+    assert r.prune[0].sparsity == 0.3
+    assert r.distill[0].layers == [0, 2]  # validated: sorted
     assert r.seed == 7
     # An override creating a section the file lacks.
-    assert load_recipe(path, {"quantize.per_channel": True}).quantize.per_channel is True
+    assert load_recipe(path, {"quantize.per_channel": True}).quantize[0].per_channel is True
 
 
 def test_bad_override_is_reported_like_a_bad_file(write_recipe):
