@@ -75,17 +75,76 @@ class DistillConfig(_Config):
         return sorted(v)
 
 
+# Which prune keys apply only to some methods, schedules or importances: setting one elsewhere (to anything but
+# its default) is an error rather than a silent no-op.
+_PRUNE_APPLIES = {
+    "sparsity": ("method", ("unstructured",)),
+    "heads": ("method", ("structured",)),
+    "ffn": ("method", ("structured",)),
+    "nm": ("method", ("n:m",)),
+    "scope": ("method", ("unstructured", "structured")),
+    "start": ("schedule", ("cubic",)),
+    "end": ("schedule", ("cubic",)),
+    "every": ("schedule", ("cubic",)),
+    "taylor_batches": ("importance", ("taylor",)),
+}
+
+
 class PruneConfig(_Config):
-    """Global unstructured magnitude pruning of the encoder's Linear weights, then a short distillation fine-tune."""
+    """Magnitude pruning of the encoder, unstructured (zeros: smaller compressed file) or structured (whole
+    heads and FFN neurons removed: smaller matrices, real speed), one-shot or on a cubic schedule, with a
+    distillation fine-tune."""
 
     name: str = Field(default="pruned", pattern=_NAME)
     source: str | None = Field(default=None, description="the distill variant to prune; default: the first")
-    sparsity: float = Field(default=0.5, ge=0, lt=1)
-    epochs: float = Field(default=0.5, ge=0, le=50)
+    method: Literal["unstructured", "structured", "n:m"] = "unstructured"
+    sparsity: float = Field(default=0.5, ge=0, lt=1, description="unstructured: share of encoder weights zeroed")
+    heads: float = Field(default=0.0, ge=0, lt=1, description="structured: share of attention heads removed")
+    ffn: float = Field(default=0.0, ge=0, lt=1, description="structured: share of FFN neurons removed per layer")
+    nm: tuple[int, int] = Field(default=(2, 4), description="n:m: keep n of every m consecutive weights in a row")
+    scope: Literal["global", "layer"] = Field(
+        default="global", description="rank across all matrices/layers, or within each (heads only, structured)"
+    )
+    schedule: Literal["oneshot", "cubic"] = "oneshot"
+    importance: Literal["magnitude", "taylor"] = "magnitude"
+    start: float = Field(default=0.0, ge=0, le=1, description="cubic: fraction of the fine-tune where pruning starts")
+    end: float = Field(default=0.75, ge=0, le=1, description="cubic: fraction where the final targets are reached")
+    every: int = Field(default=10, ge=1, le=100_000, description="cubic: optimizer steps between mask updates")
+    taylor_batches: int = Field(default=8, ge=1, le=10_000, description="taylor: training batches scored")
+    epochs: float = Field(default=0.5, ge=0, le=50, description="fine-tune epochs with the masks held")
     batch_size: int = Field(default=32, ge=1, le=4096)
     learning_rate: float = Field(default=5e-5, gt=0, lt=1)
     temperature: float = Field(default=2.0, gt=0, le=100)
     alpha: float = Field(default=0.5, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PruneConfig:
+        for key, (selector, allowed) in _PRUNE_APPLIES.items():
+            value, default = getattr(self, key), type(self).model_fields[key].default
+            if getattr(self, selector) not in allowed and value != default:
+                raise ValueError(
+                    f"prune.{key} applies only to {selector} {' or '.join(map(repr, allowed))}, "
+                    f"not {selector} {getattr(self, selector)!r}"
+                )
+        n, m = self.nm
+        if not 1 <= n < m <= 64:
+            raise ValueError(f"prune.nm = [{n}, {m}]: need 1 <= n < m <= 64")
+        if self.method == "n:m" and self.schedule == "cubic":
+            raise ValueError("prune.schedule 'cubic' does not apply to method 'n:m' (its sparsity is fixed at 1-n/m)")
+        if self.schedule == "cubic" and self.epochs == 0:
+            raise ValueError("prune.schedule 'cubic' prunes during the fine-tune: prune.epochs must be > 0")
+        if self.start > self.end:
+            raise ValueError(f"prune.start = {self.start} is after prune.end = {self.end}")
+        if self.method == "structured" and self.heads == 0 and self.ffn == 0:
+            raise ValueError("prune.method 'structured' needs prune.heads or prune.ffn > 0")
+        return self
+
+    @property
+    def target_sparsity(self) -> float:
+        """The share of encoder weights zeroed by an unstructured or n:m method (0 for structured)."""
+        if self.method == "n:m":
+            return 1 - self.nm[0] / self.nm[1]
+        return self.sparsity if self.method == "unstructured" else 0.0
 
 
 class ExportConfig(_Config):
@@ -147,7 +206,9 @@ class Recipe(_Config):
         for section in ("distill", "prune", "quantize"):
             for i, v in enumerate(getattr(self, section)):
                 if v.name in seen:
-                    raise ValueError(f"{section}.{i}.name = {v.name!r}: variant names must be unique (and not 'teacher')")
+                    raise ValueError(
+                        f"{section}.{i}.name = {v.name!r}: variant names must be unique (and not 'teacher')"
+                    )
                 seen.add(v.name)
         students = [d.name for d in self.distill]
         for i, p in enumerate(self.prune):
@@ -156,7 +217,9 @@ class Recipe(_Config):
         models = students + [p.name for p in self.prune]
         for i, q in enumerate(self.quantize):
             if q.source is not None and q.source not in models:
-                raise ValueError(f"quantize.{i}.source = {q.source!r}: not a distill or prune variant; choose from {models}")
+                raise ValueError(
+                    f"quantize.{i}.source = {q.source!r}: not a distill or prune variant; choose from {models}"
+                )
         return self
 
     def source_of(self, variant: PruneConfig | QuantizeConfig) -> str:

@@ -12,7 +12,16 @@ from compress.recipe import load_recipe
 from tests.conftest import write_tiny_data, write_tiny_recipe
 
 VARIANTS = ["teacher-torch", "teacher-onnx", "student", "pruned", "int8"]
-STEPS = ["teacher", "distill/student", "prune/pruned", "export/teacher", "export/student", "export/pruned", "quantize/int8", "benchmark"]
+STEPS = [
+    "teacher",
+    "distill/student",
+    "prune/pruned",
+    "export/teacher",
+    "export/student",
+    "export/pruned",
+    "quantize/int8",
+    "benchmark",
+]
 VARIANT_KEYS = {
     "name",
     "stage",
@@ -74,7 +83,10 @@ def test_models_learn_and_int8_is_smaller(first_run):
     _, out, report, _ = first_run
     by = {v["name"]: v for v in report["variants"]}
     assert [(by[n]["stage"], by[n]["parent"]) for n in VARIANTS] == [
-        ("baseline", None), ("baseline", "teacher-torch"), ("distill", "teacher-onnx"), ("prune", "student"),
+        ("baseline", None),
+        ("baseline", "teacher-torch"),
+        ("distill", "teacher-onnx"),
+        ("prune", "student"),
         ("quantize", "pruned"),
     ]
     # The synthetic task is separable by word identity: a trained teacher is far above chance (0.5).
