@@ -7,6 +7,8 @@ import os
 import sys
 from pathlib import Path
 
+from compress import commands
+from compress.errors import StageError
 from compress.recipe import RecipeError, load_recipe, parse_overrides
 
 _EPILOG = """examples:
@@ -47,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate a recipe and its data files without running anything")
     check.add_argument("recipe", type=Path)
     check.add_argument("--set", dest="overrides", action="append", default=[], metavar="STAGE.KEY=VALUE")
+    commands.add_subparsers(sub)  # compare, bundle, predict: they work on finished runs
     return p
 
 
@@ -54,6 +57,8 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a model hub
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = _parser().parse_args(argv)
+    if args.command in commands.COMMANDS:  # before transformers is imported: `predict` stays light
+        sys.exit(commands.dispatch(args))
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
@@ -74,6 +79,9 @@ def main(argv: list[str] | None = None) -> None:
     except RecipeError as e:
         print(f"edge-compress: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except StageError as e:
+        print(f"edge-compress: stage failed: {e}", file=sys.stderr)
+        sys.exit(1)
     except KeyboardInterrupt:
         print("edge-compress: interrupted; finished stages are kept, run again to resume", file=sys.stderr)
         sys.exit(130)

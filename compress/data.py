@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,7 @@ class TaskData:
     dev: Split
     test: Split | None
     label_names: list[str]
+    holdout: Split | None = None  # carved from train, for choices (model selection, int8 settings): never dev/test
 
 
 def _read_rows(path: Path, text_col: str, label_col: str, key: str) -> list[tuple[str, str]]:
@@ -104,7 +106,24 @@ def load_task_data(cfg: DataConfig) -> TaskData:
                 f"data.{key}: labels {unknown[:5]} are not among the known labels {names} (set data.labels)"
             )
         splits[key] = Split([t for t, _ in rows], [index[lab] for _, lab in rows])
-    return TaskData(splits["train"], splits["dev"], splits.get("test"), names)
+    train, holdout = _carve_holdout(splits["train"], cfg.holdout_fraction)
+    return TaskData(train, splits["dev"], splits.get("test"), names, holdout)
+
+
+def _carve_holdout(train: Split, fraction: float) -> tuple[Split, Split | None]:
+    """Move a fixed random `fraction` of train into a held-out split (the same examples on every run)."""
+    n = min(round(len(train.labels) * fraction), len(train.labels) - 1)
+    if n <= 0:
+        return train, None
+    order = list(range(len(train.labels)))
+    random.Random(20261123).shuffle(order)  # fixed: the holdout must not move with the training seed
+    held = set(order[:n])
+
+    def pick(keep: bool) -> Split:
+        idx = [i for i in range(len(train.labels)) if (i in held) != keep]
+        return Split([train.texts[i] for i in idx], [train.labels[i] for i in idx])
+
+    return pick(True), pick(False)
 
 
 def _label_sort_key(label: str) -> tuple[int, float | str]:

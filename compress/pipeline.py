@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from compress.data import TaskData, load_task_data
+from compress.errors import StageError
 from compress.manifest import (
     Manifest,
     atomic_dir,
@@ -159,9 +160,42 @@ def _export(ctx: RunContext, step: Step, out: Path) -> dict:
 
 
 def _quantize(ctx: RunContext, step: Step, out: Path) -> dict:
-    from compress.quantize import quantize
+    from transformers import AutoTokenizer
 
-    return quantize(ctx.out(step.inputs[0]), out, step.config)
+    from compress.calibration import calibration_feeds, model_input_names
+    from compress.quantize import quantize
+    from compress.training import accuracy
+    from export.runtime import OrtClassifier, batched_logits
+
+    q, r, src = step.config, ctx.recipe, ctx.out(step.inputs[0])
+    tokenizer = AutoTokenizer.from_pretrained(src, local_files_only=True)
+    holdout = ctx.data.holdout or ctx.data.dev  # dev only when the recipe holds nothing out of train
+
+    def evaluate(path: Path) -> float:
+        clf = OrtClassifier(path, threads=2)
+        return accuracy(batched_logits(clf, tokenizer, holdout.texts, r.data.max_length), holdout.labels)
+
+    calibration = None
+    if q.method == "static" or q.max_accuracy_drop is not None:
+        texts = ctx.data.train.texts[: q.calibration_examples]
+        calibration = calibration_feeds(tokenizer, texts, r.data.max_length, model_input_names(src / "model.onnx"))
+    from compress.sensitivity import AccuracyBudgetError
+
+    try:
+        return quantize(
+            src,
+            out,
+            q,
+            calibration,
+            evaluate=evaluate,
+            check_texts=ctx.data.dev.texts[:256],
+            max_length=r.data.max_length,
+        )
+    except AccuracyBudgetError as e:
+        raise StageError(
+            f"{step.id}: no int8 model fits quantize.max_accuracy_drop = {q.max_accuracy_drop}; nothing was shipped "
+            f"for it and the float32 model {step.inputs[0]}/model.onnx remains the artifact. {e}"
+        ) from None
 
 
 def _benchmark(ctx: RunContext, step: Step, out: Path) -> dict:
@@ -176,14 +210,14 @@ def _benchmark(ctx: RunContext, step: Step, out: Path) -> dict:
 
     t = ctx.metrics("teacher")
     variants = [
-        Variant("teacher-torch", "baseline", "torch", None, ctx.out("teacher"), ctx.out("teacher"), t["params"], t["layers"]),
+        Variant(
+            "teacher-torch", "baseline", "torch", None, ctx.out("teacher"), ctx.out("teacher"), t["params"], t["layers"]
+        ),
         onnx("teacher-onnx", "baseline", "teacher-torch", "export/teacher", "teacher"),
     ]
     variants += [onnx(d.name, "distill", "teacher-onnx", f"export/{d.name}", d.name) for d in r.distill]
     variants += [onnx(p.name, "prune", r.source_of(p), f"export/{p.name}", p.name) for p in r.prune]
-    variants += [
-        onnx(q.name, "quantize", r.source_of(q), f"quantize/{q.name}", r.source_of(q)) for q in r.quantize
-    ]
+    variants += [onnx(q.name, "quantize", r.source_of(q), f"quantize/{q.name}", r.source_of(q)) for q in r.quantize]
     results = benchmark(variants, ctx.data, step.config, max_length=r.data.max_length, reference="teacher-torch")
     write_json_atomic(out / "results.json", results)
     return {v["name"]: {"accuracy": v["accuracy"], "p50_ms": v["latency_ms"]["p50"]} for v in results["variants"]}
@@ -202,7 +236,7 @@ def plan(recipe: Recipe) -> list[Step]:
     for m in models:
         steps.append(Step("export", m, recipe.export, (model_step_id(recipe, m),), _export))
     for q in recipe.quantize:
-        steps.append(Step("quantize", q.name, q, (f"export/{recipe.source_of(q)}",), _quantize, uses_data=False))
+        steps.append(Step("quantize", q.name, q, (f"export/{recipe.source_of(q)}",), _quantize))
     everything = tuple(s.id for s in steps)
     steps.append(Step("benchmark", "benchmark", recipe.benchmark, everything, _benchmark))
     return steps

@@ -1,16 +1,133 @@
-"""Quantize stage: post-training dynamic int8 with ONNX Runtime's quantization tool."""
+"""Quantize stage: post-training int8 with ONNX Runtime's quantization tool, dynamic or static (QDQ).
+
+`quantize` is the pipeline's stage (a model directory in, an int8 model directory out). `quantize_model` is the
+file-level operation underneath it that the accuracy-budget search in `compress.sensitivity` repeats with
+different node exclusions; `Int8Spec` says which int8 variant to make.
+"""
 
 from __future__ import annotations
 
 import shutil
 import tempfile
 from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Literal
 
 import onnx
 
+from compress.calibration import Feed, FeedReader
 from compress.hardware import cpu_info, has_vnni
 from compress.recipe import QuantizeConfig
+
+# What each method can quantize in a BERT graph. quantize_dynamic (ONNX Runtime's IntegerOps mode) turns MatMul
+# into MatMulInteger, Gather into a Gather of int8 tables, and the fused Attention/EmbedLayerNormalization of
+# export.optimize into QAttention/QEmbedLayerNormalization (it also rewrites Gemm into MatMul + Add first, so the
+# pooler and classifier are covered by "MatMul"). The QDQ quantizer has no rule for the fused contrib ops: on a
+# fused graph static int8 covers the remaining MatMuls only.
+DYNAMIC_OP_TYPES = ("MatMul", "Gather", "Attention", "EmbedLayerNormalization")
+STATIC_OP_TYPES = ("MatMul", "Gemm", "Gather")
+
+# The operators that show an int8 graph for what it is, counted in the metrics.
+_INT8_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger")
+
+_SHORT = {"uint8": "u8", "int8": "s8"}
+
+
+@dataclass(frozen=True)
+class Int8Spec:
+    """One int8 variant: method, data types and options of ONNX Runtime's quantizer.
+
+    Attributes:
+        method: "dynamic" (weights int8 offline, activations quantized at run time by DynamicQuantizeLinear)
+            or "static" (QDQ: activation ranges fixed by calibration on real inputs).
+        activation_type: "uint8" or "int8" (static only: dynamic activations are always uint8).
+        weight_type: "int8" or "uint8".
+        reduce_range: 7-bit weights; "auto" = on for x86 CPUs without VNNI (see `resolve_reduce_range`).
+        per_channel: one scale per output channel of each weight instead of one per tensor.
+        op_types: operator types to quantize; None = all BERT operators the method supports.
+        calibrate_method: static only: "minmax", "entropy" or "percentile".
+        percentile: the percentile of |activation| kept by the "percentile" calibration.
+        nodes_to_exclude: node names (of the preprocessed graph) left in float32.
+    """
+
+    method: Literal["dynamic", "static"] = "dynamic"
+    activation_type: Literal["uint8", "int8"] = "uint8"
+    weight_type: Literal["int8", "uint8"] = "int8"
+    reduce_range: bool | Literal["auto"] = "auto"
+    per_channel: bool = False
+    op_types: tuple[str, ...] | None = None
+    calibrate_method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    percentile: float = 99.999
+    nodes_to_exclude: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        def check(field: str, value, allowed) -> None:
+            if value not in allowed:
+                raise ValueError(f"Int8Spec.{field}={value!r}: allowed {sorted(map(str, allowed))}")
+
+        check("method", self.method, ("dynamic", "static"))
+        check("activation_type", self.activation_type, ("uint8", "int8"))
+        check("weight_type", self.weight_type, ("int8", "uint8"))
+        check("reduce_range", self.reduce_range, (True, False, "auto"))
+        check("calibrate_method", self.calibrate_method, ("minmax", "entropy", "percentile"))
+        if self.method == "dynamic" and self.activation_type != "uint8":
+            raise ValueError(
+                "Int8Spec: dynamic quantization always has uint8 activations (DynamicQuantizeLinear); "
+                "int8 activations need method='static'"
+            )
+        if not 0 < self.percentile <= 100:
+            raise ValueError(f"Int8Spec.percentile={self.percentile}: must be in (0, 100]")
+        if self.op_types is not None:
+            from onnxruntime.quantization.registry import IntegerOpsRegistry, QDQRegistry
+
+            object.__setattr__(self, "op_types", tuple(self.op_types))
+            supported = set(IntegerOpsRegistry if self.method == "dynamic" else QDQRegistry)
+            unknown = sorted(set(self.op_types) - supported)
+            if unknown or not self.op_types:
+                raise ValueError(
+                    f"Int8Spec.op_types: {unknown or 'empty'} not quantized by method={self.method!r}; "
+                    f"allowed {sorted(supported)}"
+                )
+        object.__setattr__(self, "nodes_to_exclude", tuple(self.nodes_to_exclude))
+
+    @property
+    def ops(self) -> tuple[str, ...]:
+        """The operator types this spec quantizes."""
+        if self.op_types is not None:
+            return self.op_types
+        return DYNAMIC_OP_TYPES if self.method == "dynamic" else STATIC_OP_TYPES
+
+    @property
+    def name(self) -> str:
+        """A short label such as `dynamic-u8s8-rr` or `static-s8s8-pc-entropy`."""
+        parts = [self.method, _SHORT[self.activation_type] + _SHORT[self.weight_type]]
+        if self.reduce_range is True:
+            parts.append("rr")
+        elif self.reduce_range == "auto":
+            parts.append("rrauto")
+        if self.per_channel:
+            parts.append("pc")
+        if self.method == "static":
+            parts.append(self.calibrate_method)
+        return "-".join(parts)
+
+    @classmethod
+    def from_config(cls, config: QuantizeConfig) -> Int8Spec:
+        """The spec of the recipe's `quantize` section.
+
+        Keys the section does not (yet) declare take the spec's defaults, so the same call serves the dynamic-only
+        section and one extended with `activation_type`, `weight_type`, `calibrate_method`, `nodes_to_exclude`.
+        """
+        fields = {k: getattr(config, k) for k in cls.__dataclass_fields__ if hasattr(config, k)}
+        if fields.get("op_types") is not None:
+            fields["op_types"] = tuple(fields["op_types"])
+        return cls(**fields)
+
+    def to_dict(self) -> dict:
+        """The spec as a JSON-ready dict (tuples as lists), for manifests and tables."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
 def resolve_reduce_range(setting: str | bool) -> tuple[bool, str]:
@@ -40,43 +157,229 @@ def graph_summary(model_path: Path) -> dict:
     }
 
 
-def quantize(onnx_dir: Path, out_dir: Path, config: QuantizeConfig) -> dict:
-    """Write `out_dir/model.onnx`, an int8 version of `onnx_dir/model.onnx`, with its tokenizer and config.
+def int8_op_counts(op_counts: dict[str, int]) -> dict[str, int]:
+    """The quantization operators among `op_counts`: Q/DQ, DynamicQuantizeLinear, *Integer, QLinear*, Q*."""
+    return {
+        op: n
+        for op, n in op_counts.items()
+        if op in _INT8_OPS or op.startswith("QLinear") or op in ("QAttention", "QEmbedLayerNormalization", "QGemm")
+    }
 
-    Returns:
-        The settings used (with the reason for `reduce_range`) and the quantized graph's operator counts.
+
+def has_contrib_ops(model: onnx.ModelProto) -> bool:
+    """Whether the graph holds ONNX Runtime's com.microsoft operators (a graph fused by export.optimize)."""
+    return any(n.domain == "com.microsoft" for n in model.graph.node)
+
+
+def preprocess(src: Path, dst: Path) -> Path:
+    """ONNX Runtime's recommended pre-quantization pass, writing `dst`; nothing goes to the working directory.
+
+    Shape inference and graph cleanup (`quant_pre_process`). Symbolic shape inference is skipped: it gives up on
+    optimum's BERT graphs and then leaves `sym_shape_infer_temp.onnx` in the working directory. ONNX's own shape
+    inference cannot type the outputs of com.microsoft operators, though, and static calibration records only
+    tensors of known float type; so a fused graph is typed by onnxruntime.transformers' symbolic shape helper,
+    which knows those operators and, unlike `SymbolicShapeInference.infer_shapes`, writes no file when it fails.
     """
-    from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    src, dst = Path(src), Path(dst)
+    quant_pre_process(src, dst, skip_symbolic_shape=True)
+    model = onnx.load(str(dst))
+    if has_contrib_ops(model):
+        from onnxruntime.transformers.shape_infer_helper import SymbolicShapeInferenceHelper
+
+        helper = SymbolicShapeInferenceHelper(model, auto_merge=True)
+        try:
+            helper.infer({})
+        except Exception:  # noqa: BLE001 - untyped tensors only narrow static calibration; dynamic still works
+            return dst
+        onnx.save(helper.out_mp_, str(dst))
+    return dst
+
+
+def quantize_model(
+    src: Path,
+    dst: Path,
+    spec: Int8Spec,
+    calibration: Sequence[Feed] | None = None,
+    *,
+    preprocessed: bool = False,
+    nodes_to_quantize: Sequence[str] | None = None,
+    calibration_cache: Path | None = None,
+) -> dict:
+    """Write `dst`, the int8 version of the ONNX model `src` that `spec` describes.
+
+    Args:
+        src: the float32 ONNX model.
+        dst: where the int8 model goes.
+        spec: method, types and options.
+        calibration: model feeds for static calibration (see `compress.calibration.calibration_feeds`).
+        preprocessed: `src` already went through `preprocess` (node names then refer to it).
+        nodes_to_quantize: quantize only these nodes (node names of the preprocessed graph).
+        calibration_cache: static only: a JSON file of activation ranges; read if it exists, else written, so
+            repeated quantizations of one model calibrate once.
+
+    Returns:
+        The settings used (with the reason for `reduce_range`), the graph's operator counts and int8 operator
+        counts, int8 initializer count and file size.
+
+    Raises:
+        ValueError: static without calibration feeds (and no existing cache).
+    """
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
+
+    src, dst = Path(src), Path(dst)
+    reduce_range, why = resolve_reduce_range(spec.reduce_range)
+    types = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
+    # Types the quantizer cannot infer are those of com.microsoft operators' outputs, all float in these graphs.
+    extra: dict = {"DefaultTensorType": onnx.TensorProto.FLOAT}
+    common = dict(
+        op_types_to_quantize=list(spec.ops),
+        per_channel=spec.per_channel,
+        reduce_range=reduce_range,
+        weight_type=types[spec.weight_type],
+        nodes_to_quantize=list(nodes_to_quantize) if nodes_to_quantize else None,
+        nodes_to_exclude=list(spec.nodes_to_exclude) or None,
+    )
+    settings = {
+        "method": spec.method,
+        "name": spec.name,
+        "activation_type": spec.activation_type,
+        "weight_type": spec.weight_type,
+        "op_types": list(spec.ops),
+        "per_channel": spec.per_channel,
+        "reduce_range": reduce_range,
+        "reduce_range_reason": why,
+        "nodes_to_exclude": list(spec.nodes_to_exclude),
+    }
+    if spec.method == "static":
+        has_cache = calibration_cache is not None and Path(calibration_cache).is_file()
+        if not calibration and not has_cache:
+            raise ValueError("static int8 needs calibration feeds")
+        methods = {
+            "minmax": CalibrationMethod.MinMax,
+            "entropy": CalibrationMethod.Entropy,
+            "percentile": CalibrationMethod.Percentile,
+        }
+        if spec.calibrate_method == "percentile":
+            extra["CalibPercentile"] = spec.percentile
+        if spec.calibrate_method != "minmax":
+            # The histogram calibrators stack every collected output into one array, which fails on requests of
+            # different lengths; ONNX Runtime's strided collection (meant for memory) with a stride of one
+            # request merges their histograms one at a time instead.
+            extra["CalibStridedMinMax"] = 1
+        settings |= {
+            "format": "QDQ",
+            "calibrate_method": spec.calibrate_method,
+            "calibration_examples": len(calibration) if calibration else None,
+        }
+        if spec.calibrate_method == "percentile":
+            settings["percentile"] = spec.percentile
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dst.parent, prefix=".quantize-") as tmp:
+        model_in = src if preprocessed else preprocess(src, Path(tmp) / "preprocessed.onnx")
+        if spec.method == "dynamic":
+            quantize_dynamic(model_in, dst, extra_options=extra, **common)
+        else:
+            quantize_static(
+                model_in,
+                dst,
+                FeedReader(calibration) if calibration else None,
+                quant_format=QuantFormat.QDQ,
+                activation_type=types[spec.activation_type],
+                calibrate_method=methods[spec.calibrate_method],
+                extra_options=extra,
+                calibration_cache_path=calibration_cache,
+                **common,
+            )
+    summary = graph_summary(dst)
+    return {
+        **settings,
+        **summary,
+        "int8_ops": int8_op_counts(summary["op_counts"]),
+        "size_bytes": dst.stat().st_size,
+    }
+
+
+def quantize(
+    onnx_dir: Path,
+    out_dir: Path,
+    config: QuantizeConfig,
+    calibration: Sequence[Feed] | None = None,
+    *,
+    evaluate: Callable[[Path], float] | None = None,
+    check_texts: Sequence[str] | None = None,
+    max_length: int = 128,
+) -> dict:
+    """Write `out_dir/model.onnx`, an int8 version of `onnx_dir/model.onnx`, with its tokenizer and config.
+
+    With `config.fuse`, ONNX Runtime's transformer fusions run first. With `config.select == "measure"`, every
+    u8s8/u8u8 x 7/8-bit candidate of the method is made and the one `evaluate` scores best is kept (ties: the
+    smallest). With `config.max_accuracy_drop`, the most sensitive nodes stay in float until `evaluate`'s drop
+    from float32 fits the budget.
+
+    Args:
+        onnx_dir: an exported model directory (model.onnx, config.json, tokenizer files).
+        out_dir: the int8 model directory to write.
+        config: the recipe's quantize section (see `Int8Spec.from_config`).
+        calibration: feeds for static int8 (`compress.calibration.calibration_feeds` over train sentences).
+        evaluate: ONNX model path -> accuracy on held-out data; needed by `select: measure` and the budget.
+        check_texts: sentences on which the fused graph is checked against the unfused one.
+        max_length: tokenizer truncation for that check.
+
+    Returns:
+        The settings used (with the reason for `reduce_range`), the quantized graph's operator counts, and the
+        fusion, selection or budget records when those ran.
+
+    Raises:
+        RuntimeError: the result holds no int8 weights (op_types that match nothing in the graph).
+        compress.sensitivity.AccuracyBudgetError: no int8 model fits `max_accuracy_drop`; nothing is written.
+    """
+    from compress.sensitivity import choose_int8_variant, default_candidates, quantize_within_budget
+
     onnx_dir, out_dir = Path(onnx_dir), Path(out_dir)
-    reduce_range, why = resolve_reduce_range(config.reduce_range)
+    spec = Int8Spec.from_config(config)
+    if (config.select == "measure" or config.max_accuracy_drop is not None) and evaluate is None:
+        raise ValueError("quantize: select 'measure' and max_accuracy_drop need an evaluate callable")
     out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
-        pre = Path(tmp) / "preprocessed.onnx"
-        # ONNX shape inference and graph cleanup first, as onnxruntime's quantization docs recommend. Symbolic
-        # shape inference is skipped: it gives up on optimum's BERT graphs and then leaves temporary files
-        # in the working directory.
-        quant_pre_process(onnx_dir / "model.onnx", pre, skip_symbolic_shape=True)
-        quantize_dynamic(
-            pre,
-            out_dir / "model.onnx",
-            op_types_to_quantize=list(config.op_types),
-            per_channel=config.per_channel,
-            reduce_range=reduce_range,
-            weight_type=QuantType.QInt8,
-        )
+    extra: dict = {}
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".work-") as tmp:
+        src = onnx_dir / "model.onnx"
+        if config.fuse:
+            from export.optimize import optimize_onnx
+
+            extra["fusion"] = optimize_onnx(
+                onnx_dir, Path(tmp) / "fused", list(check_texts or []), max_length=max_length
+            )
+            src = Path(tmp) / "fused" / "model.onnx"
+        if config.select == "measure":
+            candidates = [c for c in default_candidates(static=config.method == "static") if c.method == config.method]
+            candidates = [replace(c, per_channel=spec.per_channel, op_types=spec.op_types) for c in candidates]
+            choice = choose_int8_variant(src, Path(tmp) / "candidates", evaluate, candidates, calibration=calibration)
+            spec = choice["chosen_spec"]
+            extra["selection"] = {
+                "chosen": choice["chosen"],
+                "reason": choice["reason"],
+                "metric": "accuracy on the held-out slice of train",
+                "candidates": [{k: v for k, v in r.items() if k != "path"} for r in choice["table"]],
+            }
+        if config.max_accuracy_drop is not None:
+            res = quantize_within_budget(
+                src,
+                out_dir / "model.onnx",
+                spec,
+                evaluate,
+                config.max_accuracy_drop,
+                calibration or [],
+                granularity=config.budget_granularity,
+            )
+            extra["budget"] = {k: v for k, v in res.to_dict().items() if k != "path"}
+            metrics = res.metrics
+        else:
+            metrics = quantize_model(src, out_dir / "model.onnx", spec, calibration)
     for f in onnx_dir.iterdir():
         if f.is_file() and f.suffix != ".onnx":
             shutil.copy2(f, out_dir / f.name)
-    summary = graph_summary(out_dir / "model.onnx")
-    if summary["int8_initializers"] == 0:
-        raise RuntimeError(f"quantize: no int8 weights in {out_dir / 'model.onnx'}; op_types {config.op_types}")
-    return {
-        "method": config.method,
-        "op_types": list(config.op_types),
-        "per_channel": config.per_channel,
-        "reduce_range": reduce_range,
-        "reduce_range_reason": why,
-        **summary,
-    }
+    if metrics["int8_initializers"] == 0:
+        raise RuntimeError(f"quantize: no int8 weights in {out_dir / 'model.onnx'}; op_types {list(spec.ops)}")
+    return {**metrics, **extra}

@@ -35,6 +35,9 @@ class DataConfig(_Config):
     max_length: int = Field(default=128, ge=8, le=512)
     max_train_examples: int | None = Field(default=None, ge=1, description="use a slice of train (trying out)")
     max_eval_examples: int | None = Field(default=None, ge=1, description="use a slice of dev/test")
+    holdout_fraction: float = Field(
+        default=0.02, ge=0, le=0.5, description="share of train held out for choices (int8 settings, budgets)"
+    )
 
 
 class TeacherConfig(_Config):
@@ -157,18 +160,41 @@ class ExportConfig(_Config):
 
 
 class QuantizeConfig(_Config):
-    """Post-training dynamic int8 quantization in ONNX Runtime."""
+    """Post-training int8 in ONNX Runtime: dynamic, or static (QDQ) with calibration on train sentences."""
 
     name: str = Field(default="int8", pattern=_NAME)
     source: str | None = Field(
         default=None, description="the distill or prune variant to quantize; default: the first prune variant"
     )
-    method: Literal["dynamic"] = "dynamic"
-    op_types: list[Literal["MatMul", "Gather", "Attention", "EmbedLayerNormalization"]] = ["MatMul", "Gather"]
-    per_channel: bool = False
+    method: Literal["dynamic", "static"] = "dynamic"
+    activation_type: Literal["uint8", "int8"] = Field(default="uint8", description="int8 only with method static")
+    weight_type: Literal["int8", "uint8"] = "int8"
     reduce_range: Literal["auto"] | bool = Field(
         default="auto", description="7-bit weights; 'auto' = on for x86 CPUs without VNNI (u8s8 saturation)"
     )
+    per_channel: bool = False
+    op_types: list[str] | None = Field(default=None, description="default: every operator the method quantizes")
+    calibrate_method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    percentile: float = Field(default=99.999, gt=0, le=100)
+    calibration_examples: int = Field(default=128, ge=1, le=100_000, description="static: train sentences")
+    fuse: bool = Field(default=False, description="run ONNX Runtime's transformer fusions first")
+    select: Literal["fixed", "measure"] = Field(
+        default="fixed",
+        description="'measure': quantize with each u8s8/u8u8 x 7/8-bit setting, keep the most accurate on the "
+        "held-out slice of train (ties: the fastest)",
+    )
+    max_accuracy_drop: float | None = Field(
+        default=None, ge=0, le=1, description="keep the most sensitive nodes in float until the drop fits"
+    )
+    budget_granularity: Literal["node", "block"] = "node"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> QuantizeConfig:
+        if self.method == "dynamic" and self.activation_type != "uint8":
+            raise ValueError("quantize.activation_type 'int8' needs quantize.method 'static' (dynamic is uint8)")
+        if self.select == "measure" and self.max_accuracy_drop is not None:
+            raise ValueError("quantize.select 'measure' and quantize.max_accuracy_drop: choose one")
+        return self
 
 
 class BenchmarkConfig(_Config):

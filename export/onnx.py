@@ -7,11 +7,12 @@ from pathlib import Path
 
 import numpy as np
 
+from compress.errors import StageError
 from compress.recipe import ExportConfig
 from export.runtime import OrtClassifier, TorchClassifier, batched_logits
 
 
-class ExportCheckError(RuntimeError):
+class ExportCheckError(StageError):
     """ONNX Runtime's outputs differ from PyTorch's beyond the configured tolerance."""
 
 

@@ -17,12 +17,24 @@ def _jsonl(path, records):
 
 def test_tsv_splits_match_the_corpus(tiny_data_dir, tiny_corpus):
     d = tiny_data_dir
-    data = load_task_data(DataConfig(train=d / "train.tsv", dev=d / "dev.tsv", test=d / "test.tsv"))
-    assert data.label_names == ["0", "1"]
+    data = load_task_data(DataConfig(train=d / "train.tsv", dev=d / "dev.tsv", test=d / "test.tsv", holdout_fraction=0))
+    assert data.label_names == ["0", "1"] and data.holdout is None
     for name in ("train", "dev", "test"):
         split = getattr(data, name)
         assert split.texts == [t for t, _ in tiny_corpus[name]]
         assert split.labels == [int(y) for _, y in tiny_corpus[name]]
+
+
+def test_holdout_is_carved_from_train_only_and_is_stable(tiny_data_dir, tiny_corpus):
+    d = tiny_data_dir
+    cfg = DataConfig(train=d / "train.tsv", dev=d / "dev.tsv", holdout_fraction=0.25)
+    data = load_task_data(cfg)
+    train_rows = {t for t, _ in tiny_corpus["train"]}
+    assert len(data.holdout.texts) == 16 and len(data.train.texts) == 48
+    assert set(data.holdout.texts) | set(data.train.texts) == train_rows
+    assert not set(data.holdout.texts) & set(data.train.texts)
+    assert data.dev.texts == [t for t, _ in tiny_corpus["dev"]]
+    assert load_task_data(cfg).holdout == data.holdout  # the same examples on every run
 
 
 def test_tsv_keeps_quotes_as_text(tmp_path):
