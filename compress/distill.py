@@ -1,51 +1,222 @@
-"""Distill stage: a student made of a subset of the teacher's layers, trained on its soft targets."""
+"""Distill stage: a student built from the teacher, trained to match it, selected on held-out train examples.
+
+The student is a subset of the teacher's layers, optionally with fewer heads, a narrower FFN or a smaller
+hidden size (`compress.modeling.build_student`). It learns from the teacher's soft targets (cached logits)
+and the labels, and optionally from the teacher's hidden states, attention maps and last-layer value
+relations (the teacher then runs on every batch). A slice of the *train* split is held out to pick the best
+weights; dev and test are only ever measured. Optionally the vocabulary is trimmed to the pieces the train
+split uses (`compress.vocab`), after training, so that the teacher and the student saw the same tokens.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
-import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from compress.data import TaskData, encode
-from compress.modeling import build_student, count_parameters, num_layers
-from compress.recipe import DistillConfig
-from compress.training import accuracy, predict_logits, train, training_args
+from compress.vocab import TrimVocabConfig
+
+
+class DistillConfig(BaseModel):
+    """Recipe section `distill`. Pure pydantic (no torch import), so `compress.recipe` can take it as it is."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(default="student", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="variant name")
+    # the student
+    layers: list[int] = Field(default=[0, 2, 4], min_length=1, description="teacher layers the student keeps")
+    heads: int | None = Field(default=None, ge=1, description="attention heads kept per layer (most important)")
+    intermediate_size: int | None = Field(default=None, ge=1, description="FFN width kept per layer")
+    hidden_size: int | None = Field(default=None, ge=8, description="a smaller hidden size (new config)")
+    hidden_init: Literal["truncate", "random"] = Field(
+        default="truncate", description="with hidden_size: leading block of each teacher tensor, or random"
+    )
+    # the loss
+    temperature: float = Field(default=2.0, gt=0, le=100)
+    alpha: float = Field(default=0.5, ge=0, le=1, description="weight of the soft-target loss; 1-alpha on labels")
+    hidden_weight: float = Field(default=0.0, ge=0, le=1000, description="hidden-state MSE")
+    attention_weight: float = Field(default=0.0, ge=0, le=1000, description="attention-distribution KL")
+    value_relation_weight: float = Field(default=0.0, ge=0, le=1000, description="MiniLM value-relation KL")
+    relation_heads: int | None = Field(default=None, ge=1, description="default: the teacher's head count")
+    hidden_layer_map: list[tuple[int, int]] | None = Field(
+        default=None, description="(student, teacher) hidden-state indices, 0 = embeddings; default from layers"
+    )
+    attention_layer_map: list[tuple[int, int]] | None = Field(
+        default=None, description="(student, teacher) layer indices; default: each kept layer to its source"
+    )
+    # model selection, on the recipe's held-out slice of train (data.holdout_fraction)
+    eval_steps: int | None = Field(default=None, ge=1, description="evaluate every N steps; default each epoch")
+    # vocabulary
+    trim_vocab: TrimVocabConfig = TrimVocabConfig()
+    # optimisation
+    epochs: float = Field(default=2.0, gt=0, le=50)
+    batch_size: int = Field(default=32, ge=1, le=4096)
+    learning_rate: float = Field(default=1e-4, gt=0, lt=1)
+    warmup_ratio: float = Field(default=0.06, ge=0, lt=1)
+    weight_decay: float = Field(default=0.01, ge=0, lt=1)
+
+    @field_validator("layers")
+    @classmethod
+    def _distinct_sorted(cls, v: list[int]) -> list[int]:
+        if any(i < 0 for i in v):
+            raise ValueError("layer indices must be >= 0")
+        if len(set(v)) != len(v):
+            raise ValueError("layer indices must be distinct")
+        return sorted(v)
+
+    @field_validator("hidden_layer_map", "attention_layer_map")
+    @classmethod
+    def _non_negative_pairs(cls, v):
+        if v is not None:
+            if not v:
+                raise ValueError("give at least one (student, teacher) pair, or leave the key out")
+            if any(s < 0 or t < 0 for s, t in v):
+                raise ValueError("indices must be >= 0")
+        return v
 
 
 @dataclass
 class DistillResult:
     model: object
     metrics: dict = field(default_factory=dict)
+    tokenizer: object = None  # the student's tokenizer: the teacher's, or its trimmed copy
+
+
+def default_hidden_map(layers: list[int], n_teacher: int) -> list[tuple[int, int]]:
+    """Student hidden state k <-> teacher hidden state layers[k]; the last <-> the teacher's last.
+
+    Student layer k stands in for teacher layers layers[k] .. layers[k+1]-1, so its output should be what the
+    teacher feeds into layer layers[k+1] (and the last student layer's output what the teacher's last layer
+    gives the classifier head both share). [0, 2, 4] of 6 gives (0, 0), (1, 2), (2, 4), (3, 6).
+    """
+    return [(k, layers[k]) for k in range(len(layers))] + [(len(layers), n_teacher)]
+
+
+def default_attention_map(layers: list[int]) -> list[tuple[int, int]]:
+    """Student layer k <-> the teacher layer it was copied from."""
+    return list(enumerate(layers))
+
+
+def _as_config(config) -> DistillConfig:
+    # compress.recipe.DistillConfig (the older, smaller section) converts: its keys are a subset of these.
+    return config if isinstance(config, DistillConfig) else DistillConfig.model_validate(config.model_dump())
+
+
+def _check_map(key: str, pairs, n_student: int, n_teacher: int) -> list[tuple[int, int]]:
+    from compress.recipe import RecipeError
+
+    bad = [(s, t) for s, t in pairs if s > n_student or t > n_teacher]
+    if bad:
+        raise RecipeError(
+            f"distill.{key} = {[list(p) for p in pairs]}: student indices go up to {n_student}, "
+            f"teacher indices up to {n_teacher}; {[list(p) for p in bad]} are out of range"
+        )
+    return [tuple(p) for p in pairs]
+
+
+def _loss_spec(cfg: DistillConfig, student, teacher):
+    from compress.modeling import num_layers, value_projection
+    from compress.recipe import RecipeError
+    from compress.training import LossSpec
+
+    n_s, n_t = num_layers(student), num_layers(teacher)
+    hidden_map = _check_map("hidden_layer_map", cfg.hidden_layer_map or default_hidden_map(cfg.layers, n_t), n_s, n_t)
+    attention_map = _check_map(
+        "attention_layer_map", cfg.attention_layer_map or default_attention_map(cfg.layers), n_s - 1, n_t - 1
+    )
+    relation_heads = cfg.relation_heads or teacher.config.num_attention_heads
+    if cfg.value_relation_weight > 0:
+        widths = {"student": value_projection(student).out_features, "teacher": value_projection(teacher).out_features}
+        bad = {k: w for k, w in widths.items() if w % relation_heads}
+        if bad:
+            raise RecipeError(
+                f"distill.relation_heads = {relation_heads}: must divide the value widths {widths}; {bad} do not"
+            )
+    return LossSpec(
+        temperature=cfg.temperature,
+        alpha=cfg.alpha,
+        hidden_weight=cfg.hidden_weight,
+        attention_weight=cfg.attention_weight,
+        value_relation_weight=cfg.value_relation_weight,
+        hidden_layer_map=tuple(hidden_map),
+        attention_layer_map=tuple(attention_map),
+        relation_heads=relation_heads,
+    )
 
 
 def distill(
     teacher,
     tokenizer,
     teacher_logits: np.ndarray,
-    config: DistillConfig,
-    data: TaskData,
+    config,
+    data,
     *,
     seed: int,
     max_length: int,
     work_dir: Path,
+    log: Callable[[str], None] = print,
 ) -> DistillResult:
-    """Build the student from `config.layers` of `teacher` and train it on cached teacher logits + labels.
+    """Build the student from `teacher`, train it against the teacher, keep the best held-out weights.
 
-    The teacher itself is not modified (the student is a deep copy).
+    Args:
+        teacher: the fine-tuned teacher classifier (not modified).
+        tokenizer: the teacher's tokenizer.
+        teacher_logits: (N_train, C) teacher logits on the train split, computed once by the teacher stage.
+        config: a `DistillConfig` (or the recipe's older distill section, converted).
+        data: the task's splits; dev and test are only measured.
+        seed: seeds the student's fresh parts, the hold-out split and the Trainer.
+        max_length: tokenizer truncation.
+        work_dir: scratch directory for the Trainer.
+        log: where the size comparison line goes.
+
+    Returns:
+        The student, its metrics (dev and test accuracy, held-out accuracy of the kept weights and the step
+        they are from, parameters and MACs/token of student and teacher, vocabulary trimming figures) and the
+        student's tokenizer (the teacher's, or the trimmed one).
     """
+    import torch
+
+    from compress.data import encode
+    from compress.distributed import describe_runtime
+    from compress.modeling import build_student, describe
+    from compress.training import accuracy, predict_logits, train, training_args
+    from compress.vocab import trim_vocab
+
+    cfg = _as_config(config)
     torch.manual_seed(seed)
-    student = build_student(teacher, config.layers)
+    student = build_student(
+        teacher,
+        cfg.layers,
+        heads=cfg.heads,
+        intermediate_size=cfg.intermediate_size,
+        hidden_size=cfg.hidden_size,
+        hidden_init=cfg.hidden_init,
+        seed=seed,
+    )
+    spec = _loss_spec(cfg, student, teacher)
     train_set = encode(tokenizer, data.train, max_length, teacher_logits=teacher_logits)
+    hold_set = encode(tokenizer, data.holdout, max_length) if data.holdout is not None else None
     args = training_args(
         work_dir,
-        epochs=config.epochs,
-        batch_size=config.batch_size,
-        learning_rate=config.learning_rate,
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        learning_rate=cfg.learning_rate,
         seed=seed,
-        warmup_ratio=config.warmup_ratio,
-        weight_decay=config.weight_decay,
+        warmup_ratio=cfg.warmup_ratio,
+        weight_decay=cfg.weight_decay,
+        evaluate=hold_set is not None,
+        eval_steps=cfg.eval_steps,
+    )
+    seq_len = max(1, round(float(np.mean(train_set.lengths))))
+    sizes = {"teacher": describe(teacher, seq_len), "student_init": describe(student, seq_len)}
+    t, s = sizes["teacher"], sizes["student_init"]
+    log(
+        f"    student {s['params']:,} params, {s['macs_per_token'] / 1e6:.2f}M MACs/token | teacher {t['params']:,} "
+        f"params, {t['macs_per_token'] / 1e6:.2f}M MACs/token (at {seq_len} tokens, the mean train length)"
     )
     student.train()
     history = train(
@@ -53,17 +224,53 @@ def distill(
         tokenizer,
         train_set,
         args,
-        distill={"temperature": config.temperature, "alpha": config.alpha},
+        distill=spec,
+        eval_dataset=hold_set,
+        teacher=teacher if spec.needs_teacher else None,
     )
-    dev_logits = predict_logits(student, tokenizer, encode(tokenizer, data.dev, max_length), desc="student dev")
-    return DistillResult(
-        student,
-        {
-            "dev_accuracy_torch": accuracy(dev_logits, data.dev.labels),
-            "params": count_parameters(student),
-            "teacher_params": count_parameters(teacher),
-            "layers": num_layers(student),
-            "layer_indices": list(config.layers),
-            "train_loss_final": next((h["train_loss"] for h in reversed(history) if "train_loss" in h), None),
+    student_tokenizer, vocab_metrics = tokenizer, None
+    if cfg.trim_vocab.enabled:
+        evals = {"dev": data.dev.texts, **({"test": data.test.texts} if data.test is not None else {})}
+        trimmed = trim_vocab(student, tokenizer, data.train.texts, cfg.trim_vocab, eval_texts=evals)
+        student, student_tokenizer, vocab_metrics = trimmed.model, trimmed.tokenizer, trimmed.metrics
+        log(
+            f"    vocabulary {vocab_metrics['vocab_size_before']:,} -> {vocab_metrics['vocab_size_after']:,} pieces;"
+            f" dev [UNK] rate {vocab_metrics['dev_unk_rate_before']:.4%} -> {vocab_metrics['dev_unk_rate_after']:.4%}"
+        )
+    student.eval()
+    sizes["student"] = describe(student, seq_len)
+
+    def split_accuracy(split) -> float:
+        logits = predict_logits(student, student_tokenizer, encode(student_tokenizer, split, max_length))
+        return accuracy(logits, split.labels)
+
+    best = next((h for h in reversed(history) if "best_eval_accuracy" in h), {})
+    metrics = {
+        "dev_accuracy_torch": split_accuracy(data.dev),
+        "test_accuracy_torch": split_accuracy(data.test) if data.test is not None else None,
+        "holdout_examples": len(hold_set) if hold_set is not None else 0,
+        "holdout_accuracy": best.get("best_eval_accuracy"),
+        "best_step": best.get("best_step"),
+        "params": sizes["student"]["params"],
+        "teacher_params": t["params"],
+        "macs_per_token": sizes["student"]["macs_per_token"],
+        "teacher_macs_per_token": t["macs_per_token"],
+        "layers": sizes["student"]["layers"],
+        "layer_indices": list(cfg.layers),
+        "sizes": sizes,
+        "loss": {
+            "temperature": spec.temperature,
+            "alpha": spec.alpha,
+            "hidden_weight": spec.hidden_weight,
+            "attention_weight": spec.attention_weight,
+            "value_relation_weight": spec.value_relation_weight,
+            "hidden_layer_map": [list(p) for p in spec.hidden_layer_map],
+            "attention_layer_map": [list(p) for p in spec.attention_layer_map],
+            "relation_heads": spec.relation_heads,
+            "teacher_per_batch": spec.needs_teacher,
         },
-    )
+        "vocab": vocab_metrics,
+        "runtime": describe_runtime(),
+        "train_loss_final": next((h["train_loss"] for h in reversed(history) if "train_loss" in h), None),
+    }
+    return DistillResult(student, metrics, student_tokenizer)

@@ -3,5 +3,9 @@
 from __future__ import annotations
 
 
+class RecipeError(ValueError):
+    """A problem with the recipe or its inputs that the user can fix; shown as one line, no traceback."""
+
+
 class StageError(RuntimeError):
     """A step could not produce a trustworthy artifact; the message says why and what is kept."""

@@ -1,9 +1,24 @@
-"""Distillation losses: small pure functions of tensors."""
+"""Distillation losses: small pure functions of tensors.
+
+Conventions shared by the functions below:
+- `attention_mask` is the tokenizer's (B, T) mask, 1 on real tokens and 0 on padding; padded positions never
+  contribute to a loss, whatever the model put there.
+- Hidden states are the tuples a Hugging Face encoder returns with `output_hidden_states=True`: index 0 is the
+  embedding output and index k the output of layer k (1-based), each (B, T, H).
+- Attentions are the tuples returned with `output_attentions=True`: index k is layer k's (0-based) attention
+  probabilities, (B, heads, T, T), rows over keys summing to 1.
+"""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable, Sequence
+
 import torch
 import torch.nn.functional as F
+
+# log(p) of a probability the model set to exactly 0 (a masked key): finite, so 0 * log(0) terms stay 0, not NaN.
+_LOG_FLOOR = 1e-12
 
 
 def soft_target_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -30,3 +45,144 @@ def distillation_loss(
     if alpha == 0:
         return hard
     return alpha * soft_target_loss(student_logits, teacher_logits, temperature) + (1 - alpha) * hard
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of `values` over the positions where `mask` (broadcastable, 0/1) is 1."""
+    mask = mask.to(values.dtype).expand_as(values)
+    return (values * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def hidden_state_loss(
+    student_hidden: Sequence[torch.Tensor],
+    teacher_hidden: Sequence[torch.Tensor],
+    layer_map: Sequence[tuple[int, int]],
+    attention_mask: torch.Tensor,
+    projections: Sequence[Callable[[torch.Tensor], torch.Tensor]] | None = None,
+) -> torch.Tensor:
+    """Mean squared error between mapped hidden states, over real tokens, averaged over the mapped pairs.
+
+    Args:
+        student_hidden: the student's hidden-state tuple, each (B, T, Hs).
+        teacher_hidden: the teacher's hidden-state tuple, each (B, T, Ht).
+        layer_map: (student index, teacher index) pairs into those tuples (0 = embedding output).
+        attention_mask: (B, T), 1 on real tokens.
+        projections: one map per pair from Hs to Ht (a learned `nn.Linear` when the widths differ); None when
+            the widths are equal.
+
+    Returns:
+        A scalar: mean over pairs of the per-element MSE over unpadded positions.
+    """
+    if not layer_map:
+        raise ValueError("hidden_state_loss: empty layer_map")
+    if projections is not None and len(projections) != len(layer_map):
+        raise ValueError(f"hidden_state_loss: {len(projections)} projections for {len(layer_map)} mapped pairs")
+    mask = attention_mask[:, :, None]  # (B, T, 1)
+    total = 0.0
+    for k, (s, t) in enumerate(layer_map):
+        hs = student_hidden[s]
+        if projections is not None:
+            hs = projections[k](hs)
+        ht = teacher_hidden[t]
+        if hs.shape != ht.shape:
+            raise ValueError(
+                f"hidden_state_loss: student state {s} has shape {tuple(hs.shape)}, teacher state {t} "
+                f"{tuple(ht.shape)}; pass a projection when the widths differ"
+            )
+        total = total + _masked_mean((hs.float() - ht.float()) ** 2, mask)
+    return total / len(layer_map)
+
+
+def _kl_rows(p_teacher: torch.Tensor, p_student: torch.Tensor) -> torch.Tensor:
+    """KL(p_teacher || p_student) along the last dim; 0 * log 0 counts as 0. Shapes (..., K) -> (...)."""
+    log_t = p_teacher.clamp_min(_LOG_FLOOR).log()
+    log_s = p_student.clamp_min(_LOG_FLOOR).log()
+    return (p_teacher * (log_t - log_s)).sum(-1)
+
+
+def attention_kl(
+    student_attention: torch.Tensor, teacher_attention: torch.Tensor, attention_mask: torch.Tensor
+) -> torch.Tensor:
+    """KL(teacher || student) between one layer's attention distributions, mean over real query rows and heads.
+
+    Padded keys are dropped and each row renormalised over the real keys, so what the models put on padding
+    (HF gives it probability ~0, not exactly 0) cannot move the loss. When the head counts differ (a student
+    with pruned heads) the head-averaged distributions are compared: an average of distributions is one.
+
+    Args:
+        student_attention: (B, Hs, T, T) probabilities.
+        teacher_attention: (B, Ht, T, T) probabilities.
+        attention_mask: (B, T), 1 on real tokens.
+    """
+    p_s, p_t = student_attention.float(), teacher_attention.float()
+    if p_s.shape[1] != p_t.shape[1]:
+        p_s, p_t = p_s.mean(1, keepdim=True), p_t.mean(1, keepdim=True)
+    keys = attention_mask[:, None, None, :].to(p_s.dtype)  # (B, 1, 1, T)
+    p_s = p_s * keys
+    p_t = p_t * keys
+    p_s = p_s / p_s.sum(-1, keepdim=True).clamp_min(_LOG_FLOOR)
+    p_t = p_t / p_t.sum(-1, keepdim=True).clamp_min(_LOG_FLOOR)
+    kl = _kl_rows(p_t, p_s)  # (B, H, T)
+    return _masked_mean(kl, attention_mask[:, None, :])
+
+
+def attention_transfer_loss(
+    student_attentions: Sequence[torch.Tensor],
+    teacher_attentions: Sequence[torch.Tensor],
+    layer_map: Sequence[tuple[int, int]],
+    attention_mask: torch.Tensor,
+) -> torch.Tensor:
+    """`attention_kl` averaged over (student layer, teacher layer) pairs (0-based layer indices)."""
+    if not layer_map:
+        raise ValueError("attention_transfer_loss: empty layer_map")
+    total = sum(attention_kl(student_attentions[s], teacher_attentions[t], attention_mask) for s, t in layer_map)
+    return total / len(layer_map)
+
+
+def relation(values: torch.Tensor, attention_mask: torch.Tensor, heads: int) -> torch.Tensor:
+    """Self-relation softmax(V_r V_r^T / sqrt(d_r)) per relation head r, padded keys masked out.
+
+    Args:
+        values: (B, T, A), a layer's value vectors (all heads concatenated).
+        attention_mask: (B, T).
+        heads: relation heads R; A must be a multiple of R (d_r = A / R).
+
+    Returns:
+        (B, R, T, T) probabilities over keys.
+    """
+    b, t, a = values.shape
+    if a % heads:
+        raise ValueError(f"relation: value width {a} is not a multiple of {heads} relation heads")
+    d = a // heads
+    v = values.float().view(b, t, heads, d).transpose(1, 2)  # (B, R, T, d)
+    scores = v @ v.transpose(-1, -2) / math.sqrt(d)  # (B, R, T, T)
+    keys = attention_mask[:, None, None, :].bool()
+    scores = scores.masked_fill(~keys, torch.finfo(scores.dtype).min)
+    return scores.softmax(-1)
+
+
+def value_relation_loss(
+    student_values: torch.Tensor,
+    teacher_values: torch.Tensor,
+    attention_mask: torch.Tensor,
+    relation_heads: int,
+) -> torch.Tensor:
+    """MiniLM's value-relation transfer (Wang et al., 2020; relation heads as in MiniLMv2).
+
+    KL(teacher || student) between the value-value relations of one teacher and one student layer (usually the
+    last of each). Both value widths are split into the same number of relation heads, so the student may have
+    fewer attention heads or a narrower hidden size than the teacher.
+
+    Args:
+        student_values: (B, T, As).
+        teacher_values: (B, T, At).
+        attention_mask: (B, T), 1 on real tokens.
+        relation_heads: R, dividing both As and At.
+
+    Returns:
+        A scalar: KL summed over keys, averaged over real query rows and relation heads.
+    """
+    r_s = relation(student_values, attention_mask, relation_heads)
+    r_t = relation(teacher_values, attention_mask, relation_heads)
+    kl = _kl_rows(r_t, r_s)  # (B, R, T)
+    return _masked_mean(kl, attention_mask[:, None, :])

@@ -126,9 +126,10 @@ def _distill(ctx: RunContext, step: Step, out: Path) -> dict:
         seed=r.seed,
         max_length=r.data.max_length,
         work_dir=out / "_trainer",
+        log=ctx.log,
     )
     res.model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    res.tokenizer.save_pretrained(out)  # the trimmed tokenizer when trim_vocab is on
     return res.metrics
 
 

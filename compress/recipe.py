@@ -12,9 +12,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from compress.distill import DistillConfig  # the student's keys live beside the code that reads them
+from compress.errors import RecipeError
 
-class RecipeError(ValueError):
-    """A problem with the recipe or its inputs that the user can fix; shown as one line, no traceback."""
+__all__ = ["DistillConfig", "RecipeError"]  # re-exported: part of the recipe's vocabulary
+
+
 
 
 class _Config(BaseModel):
@@ -53,29 +56,6 @@ class TeacherConfig(_Config):
 
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
-
-
-class DistillConfig(_Config):
-    """Student = the teacher's layers `layers`, trained on the teacher's soft targets plus the hard labels."""
-
-    name: str = Field(default="student", pattern=_NAME)
-    layers: list[int] = Field(default=[0, 2, 4], min_length=1)
-    temperature: float = Field(default=2.0, gt=0, le=100)
-    alpha: float = Field(default=0.5, ge=0, le=1, description="weight of the soft-target loss; 1-alpha on labels")
-    epochs: float = Field(default=2.0, gt=0, le=50)
-    batch_size: int = Field(default=32, ge=1, le=4096)
-    learning_rate: float = Field(default=1e-4, gt=0, lt=1)
-    warmup_ratio: float = Field(default=0.06, ge=0, lt=1)
-    weight_decay: float = Field(default=0.01, ge=0, lt=1)
-
-    @field_validator("layers")
-    @classmethod
-    def _distinct_sorted(cls, v: list[int]) -> list[int]:
-        if any(i < 0 for i in v):
-            raise ValueError("layer indices must be >= 0")
-        if len(set(v)) != len(v):
-            raise ValueError("layer indices must be distinct")
-        return sorted(v)
 
 
 # Which prune keys apply only to some methods, schedules or importances: setting one elsewhere (to anything but

@@ -1,0 +1,147 @@
+"""The commands that work on finished runs: `compare`, `bundle` and `predict` (beside `run` and `check`).
+
+`add_subparsers` registers them on the CLI's subparsers and `dispatch` runs one; each is also a function.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+COMMANDS = ("compare", "bundle", "predict")
+
+
+class CommandError(ValueError):
+    """A problem the user can fix (a missing report, a bad bundle directory); shown as one line."""
+
+
+def _report(path: Path) -> dict:
+    path = Path(path)
+    f = path / "report.json" if path.is_dir() else path
+    if not f.is_file():
+        raise CommandError(f"{path}: no report.json (give a run directory or its report.json)")
+    try:
+        return json.loads(f.read_text())
+    except json.JSONDecodeError as e:
+        raise CommandError(f"{f}: not valid JSON ({e.msg})") from None
+
+
+def compare(run_a: Path, run_b: Path, *, as_json: bool = False, out: Callable[[str], None] = print) -> dict:
+    """Print what changed from run A to run B: variants matched by name; accuracy, p50, size, memory deltas.
+
+    Args:
+        run_a, run_b: run directories (or their report.json files).
+        as_json: print the comparison as JSON instead of a table.
+
+    Returns:
+        The comparison (`benchmarks.report.compare_reports`).
+    """
+    from benchmarks.report import compare_reports, render_comparison
+
+    cmp = compare_reports(_report(run_a), _report(run_b))
+    out(json.dumps(cmp, indent=2) if as_json else render_comparison(cmp).rstrip("\n"))
+    return cmp
+
+
+def bundle_run(
+    run_dir: Path,
+    target: str,
+    out_dir: Path,
+    variant: str | None = None,
+    *,
+    max_accuracy_drop: float = 0.01,
+    out: Callable[[str], None] = print,
+) -> dict:
+    """Write a deployment bundle for `target` from a finished run (see `export.bundle.bundle`)."""
+    from export.bundle import BundleError, bundle
+
+    try:
+        meta = bundle(run_dir, target, out_dir, variant, max_accuracy_drop=max_accuracy_drop)
+    except BundleError as e:
+        raise CommandError(str(e)) from None
+    check = meta["check"]
+    out(
+        f"{out_dir}: {meta['variant']} for target {target} ({meta['threads']} thread(s)); {meta['selection']}. "
+        f".ort vs .onnx label agreement {check['ort_vs_onnx_label_agreement']:.3f} on {check['texts']} texts.\n"
+        f'try: python {Path(out_dir) / "predict.py"} "some text"'
+    )
+    return meta
+
+
+def predict_texts(
+    bundle_dir: Path, texts: list[str], *, file: str | None = None, model: str = "auto", threads: int | None = None
+) -> int:
+    """Classify with a bundle exactly as `python BUNDLE/predict.py` does (it runs that file's `main`).
+
+    Returns:
+        predict.py's exit status: 0 all classified, 1 some inputs gave an error line, 2 unusable input.
+    """
+    from export.bundle import BundleError, load_predict_module
+
+    try:
+        module = load_predict_module(Path(bundle_dir))
+    except BundleError as e:
+        raise CommandError(str(e)) from None
+    argv = [*texts, "--bundle", str(bundle_dir), "--model", model]
+    if file is not None:
+        argv += ["--file", file]
+    if threads is not None:
+        argv += ["--threads", str(threads)]
+    return module.main(argv)
+
+
+def add_subparsers(sub: argparse._SubParsersAction) -> None:
+    """Register `compare`, `bundle` and `predict` on the CLI's subparsers."""
+    c = sub.add_parser(
+        "compare",
+        help="show what changed between two runs' reports (accuracy, latency, size, memory per variant)",
+        description="Compare two runs: variants matched by name; B's figures relative to A's. "
+        "Example: edge-compress compare runs/a runs/b",
+    )
+    c.add_argument("run_a", type=Path, help="run directory (or its report.json)")
+    c.add_argument("run_b", type=Path)
+    c.add_argument("--json", action="store_true", help="print the comparison as JSON")
+
+    b = sub.add_parser(
+        "bundle",
+        help="package a run's model for a device: model.onnx + .ort, tokenizer, labels, predict.py",
+        description="Write a directory that classifies text with only onnxruntime, tokenizers and numpy "
+        "installed. Without --variant, the fastest variant on the target within --max-accuracy-drop of the "
+        "teacher's dev accuracy is chosen. Example: edge-compress bundle runs/sst2-minilm --target mobile --out phone/",
+    )
+    b.add_argument("run_dir", type=Path, help="a finished run directory (holds report.json)")
+    b.add_argument("--target", default="mobile", help="host, mobile or iot (default: mobile)")
+    b.add_argument("--out", type=Path, required=True, help="bundle directory to write")
+    b.add_argument("--variant", default=None, help="variant to ship (default: chosen from the report)")
+    b.add_argument("--max-accuracy-drop", type=float, default=0.01, help="vs the teacher's dev accuracy")
+
+    p = sub.add_parser(
+        "predict",
+        help="classify text with a bundle (one JSON line per input)",
+        description='Same as `python BUNDLE/predict.py ...`. Example: edge-compress predict phone/ "a fine film"',
+    )
+    p.add_argument("bundle_dir", type=Path)
+    p.add_argument("texts", nargs="*")
+    p.add_argument("--file", default=None, help="one text per line ('-': standard input)")
+    p.add_argument("--model", choices=["auto", "ort", "onnx"], default="auto")
+    p.add_argument("--threads", type=int, default=None)
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    """Run the command `args` names; returns the exit status. A `CommandError` becomes one line, status 2."""
+    try:
+        if args.command == "compare":
+            compare(args.run_a, args.run_b, as_json=args.json)
+            return 0
+        if args.command == "bundle":
+            bundle_run(args.run_dir, args.target, args.out, args.variant, max_accuracy_drop=args.max_accuracy_drop)
+            return 0
+        if args.command == "predict":
+            return predict_texts(args.bundle_dir, args.texts, file=args.file, model=args.model, threads=args.threads)
+    except CommandError as e:
+        print(f"edge-compress: error: {e}", file=sys.stderr)
+        return 2
+    raise ValueError(f"not a command of this module: {args.command}")

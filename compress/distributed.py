@@ -1,0 +1,59 @@
+"""Where training runs: device, precision and the ranks of a torchrun launch.
+
+The training loop itself is the transformers Trainer (see `compress.training`), which sets up DDP on its own
+when the process was started by `torchrun --nproc_per_node N ...` (it reads LOCAL_RANK / WORLD_SIZE). What it
+does not decide well on its own is the CPU case: in transformers 4.57.6 + accelerate 1.15, a torchrun launch
+on a machine without CUDA and without `use_cpu=True` ends with *no* process group (accelerate's
+`PartialState._prepare_backend` only picks gloo when told it is on CPU), so every rank would train its own
+model on the whole data set and nobody would notice. `device_settings` therefore sets `use_cpu` whenever CUDA
+is absent; accelerate then initialises gloo (nccl on CUDA is its default).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+
+def device_settings() -> dict:
+    """TrainingArguments fields for this machine: CUDA with mixed precision when present, else CPU fp32.
+
+    bf16 where the GPU supports it (no loss scaling needed), fp16 otherwise. Nothing to change in the code or
+    the recipe when moving between a laptop, a GPU box and a torchrun launch.
+    """
+    cuda = torch.cuda.is_available()
+    bf16 = cuda and torch.cuda.is_bf16_supported()
+    return {
+        "use_cpu": not cuda,
+        "bf16": bf16,
+        "fp16": cuda and not bf16,
+        "dataloader_pin_memory": cuda,
+        "ddp_backend": None,  # accelerate: nccl on CUDA, gloo with use_cpu (an explicit "gloo" breaks 1 process)
+    }
+
+
+def world_size() -> int:
+    """Processes in this launch (1 outside torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def rank() -> int:
+    """This process's global rank (0 outside torchrun)."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def is_main_process() -> bool:
+    """Whether this process should write artifacts, manifests and reports (rank 0)."""
+    return rank() == 0
+
+
+def describe_runtime() -> dict:
+    """Recorded with a stage's metrics: how it was trained."""
+    s = device_settings()
+    return {
+        "world_size": world_size(),
+        "device": "cpu" if s["use_cpu"] else "cuda",
+        "precision": "bf16" if s["bf16"] else "fp16" if s["fp16"] else "fp32",
+        "backend": ("gloo" if s["use_cpu"] else "nccl") if world_size() > 1 else None,
+    }
