@@ -1,7 +1,8 @@
-"""Peak resident memory of a fresh process that loads one model and runs it.
+"""Peak resident memory of a fresh process that loads one model and runs it, optionally under a target's limits.
 
 Run as `python -m benchmarks.memory --runtime onnxruntime --model DIR/model.onnx --tokenizer DIR`; prints one
-JSON line. `--model none` gives the same process without a model: the baseline to subtract.
+JSON line. `--model none` gives the same process without a model: the baseline to subtract. `--cpus 0,1`
+pins the process and `--memory-limit-bytes N` caps its address space (RLIMIT_AS) before anything is imported.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from benchmarks.worker import apply_limits, thread_env
 
 
 def _peak_rss_bytes() -> int:
@@ -37,14 +40,14 @@ def _child(runtime: str, model: str, tokenizer_dir: str, texts: list[str], threa
     tok.enable_truncation(max_length)
     encs = tok.encode_batch(texts)
     if runtime == "onnxruntime":
-        import onnxruntime as ort
+        import onnxruntime  # noqa: F401  (imported in the baseline too: its import is not the model's cost)
 
-        so = ort.SessionOptions()
-        so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
-        t0 = time.perf_counter()
+        from benchmarks.worker import ort_session
+
         if model == "none":
             return {"load_s": 0.0}
-        sess = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+        t0 = time.perf_counter()
+        sess = ort_session(model, threads)
         load_s = time.perf_counter() - t0
         names = [i.name for i in sess.get_inputs()]
         for e in encs:
@@ -59,9 +62,9 @@ def _child(runtime: str, model: str, tokenizer_dir: str, texts: list[str], threa
         from transformers import AutoModelForSequenceClassification
 
         torch.set_num_threads(threads)
-        t0 = time.perf_counter()
         if model == "none":
             return {"load_s": 0.0}
+        t0 = time.perf_counter()
         m = AutoModelForSequenceClassification.from_pretrained(model, local_files_only=True).eval()
         load_s = time.perf_counter() - t0
         with torch.inference_mode():
@@ -78,47 +81,61 @@ def measure_peak_rss(
     *,
     threads: int = 1,
     max_length: int = 128,
+    cpus: list[int] | tuple[int, ...] | None = None,
+    memory_limit_bytes: int | None = None,
+    baseline: dict | None = None,
 ) -> dict:
     """Peak RSS of a fresh process loading `model` and running it on `texts`, and of one that loads none.
 
+    Args:
+        cpus: cores to pin both processes to (a target's affinity).
+        memory_limit_bytes: RLIMIT_AS of both processes (a target's cap on address space, which counts
+            reserved as well as touched memory, so it is stricter than the same figure of RSS).
+        baseline: the no-model probe's result from an earlier call with the same runtime and limits, to reuse.
+
     Returns:
-        peak_rss_bytes, baseline_rss_bytes (same imports and tokenizer, no model), their difference and the
-        model load time.
+        peak_rss_bytes, baseline_rss_bytes (same imports and tokenizer, no model), their difference
+        (model_rss_bytes), the model load time, and `baseline` (the no-model probe, for reuse). With a memory
+        limit: `fits_memory_limit`, and on failure `error` instead of the figures.
+
+    Raises:
+        RuntimeError: a probe failed and no memory limit was set (so the failure is not a finding).
     """
 
     def run(m: str) -> dict:
-        cmd = [
-            sys.executable,
-            "-m",
-            "benchmarks.memory",
-            "--runtime",
-            runtime,
-            "--model",
-            str(m),
-            "--tokenizer",
-            str(tokenizer_dir),
-            "--threads",
-            str(threads),
-            "--max-length",
-            str(max_length),
-        ]
+        cmd = [sys.executable, "-m", "benchmarks.memory", "--runtime", runtime, "--model", str(m)]
+        cmd += ["--tokenizer", str(tokenizer_dir), "--threads", str(threads), "--max-length", str(max_length)]
+        if cpus:
+            cmd += ["--cpus", ",".join(map(str, cpus))]
+        if memory_limit_bytes:
+            cmd += ["--memory-limit-bytes", str(memory_limit_bytes)]
         proc = subprocess.run(
             cmd,
             input="\n".join(texts),
             capture_output=True,
             text=True,
             cwd=Path(__file__).resolve().parent.parent,
+            env=thread_env(threads),
         )
         if proc.returncode != 0:
-            raise RuntimeError(f"memory probe failed for {m}: {proc.stderr.strip().splitlines()[-1:]}")
+            last = proc.stderr.strip().splitlines()[-1:] or [f"exit status {proc.returncode}"]
+            if memory_limit_bytes:
+                return {"error": f"{m}: {last[0]}"}
+            raise RuntimeError(f"memory probe failed for {m}: {last}")
         return json.loads(proc.stdout.strip().splitlines()[-1])
 
-    with_model, without = run(str(model)), run("none")
+    without = baseline if baseline is not None else run("none")
+    with_model = run(str(model))
+    limited = {"fits_memory_limit": "error" not in with_model} if memory_limit_bytes else {}
+    if "error" in with_model or "error" in without:
+        return {**limited, "error": with_model.get("error") or without.get("error"), "baseline": without}
     return {
         "peak_rss_bytes": with_model["peak_rss_bytes"],
         "baseline_rss_bytes": without["peak_rss_bytes"],
         "model_rss_bytes": with_model["peak_rss_bytes"] - without["peak_rss_bytes"],
         "load_s": with_model["load_s"],
+        **limited,
+        "baseline": without,
     }
 
 
@@ -129,7 +146,10 @@ def main() -> None:
     p.add_argument("--tokenizer", required=True, help="directory holding tokenizer.json")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--cpus", default=None, help="comma-separated cores to pin to")
+    p.add_argument("--memory-limit-bytes", type=int, default=None, help="RLIMIT_AS")
     a = p.parse_args()
+    apply_limits([int(c) for c in a.cpus.split(",")] if a.cpus else None, a.memory_limit_bytes)
     texts = [t for t in sys.stdin.read().split("\n") if t]
     out = _child(a.runtime, a.model, a.tokenizer, texts, a.threads, a.max_length)
     out["peak_rss_bytes"] = _peak_rss_bytes()

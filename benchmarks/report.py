@@ -1,31 +1,98 @@
-"""The run report: `report.json` for machines, `report.md` for people."""
+"""The run report: `report.json` for machines, `report.md` and a self-contained `report.html` for people.
+
+Both human renderings come from one list of sections (text, a table, a figure), so they always say the same.
+`compare_reports` puts two runs' reports side by side, matching variants by name.
+
+`report.json`, schema_version 2 (version 1's keys are all still there; new keys are marked +):
+
+    schema_version, run, reference (+: the variant agreement is measured against)
+    environment: cpu {model, machine, logical_cores, isa {avx2, avx512_vnni, ...}}, threads (primary target's),
+        execution_provider, versions {...},
+        + targets {NAME: {threads, cpus (pinned cores or null), memory_limit_bytes, intra_op_spinning (false),
+                   oversubscribed, process {affinity, ort_intra_op_threads, ort_allow_spinning, torch_threads,
+                   omp_wait_policy: read back inside the worker}, worker_wall_s}},
+        + emulation (the sentence saying targets are emulated on this CPU)
+    settings: latency, batch_size, requests, passes, warmup, seq_len_mean, seq_len_max, latency_wall_s,
+        accuracy_threads, + accuracy_batch_size, primary_target, lengths {"real" | "16" ...: {distinct_requests,
+        seq_len_mean, seq_len_max}}, skipped_lengths, throughput_batch_sizes, protocol (the BenchmarkSettings),
+        baselines
+    variants: [{name, stage, runtime, parent, path, tokenizer_dir, params, layers,
+        accuracy (dev), accuracy_test, agreement_with_teacher (dev), + agreement_with_teacher_test,
+        latency_ms {p50, p90, p99, mean, min, max, n, + ci {p50: [lo, hi], p90, p99}, + confidence}:
+            the primary target at real lengths,
+        size_bytes, size_gzip_bytes, peak_rss_bytes, baseline_rss_bytes, model_rss_bytes, load_s (primary target),
+        + targets {NAME: {latency_ms {"real" | "16" | ...: as latency_ms above},
+                          speedup {"real" | ...: {BASELINE: {ratio, ci [lo, hi]}}}  (paired bootstrap),
+                          throughput {"1" | "8" | "32": {sentences_per_s, batch_p50_ms, batches, seq_len_mean}},
+                          load_s (in the worker),
+                          memory {peak_rss_bytes, baseline_rss_bytes, model_rss_bytes, load_s,
+                                  fits_memory_limit (with a cap), error (when the probe failed under the cap)}}},
+        + ort {path, size_bytes, size_gzip_bytes, accuracy, accuracy_test, agreement_with_onnx,
+               agreement_with_onnx_test, mobile_usability {eps {NNAPI | CoreML ...: {as_is, fixed_shapes, best}},
+               dynamic_inputs, try_npu, verdict}}  (deployable ONNX variants, when settings.ort_format),
+        ratios {BASELINE: {speedup_p50, size_ratio, size_gzip_ratio, accuracy_delta, peak_rss_ratio,
+                           + speedup_p50_by_target {NAME: {ratio, ci}}}}}]
+    + pareto {NAME: [variant names on the accuracy / p50 front, fastest first]}
+    stages {STEP: {wall_s, started, ended}}
+"""
 
 from __future__ import annotations
 
+import base64
+import html
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from benchmarks.settings import BASELINES
 from compress.manifest import write_json_atomic
 
-BASELINES = ("teacher-torch", "teacher-onnx")
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+PLOTS_DIR = "report_plots"
+
+
+# ---- the document -------------------------------------------------------------------------------------------
 
 
 def _ratios(v: dict, base: dict) -> dict:
-    return {
+    out = {
         "speedup_p50": base["latency_ms"]["p50"] / v["latency_ms"]["p50"],
         "size_ratio": v["size_bytes"] / base["size_bytes"],
         "size_gzip_ratio": v["size_gzip_bytes"] / base["size_gzip_bytes"],
         "accuracy_delta": v["accuracy"] - base["accuracy"],
-        **(
-            {"peak_rss_ratio": v["peak_rss_bytes"] / base["peak_rss_bytes"]}
-            if "peak_rss_bytes" in v and "peak_rss_bytes" in base
-            else {}
-        ),
     }
+    if v.get("peak_rss_bytes") and base.get("peak_rss_bytes"):
+        out["peak_rss_ratio"] = v["peak_rss_bytes"] / base["peak_rss_bytes"]
+    if "targets" in v:
+        by_target = {}
+        for t, rec in v["targets"].items():
+            first = next(iter(rec["speedup"]), None)
+            if v["name"] == base["name"]:
+                by_target[t] = {"ratio": 1.0, "ci": [1.0, 1.0]}
+            elif first is not None and base["name"] in rec["speedup"][first]:
+                by_target[t] = rec["speedup"][first][base["name"]]
+        out["speedup_p50_by_target"] = by_target
+    return out
+
+
+def _pareto_by_target(variants: list[dict]) -> dict[str, list[str]]:
+    from benchmarks.plots import pareto_front
+
+    targets = list(variants[0].get("targets", {})) if variants else []
+    out = {}
+    for t in targets:
+        pts = [(_headline(v["targets"][t]["latency_ms"])["p50"], v["accuracy"]) for v in variants]
+        out[t] = [variants[i]["name"] for i in pareto_front(pts)]
+    return out
+
+
+def _headline(latency_sets: dict) -> dict:
+    """The real-length figures of a target, or its first length setting when real lengths were not run."""
+    return latency_sets.get("real") or next(iter(latency_sets.values()))
 
 
 def build_report(results: dict, manifest: dict) -> dict:
-    """Merge benchmark results with the manifest's stage records into the report document."""
+    """Merge benchmark results with the manifest's stage records into the report document (README schema)."""
     by_name = {v["name"]: v for v in results["variants"]}
     variants = []
     for v in results["variants"]:
@@ -41,63 +108,471 @@ def build_report(results: dict, manifest: dict) -> dict:
         "run": manifest["recipe"]["name"],
         "environment": results["environment"],
         "settings": results["settings"],
+        "reference": results.get("reference"),
         "variants": variants,
+        "pareto": _pareto_by_target(variants),
         "stages": stages,
     }
+
+
+# ---- sections shared by markdown and HTML -------------------------------------------------------------------
+
+
+@dataclass
+class _Section:
+    title: str | None = None
+    level: int = 2
+    paragraphs: list[str] = field(default_factory=list)
+    header: list[str] = field(default_factory=list)
+    right: set[int] = field(default_factory=set)  # right-aligned (numeric) columns
+    rows: list[list[str]] = field(default_factory=list)
+    bullets: list[str] = field(default_factory=list)
+    plot: str | None = None  # a key of the plots dict
+    caption: str = ""
 
 
 def _mb(n: float | None) -> str:
     return "–" if n is None else f"{n / 1e6:.1f}"
 
 
-def render_markdown(report: dict) -> str:
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{x * 100:.2f}%"
+
+
+def _ms(x: float | None) -> str:
+    return "–" if x is None else (f"{x:.2f}" if x < 100 else f"{x:.0f}")
+
+
+def _cpu_line(env: dict) -> str:
+    cpu = env["cpu"]
+    isa = ", ".join(k for k, on in cpu["isa"].items() if on) or "none detected"
+    return f"{cpu['model']} ({cpu['machine']}, {cpu['logical_cores']} logical cores; ISA: {isa})"
+
+
+def _target_line(name: str, d: dict, env: dict) -> str:
+    cores = d.get("cpus")
+    pin = f"pinned to core(s) {','.join(map(str, cores))}" if cores else "not pinned"
+    cap = d.get("memory_limit_bytes")
+    cap_text = (
+        f"address space capped at {cap / 2**20:.0f} MiB (RLIMIT_AS) in the memory probe" if cap else "no memory cap"
+    )
+    over = " (more threads than cores: oversubscribed)" if d.get("oversubscribed") else ""
+    return (
+        f"**{name}**: {d['threads']} intra-op thread(s){over}, {pin}, intra-op spinning off, {cap_text}. "
+        f"Emulated on {_cpu_line(env)}."
+    )
+
+
+def _main_table(report: dict) -> _Section:
     env, s = report["environment"], report["settings"]
-    isa = ", ".join(k for k, on in env["cpu"]["isa"].items() if on) or "none detected"
-    lines = [
-        f"# edge-compress report: {report['run']}",
-        "",
-        f"CPU: {env['cpu']['model']} ({env['cpu']['logical_cores']} logical cores; ISA: {isa}). "
-        f"Latency: {s['latency']}, {env['threads']} thread(s), {env['execution_provider']}, "
-        f"{s['requests']} requests x {s['passes']} pass(es) after {s['warmup']} warm-up, "
-        f"mean length {s['seq_len_mean']:.1f} tokens (max {s['seq_len_max']}); variants interleaved per request.",
-        "Accuracy is on the dev split through each variant's own runtime (ONNX Runtime for ONNX artifacts). "
-        "Ratios are against the teacher in PyTorch eager (speed-up = teacher p50 / variant p50).",
-        "",
-        "| variant | stage | runtime | layers | params | dev acc | Δ acc | test acc | agree w/ teacher "
-        "| p50 ms | p90 ms | p99 ms | speed-up | size MB | gzip MB | size ratio | peak RSS MB | model RSS MB |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
+    primary = s.get("primary_target")
+    where = f"target **{primary}**, " if primary else ""
+    if s.get("passes") or "protocol" not in s:
+        timed = f"{s.get('passes') or 1} pass(es) over {s['requests']} sentences"
+    else:
+        timed = f"timed requests until {s['protocol']['requests']} or {s['protocol']['seconds']:g} s"
+    sec = _Section(
+        paragraphs=[
+            f"CPU: {_cpu_line(env)}. Latency: {s['latency']}, {where}{env['threads']} thread(s), "
+            f"{env['execution_provider']}, {s['warmup']} warm-up requests, then {timed}, mean length "
+            f"{s['seq_len_mean']:.1f} tokens (max {s['seq_len_max']}); variants interleaved per request.",
+            "Accuracy is on the dev split through each variant's own runtime (ONNX Runtime for ONNX artifacts), "
+            + (
+                "each sentence alone as a device serves it. "
+                if s.get("accuracy_batch_size", 32) == 1
+                else f"in padded batches of {s.get('accuracy_batch_size', 32)} (dynamic int8 predictions can "
+                "differ slightly from single requests). "
+            )
+            + "Ratios are against the teacher in PyTorch eager (speed-up = teacher p50 / variant p50).",
+        ],
+        header=[
+            "variant",
+            "stage",
+            "runtime",
+            "layers",
+            "params",
+            "dev acc",
+            "Δ acc",
+            "test acc",
+            "agree w/ teacher",
+            "p50 ms",
+            "p90 ms",
+            "p99 ms",
+            "speed-up",
+            "size MB",
+            "gzip MB",
+            "size ratio",
+            "peak RSS MB",
+            "model RSS MB",
+        ],  # fmt: skip
+        right=set(range(3, 18)),
+    )
+    front = set(report.get("pareto", {}).get(primary, []))
     for v in report["variants"]:
         r = v["ratios"].get("teacher-torch", {})
         lat = v["latency_ms"]
-        test = v.get("accuracy_test")
-        lines.append(
-            f"| {v['name']} | {v['stage']} | {v['runtime']} | {v['layers']} | {v['params'] / 1e6:.1f}M "
-            f"| {v['accuracy'] * 100:.2f}% | {r.get('accuracy_delta', 0) * 100:+.2f} "
-            f"| {'–' if test is None else f'{test * 100:.2f}%'} | {v['agreement_with_teacher'] * 100:.1f}% "
-            f"| {lat['p50']:.2f} | {lat['p90']:.2f} | {lat['p99']:.2f} | {r.get('speedup_p50', 1):.2f}x "
-            f"| {_mb(v['size_bytes'])} | {_mb(v['size_gzip_bytes'])} | {r.get('size_ratio', 1):.2f} "
-            f"| {_mb(v.get('peak_rss_bytes'))} | {_mb(v.get('model_rss_bytes'))} |"
+        sec.rows.append(
+            [
+                v["name"] + (" ★" if v["name"] in front and v["name"] not in BASELINES else ""),
+                v["stage"],
+                v["runtime"],
+                str(v["layers"]),
+                f"{v['params'] / 1e6:.1f}M",
+                _pct(v["accuracy"]),
+                f"{r.get('accuracy_delta', 0) * 100:+.2f}",
+                _pct(v.get("accuracy_test")),
+                f"{v['agreement_with_teacher'] * 100:.1f}%",
+                _ms(lat["p50"]),
+                _ms(lat["p90"]),
+                _ms(lat["p99"]),
+                f"{r.get('speedup_p50', 1):.2f}x",
+                _mb(v["size_bytes"]),
+                _mb(v["size_gzip_bytes"]),
+                f"{r.get('size_ratio', 1):.2f}",
+                _mb(v.get("peak_rss_bytes")),
+                _mb(v.get("model_rss_bytes")),
+            ]
         )
-    lines += ["", "## Stage wall time", "", "| stage | wall s |", "|---|---:|"]
-    for name, st in report["stages"].items():
-        lines.append(f"| {name} | {st['wall_s'] if st['wall_s'] is not None else '–'} |")
-    lines += [
-        "",
-        "Unstructured sparsity (the pruned variants) shrinks the gzip size, not the latency: ONNX Runtime's CPU "
-        "kernels are dense. Peak RSS is measured in a fresh process per model; model RSS subtracts the same "
-        "process without a model.",
-        "",
+    if front:
+        sec.paragraphs.append(f"★ on the accuracy/latency Pareto front of target {primary} (not dominated).")
+    return sec
+
+
+def _ci(lat: dict) -> str:
+    ci = lat.get("ci", {}).get("p50")
+    return f"{_ms(lat['p50'])} ({_ms(ci[0])}–{_ms(ci[1])})" if ci and ci[0] != ci[1] else _ms(lat["p50"])
+
+
+def _target_sections(report: dict) -> list[_Section]:
+    env, variants = report["environment"], report["variants"]
+    targets = env.get("targets") or {}
+    if not targets or "targets" not in variants[0]:
+        return []
+    baselines = [b for b in BASELINES if any(v["name"] == b for v in variants)]
+    conf = report["settings"].get("protocol", {}).get("confidence", 0.95)
+    out = [
+        _Section(
+            "Latency by target",
+            paragraphs=[
+                env.get("emulation", ""),
+                f"p50 with its {conf:.0%} bootstrap confidence interval, at the dev sentences' real lengths; "
+                "p50 at fixed lengths (the dev sentences repeated and cut to N tokens); speed-up over each "
+                "baseline with a paired bootstrap interval (the same requests, timed interleaved). "
+                "Each target runs in its own fresh process.",
+            ],
+        )
     ]
+    for t, desc in targets.items():
+        sets = list(variants[0]["targets"][t]["latency_ms"])
+        fixed = [k for k in sets if k != "real"]
+        first = sets[0]
+        header = ["variant", f"p50 ms ({conf:.0%} CI)", "p90 ms", "p99 ms", "n"]
+        header += [f"p50 @{k} tok" for k in fixed] + [f"× {b}" for b in baselines] + ["load s"]
+        sec = _Section(f"{t}", level=3, paragraphs=[_target_line(t, desc, env)], header=header)
+        sec.right = set(range(1, len(header)))
+        if first != "real":
+            sec.paragraphs.append(f"The first columns are at {first} tokens.")
+        for v in variants:
+            rec = v["targets"][t]
+            lat = rec["latency_ms"][first]
+            row = [v["name"], _ci(lat), _ms(lat["p90"]), _ms(lat["p99"]), str(lat["n"])]
+            row += [_ms(rec["latency_ms"][k]["p50"]) for k in fixed]
+            for b in baselines:
+                sp = rec["speedup"][first].get(b)
+                row.append("1" if v["name"] == b else f"{sp['ratio']:.2f} ({sp['ci'][0]:.2f}–{sp['ci'][1]:.2f})")
+            row.append(f"{rec['load_s']:.2f}")
+            sec.rows.append(row)
+        out.append(sec)
+        batch = list(variants[0]["targets"][t]["throughput"])
+        has_mem = "memory" in variants[0]["targets"][t]
+        if batch or has_mem:
+            header = ["variant"] + [f"batch {b} sent/s" for b in batch]
+            if has_mem:
+                header += ["peak RSS MB", "model RSS MB", "load s (fresh)"]
+                if desc.get("memory_limit_bytes"):
+                    header.append(f"fits {desc['memory_limit_bytes'] / 2**20:.0f} MiB")
+            sec2 = _Section(None, header=header, right=set(range(1, len(header))))
+            for v in variants:
+                rec = v["targets"][t]
+                row = [v["name"]] + [f"{rec['throughput'][b]['sentences_per_s']:.0f}" for b in batch]
+                if has_mem:
+                    m = rec["memory"]
+                    row += [_mb(m.get("peak_rss_bytes")), _mb(m.get("model_rss_bytes"))]
+                    row.append(f"{m['load_s']:.2f}" if "load_s" in m else "–")
+                    if desc.get("memory_limit_bytes"):
+                        row.append("yes" if m.get("fits_memory_limit") else "**no**")
+                sec2.rows.append(row)
+            out.append(sec2)
+    out.append(_Section(plot="accuracy_vs_latency", caption="Accuracy against p50 latency per target"))
+    out.append(_Section(plot="latency_by_length", caption="p50 latency by input length"))
+    return out
+
+
+def _mobile_section(report: dict) -> list[_Section]:
+    rows = [v for v in report["variants"] if "ort" in v]
+    if not rows:
+        return []
+    eps = list(rows[0]["ort"]["mobile_usability"]["eps"])
+    sec = _Section(
+        "Mobile format (.ort) and NPU coverage",
+        paragraphs=[
+            "Each deployable ONNX variant converted to ONNX Runtime's mobile format "
+            "(`onnxruntime.tools.convert_onnx_models_to_ort`, fixed optimizations); its accuracy is measured on "
+            "the `.ort` file itself. NPU columns: `onnxruntime.tools.check_onnx_model_mobile_usability`'s "
+            "verdict for the model as it is (dynamic input shapes) / with fixed input shapes.",
+        ],
+        header=["variant", ".ort MB", ".ort gzip MB", ".ort dev acc", "agree w/ ONNX", *eps],
+        right={1, 2, 3, 4},
+    )
+    for v in rows:
+        o = v["ort"]
+        cells = []
+        for ep in eps:
+            r = o["mobile_usability"]["eps"][ep]
+            fixed = r["fixed_shapes"]["suitability"] if r["fixed_shapes"] else r["as_is"]["suitability"]
+            cells.append(f"{r['as_is']['suitability']} / {fixed}")
+        sec.rows.append(
+            [v["name"], _mb(o["size_bytes"]), _mb(o["size_gzip_bytes"]), _pct(o.get("accuracy")),
+             f"{o.get('agreement_with_onnx', 0) * 100:.1f}%", *cells]
+        )  # fmt: skip
+        sec.bullets.append(f"{v['name']}: {o['mobile_usability']['verdict']}")
+    sec.paragraphs.append(
+        "Dynamic int8 (DynamicQuantizeLinear, MatMulInteger) is outside NNAPI's and CoreML's operator sets: such "
+        "a model runs on the CPU provider. A static QDQ variant is the candidate for an NPU."
+    )
+    return [sec]
+
+
+def _stage_section(report: dict) -> list[_Section]:
+    sec = _Section("Stage wall time", header=["step", "wall s"], right={1})
+    for name, st in report["stages"].items():
+        sec.rows.append([name, f"{st['wall_s']}" if st["wall_s"] is not None else "–"])
+    return [sec, _Section(plot="stage_wall_time", caption="Wall time per step")]
+
+
+def _sections(report: dict) -> list[_Section]:
+    out = [_Section(f"edge-compress report: {report['run']}", level=1), _main_table(report)]
+    out += _target_sections(report)
+    out.append(_Section("Size and memory", plot="size_and_memory", caption="Size on disk and peak memory"))
+    out += _mobile_section(report)
+    out += _stage_section(report)
+    out.append(
+        _Section(
+            "Notes",
+            paragraphs=[
+                "Throughput batches are consecutive dev sentences padded to the longest in the batch: with short "
+                "sentences of varied length, the padding can cost more than batching saves, so batch 1 at real "
+                "lengths may serve more sentences per second.",
+                "Unstructured sparsity (the pruned variants) shrinks the gzip size, not the latency: ONNX Runtime's "
+                "CPU kernels are dense. Peak RSS is measured in a fresh process per model; model RSS subtracts the "
+                "same process without a model. Compare ratios measured in the same run, not absolute milliseconds "
+                "across machines or runs.",
+            ],
+        )
+    )
+    return out
+
+
+def _md_table(sec: _Section) -> list[str]:
+    lines = ["| " + " | ".join(sec.header) + " |"]
+    lines.append("|" + "|".join("---:" if i in sec.right else "---" for i in range(len(sec.header))) + "|")
+    lines += ["| " + " | ".join(r) + " |" for r in sec.rows]
+    return lines
+
+
+def _render_md(sections: list[_Section], plots: dict[str, str]) -> str:
+    lines: list[str] = []
+    for sec in sections:
+        if sec.plot and sec.plot not in plots:
+            continue
+        if sec.title:
+            lines += ["#" * sec.level + " " + sec.title, ""]
+        for p in sec.paragraphs:
+            if p:
+                lines += [p, ""]
+        if sec.header:
+            lines += [*_md_table(sec), ""]
+        if sec.bullets:
+            lines += [f"- {b}" for b in sec.bullets] + [""]
+        if sec.plot:
+            lines += [f"![{sec.caption}]({plots[sec.plot]})", ""]
     return "\n".join(lines)
 
 
+def render_markdown(report: dict, plot_paths: dict[str, str] | None = None) -> str:
+    """The report as Markdown. `plot_paths`: plot name -> path relative to the .md file, for images."""
+    return _render_md(_sections(report), plot_paths or {})
+
+
+def _inline_md(text: str) -> str:
+    import re
+
+    t = html.escape(text)
+    t = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", t)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", t)
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1400px;padding:0 1em;
+color:#222;line-height:1.45}
+table{border-collapse:collapse;margin:0.5em 0 1.2em;font-size:13px}
+th,td{border:1px solid #ddd;padding:3px 8px;white-space:nowrap}
+th{background:#f3f5f8;position:sticky;top:0}
+tr:nth-child(even) td{background:#fafafa}
+td.r,th.r{text-align:right;font-variant-numeric:tabular-nums}
+img{max-width:100%;border:1px solid #eee;margin:0.5em 0}
+code{background:#f3f3f3;padding:0 3px}
+"""
+
+
+def render_html(report: dict, plots: dict[str, bytes]) -> str:
+    """The report as one self-contained HTML page (figures embedded as base64 PNG)."""
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>edge-compress report: {html.escape(report['run'])}</title><style>{_CSS}</style></head><body>",
+    ]
+    for sec in _sections(report):
+        if sec.plot and sec.plot not in plots:
+            continue
+        if sec.title:
+            parts.append(f"<h{sec.level}>{html.escape(sec.title)}</h{sec.level}>")
+        parts += [f"<p>{_inline_md(p)}</p>" for p in sec.paragraphs if p]
+        if sec.header:
+            parts.append("<table><thead><tr>")
+            parts += [
+                f"<th class='{'r' if i in sec.right else ''}'>{html.escape(h)}</th>" for i, h in enumerate(sec.header)
+            ]
+            parts.append("</tr></thead><tbody>")
+            for row in sec.rows:
+                cells = "".join(
+                    f"<td class='{'r' if i in sec.right else ''}'>{_inline_md(c)}</td>" for i, c in enumerate(row)
+                )
+                parts.append(f"<tr>{cells}</tr>")
+            parts.append("</tbody></table>")
+        if sec.bullets:
+            parts.append("<ul>" + "".join(f"<li>{_inline_md(b)}</li>" for b in sec.bullets) + "</ul>")
+        if sec.plot:
+            data = base64.b64encode(plots[sec.plot]).decode("ascii")
+            parts.append(f"<figure><img alt='{html.escape(sec.caption)}' src='data:image/png;base64,{data}'></figure>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _write_atomic(path: Path, data: bytes | str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+    os.replace(tmp, path)
+
+
 def write_report(results: dict, manifest: dict, run_dir: Path) -> dict:
-    """Write `report.json` and `report.md` into `run_dir` and return the report."""
+    """Write `report.json`, `report.md` (figures in `report_plots/`) and `report.html` into `run_dir`.
+
+    Returns:
+        The report document (as in `report.json`).
+    """
+    from benchmarks.plots import all_plots
+
+    run_dir = Path(run_dir)
     report = build_report(results, manifest)
-    write_json_atomic(Path(run_dir) / "report.json", report)
-    md = Path(run_dir) / "report.md"
-    tmp = md.with_name(".report.md.tmp")
-    tmp.write_text(render_markdown(report))
-    tmp.replace(md)
+    write_json_atomic(run_dir / "report.json", report)
+    plots = all_plots(report)
+    (run_dir / PLOTS_DIR).mkdir(exist_ok=True)
+    paths = {}
+    for name, png in plots.items():
+        _write_atomic(run_dir / PLOTS_DIR / f"{name}.png", png)
+        paths[name] = f"{PLOTS_DIR}/{name}.png"
+    _write_atomic(run_dir / "report.md", render_markdown(report, paths))
+    _write_atomic(run_dir / "report.html", render_html(report, plots))
     return report
+
+
+# ---- two runs side by side ----------------------------------------------------------------------------------
+
+
+def _delta(a: float | None, b: float | None) -> dict | None:
+    if a is None or b is None:
+        return None
+    return {"a": a, "b": b, "delta": b - a, **({"ratio": b / a} if a else {})}
+
+
+def compare_reports(a: dict, b: dict) -> dict:
+    """Differences between two reports, variants matched by name (b relative to a).
+
+    Returns:
+        {"variants": [{"name", "accuracy", "p50_ms", "size_bytes", "size_gzip_bytes", "peak_rss_bytes"} each a
+        {"a", "b", "delta", "ratio"} or None; plus per-target p50 under "targets"], "only_in_a", "only_in_b",
+        "warnings": reasons the latency figures may not be comparable (another CPU, other settings)}.
+    """
+    va, vb = {v["name"]: v for v in a["variants"]}, {v["name"]: v for v in b["variants"]}
+    rows = []
+    for name in [n for n in va if n in vb]:
+        x, y = va[name], vb[name]
+        row = {"name": name}
+        row["accuracy"] = _delta(x.get("accuracy"), y.get("accuracy"))
+        row["p50_ms"] = _delta(x["latency_ms"]["p50"], y["latency_ms"]["p50"])
+        for k in ("size_bytes", "size_gzip_bytes", "peak_rss_bytes"):
+            row[k] = _delta(x.get(k), y.get(k))
+        tx, ty = x.get("targets", {}), y.get("targets", {})
+        row["targets"] = {}
+        for t in [t for t in tx if t in ty]:
+            lx, ly = tx[t]["latency_ms"], ty[t]["latency_ms"]
+            row["targets"][t] = {k: _delta(lx[k]["p50"], ly[k]["p50"]) for k in lx if k in ly}
+        rows.append(row)
+    warnings = []
+    ca, cb = a["environment"]["cpu"], b["environment"]["cpu"]
+    if (ca.get("model"), ca.get("isa")) != (cb.get("model"), cb.get("isa")):
+        warnings.append(f"different CPUs ({ca.get('model')} vs {cb.get('model')}): latency is not comparable")
+    if a["environment"].get("threads") != b["environment"].get("threads"):
+        warnings.append(
+            f"different thread counts ({a['environment'].get('threads')} vs {b['environment'].get('threads')})"
+        )
+    pa, pb = a["settings"].get("protocol"), b["settings"].get("protocol")
+    if pa != pb:
+        warnings.append("different benchmark settings")
+    return {
+        "run_a": a.get("run"),
+        "run_b": b.get("run"),
+        "variants": rows,
+        "only_in_a": [n for n in va if n not in vb],
+        "only_in_b": [n for n in vb if n not in va],
+        "warnings": warnings,
+    }
+
+
+def render_comparison(cmp: dict) -> str:
+    """A plain-text table of `compare_reports`' result: value in a → value in b (change)."""
+
+    def cell(d: dict | None, fmt, change) -> str:
+        return "–" if d is None else f"{fmt(d['a'])} → {fmt(d['b'])} ({change(d)})"
+
+    def rel(d: dict) -> str:
+        return f"{(d['ratio'] - 1) * 100:+.1f}%" if "ratio" in d else f"{d['delta']:+g}"
+
+    header = ["variant", "dev acc", "p50 ms", "size MB", "gzip MB", "peak RSS MB"]
+    rows = []
+    for r in cmp["variants"]:
+        rows.append(
+            [
+                r["name"],
+                cell(r["accuracy"], lambda x: f"{x * 100:.2f}%", lambda d: f"{d['delta'] * 100:+.2f} pt"),
+                cell(r["p50_ms"], lambda x: f"{x:.2f}", rel),
+                cell(r["size_bytes"], lambda x: f"{x / 1e6:.1f}", rel),
+                cell(r["size_gzip_bytes"], lambda x: f"{x / 1e6:.1f}", rel),
+                cell(r["peak_rss_bytes"], lambda x: f"{x / 1e6:.0f}", rel),
+            ]
+        )
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=True)]
+    fmt_row = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()  # noqa: E731
+    lines = [f"a: {cmp['run_a']}    b: {cmp['run_b']}    (b relative to a; variants matched by name)", ""]
+    lines += [fmt_row(header), fmt_row(["-" * w for w in widths]), *map(fmt_row, rows)]
+    per_target = [
+        (r["name"], t, k, d) for r in cmp["variants"] for t, ks in r["targets"].items() for k, d in ks.items()
+    ]
+    if per_target:
+        lines += ["", "p50 ms per target and length:"]
+        lines += [f"  {n:<24} {t:<8} {k:>5}  {cell(d, lambda x: f'{x:.2f}', rel)}" for n, t, k, d in per_target]
+    for key, label in (("only_in_a", "only in a"), ("only_in_b", "only in b")):
+        if cmp[key]:
+            lines.append(f"{label}: {', '.join(cmp[key])}")
+    lines += [f"warning: {w}" for w in cmp["warnings"]]
+    return "\n".join(lines) + "\n"

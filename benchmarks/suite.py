@@ -1,23 +1,39 @@
-"""Benchmark stage: every variant measured the same way, in one session, on the artifact that ships."""
+"""Benchmark stage: every variant measured the same way, in one run, on the artifact that ships.
+
+Accuracy and agreement with the teacher come from the main process (ONNX Runtime for ONNX artifacts, also
+on the `.ort` conversion when asked). Latency and throughput come from one fresh worker process per target
+(`benchmarks.worker`), memory from one fresh process per model and target (`benchmarks.memory`).
+"""
 
 from __future__ import annotations
 
 import gzip
+import math
 import os
+import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from benchmarks.latency import measure_latency
 from benchmarks.memory import measure_peak_rss
+from benchmarks.settings import BASELINES, BenchmarkSettings, Target, as_settings, resolve_target
+from benchmarks.worker import measure_target
 from compress.data import TaskData
 from compress.hardware import cpu_info
 from compress.manifest import library_versions
-from compress.recipe import BenchmarkConfig
 from export.runtime import OrtClassifier, TorchClassifier, batched_logits, tokenize_each
+
+# Distinct sentences used at each fixed length: the content hardly matters when the length is fixed.
+FIXED_LENGTH_EXAMPLES = 128
+EMULATION_NOTE = (
+    "Targets emulate device classes on this CPU (thread count, intra-op spinning off, core pinning, "
+    "address-space cap); they are not measurements on those devices."
+)
 
 
 @dataclass(frozen=True)
@@ -37,6 +53,10 @@ class Variant:
 def size_on_disk(variant: Variant) -> dict:
     """Bytes of the weights file(s) as shipped, raw and gzip-compressed (level 6)."""
     files = [variant.path] if variant.path.is_file() else sorted(variant.path.glob("*.safetensors"))
+    return _sizes(files)
+
+
+def _sizes(files: list[Path]) -> dict:
     raw = sum(f.stat().st_size for f in files)
     gz = sum(len(gzip.compress(f.read_bytes(), compresslevel=6)) for f in files)
     return {"size_bytes": raw, "size_gzip_bytes": gz}
@@ -48,92 +68,284 @@ def _load(variant: Variant, threads: int):
     return TorchClassifier(variant.path, threads=threads)
 
 
-def benchmark(
-    variants: list[Variant], data: TaskData, config: BenchmarkConfig, *, max_length: int, reference: str
-) -> dict:
-    """Accuracy (dev, test), single-stream latency, size and peak RSS of each variant.
+def _max_positions(variants: list[Variant]) -> int | None:
+    import json
 
-    Args:
-        reference: the variant whose predictions the others' agreement is measured against (the teacher).
+    found = []
+    for v in variants:
+        cfg = Path(v.tokenizer_dir) / "config.json"
+        if cfg.is_file():
+            n = json.loads(cfg.read_text()).get("max_position_embeddings")
+            if isinstance(n, int):
+                found.append(n)
+    return min(found) if found else None
 
-    Returns:
-        The report: environment, settings and one record per variant (schema in the README).
+
+def fixed_length_requests(tokenizer, texts: list[str], length: int) -> list[dict[str, np.ndarray]]:
+    """One (1, `length`) request per non-empty text: the text repeated until it has enough tokens, then truncated.
+
+    Real words at a controlled length, rather than padding (whose cost ONNX Runtime pays all the same, but
+    which no request in service carries).
     """
+    out = []
+    for t in texts:
+        n = len(tokenizer(t, add_special_tokens=False)["input_ids"])
+        if n == 0:  # nothing to repeat
+            continue
+        text = " ".join([t] * (math.ceil(length / n) + 1))
+        enc = tokenizer(text, truncation=True, max_length=length)
+        keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
+        out.append({k: np.asarray([enc[k]], dtype=np.int64) for k in keys})
+    return out
+
+
+def throughput_batches(tokenizer, texts: list[str], batch_size: int, max_length: int) -> list[dict[str, np.ndarray]]:
+    """Consecutive texts in batches of `batch_size`, each padded to its longest (no sorting by length:
+    requests arrive in no particular order). A short last batch is dropped unless it is the only one."""
+    n = len(texts) if len(texts) < batch_size else len(texts) - len(texts) % batch_size
+    batches = []
+    for i in range(0, n, batch_size):
+        enc = tokenizer(texts[i : i + batch_size], truncation=True, max_length=max_length, padding="longest")
+        keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
+        batches.append({k: np.asarray(enc[k], dtype=np.int64) for k in keys})
+    return batches
+
+
+def _lists(requests: list[dict[str, np.ndarray]]) -> list[dict[str, list]]:
+    return [{k: v.tolist() for k, v in r.items()} for r in requests]
+
+
+def split_logits(classifier, tokenizer, texts: list[str], max_length: int, batch_size: int) -> np.ndarray:
+    """Logits for every text: each alone at its real length (batch_size 1, what a device serving one request
+    at a time computes) or in length-sorted padded batches."""
+    if batch_size > 1:
+        return batched_logits(classifier, tokenizer, texts, max_length, batch_size=batch_size)
+    return np.concatenate([classifier(r) for r in tokenize_each(tokenizer, texts, max_length)])
+
+
+def _accuracy(
+    variants: list[Variant], data: TaskData, max_length: int, threads: int, batch_size: int
+) -> tuple[dict, dict]:
     from transformers import AutoTokenizer
 
-    eval_threads = os.cpu_count() or 1
     records: dict[str, dict] = {}
     preds: dict[str, dict[str, np.ndarray]] = {}
     for v in tqdm(variants, desc="accuracy", unit="variant"):
         tok = AutoTokenizer.from_pretrained(v.tokenizer_dir, local_files_only=True)
-        clf = _load(v, eval_threads)
+        clf = _load(v, threads)
         rec = {k: (str(x) if isinstance(x, Path) else x) for k, x in asdict(v).items()}
         preds[v.name] = {}
         for split_name in ("dev", "test"):
             split = getattr(data, split_name)
             if split is None:
                 continue
-            logits = batched_logits(clf, tok, split.texts, max_length)
+            logits = split_logits(clf, tok, split.texts, max_length, batch_size)
             preds[v.name][split_name] = logits.argmax(-1)
-            rec[f"accuracy_{split_name}" if split_name != "dev" else "accuracy"] = float(
-                (logits.argmax(-1) == np.asarray(split.labels)).mean()
-            )
+            key = "accuracy" if split_name == "dev" else f"accuracy_{split_name}"
+            rec[key] = float((logits.argmax(-1) == np.asarray(split.labels)).mean())
         rec.update(size_on_disk(v))
         records[v.name] = rec
         del clf
+    return records, preds
+
+
+def _ort_format(
+    v: Variant, data: TaskData, max_length: int, threads: int, batch_size: int, work_dir: Path, onnx_preds: dict
+) -> dict:
+    """Convert to .ort, measure accuracy of the .ort file itself, ask the mobile usability checker."""
+    from transformers import AutoTokenizer
+
+    from export.mobile import convert_to_ort, mobile_usability
+
+    conv = convert_to_ort(v.path, work_dir / v.name)
+    ort_path = Path(conv["ort_path"])
+    tok = AutoTokenizer.from_pretrained(v.tokenizer_dir, local_files_only=True)
+    clf = OrtClassifier(ort_path, threads=threads)
+    rec: dict[str, Any] = {"path": str(ort_path), **_sizes([ort_path])}
+    for split_name in ("dev", "test"):
+        split = getattr(data, split_name)
+        if split is None:
+            continue
+        pred = split_logits(clf, tok, split.texts, max_length, batch_size).argmax(-1)
+        key = "accuracy" if split_name == "dev" else f"accuracy_{split_name}"
+        rec[key] = float((pred == np.asarray(split.labels)).mean())
+        rec[f"agreement_with_onnx{'' if split_name == 'dev' else '_' + split_name}"] = float(
+            (pred == onnx_preds[split_name]).mean()
+        )
+    usability = mobile_usability(v.path)
+    rec["mobile_usability"] = {k: usability[k] for k in ("eps", "dynamic_inputs", "try_npu", "verdict")}
+    return rec
+
+
+def benchmark(
+    variants: list[Variant],
+    data: TaskData,
+    config: BenchmarkSettings | Any,
+    *,
+    max_length: int,
+    reference: str,
+    work_dir: Path | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Accuracy (dev, test), latency per target and length, throughput, size and peak RSS of each variant.
+
+    Args:
+        variants: the models; names in `BASELINES` are the reference points of every ratio.
+        data: dev (and test) splits; dev sentences are also the latency requests.
+        config: `BenchmarkSettings`, or the recipe's original `benchmark` section (mapped by
+            `BenchmarkSettings.from_legacy`).
+        max_length: truncation length of the task.
+        reference: the variant whose predictions the others' agreement is measured against (the teacher).
+        work_dir: where `.ort` conversions are kept (default: a temporary directory, removed afterwards).
+        log: where one line per measurement phase goes.
+
+    Returns:
+        environment, settings and one record per variant (schema in the README).
+    """
+    from transformers import AutoTokenizer
+
+    s = as_settings(config)
+    cpu = cpu_info()
+    eval_threads = s.accuracy_threads or os.cpu_count() or 1
+    records, preds = _accuracy(variants, data, max_length, eval_threads, s.accuracy_batch_size)
     for name, rec in records.items():
         rec["agreement_with_teacher"] = float((preds[name]["dev"] == preds[reference]["dev"]).mean())
+        if "test" in preds[name]:
+            rec["agreement_with_teacher_test"] = float((preds[name]["test"] == preds[reference]["test"]).mean())
 
-    # Latency: every variant loaded with the benchmark thread count, requests interleaved.
+    if s.ort_format:
+        deployable = [v for v in variants if v.runtime == "onnxruntime" and v.name not in BASELINES]
+        with tempfile.TemporaryDirectory() as tmp:
+            ort_dir = Path(work_dir) / "ort" if work_dir is not None else Path(tmp)
+            for v in tqdm(deployable, desc=".ort conversion and mobile check", unit="variant"):
+                rec = _ort_format(v, data, max_length, eval_threads, s.accuracy_batch_size, ort_dir, preds[v.name])
+                if work_dir is None:
+                    rec["path"] = None  # converted in a temporary directory, gone after this call
+                records[v.name]["ort"] = rec
+
+    # The requests: the same token ids for every variant and target.
     tok = AutoTokenizer.from_pretrained(variants[0].tokenizer_dir, local_files_only=True)
-    texts = data.dev.texts[: config.latency_examples] if config.latency_examples else data.dev.texts
-    requests = tokenize_each(tok, texts, max_length)
-    runners = {v.name: _load(v, config.threads) for v in variants}
-    t0 = time.perf_counter()
-    lat = measure_latency(
-        runners,
-        requests,
-        warmup=config.warmup,
-        passes=config.passes,
-        progress=lambda it: tqdm(it, desc=f"latency x{len(variants)} variants", unit="req"),
-    )
-    latency_wall = time.perf_counter() - t0
-    del runners
-    for name, stats in lat.items():
-        records[name]["latency_ms"] = stats
+    texts = data.dev.texts[: s.latency_examples] if s.latency_examples else data.dev.texts
+    request_sets: dict[str, list[dict]] = {}
+    lengths_info: dict[str, dict] = {}
+    limit = _max_positions(variants)
+    skipped = []
+    for length in s.lengths:
+        if length == "real":
+            reqs = tokenize_each(tok, texts, max_length)
+        elif limit is not None and length > limit:
+            skipped.append(length)
+            continue
+        else:
+            reqs = fixed_length_requests(tok, texts[:FIXED_LENGTH_EXAMPLES], length)
+        seq = [int(r["input_ids"].shape[1]) for r in reqs]
+        request_sets[str(length)] = _lists(reqs)
+        lengths_info[str(length)] = {
+            "distinct_requests": len(reqs),
+            "seq_len_mean": float(np.mean(seq)),
+            "seq_len_max": max(seq),
+        }
+    batch_sets = {str(b): _lists(throughput_batches(tok, texts, b, max_length)) for b in s.batch_sizes}
+    protocol = {
+        "warmup": s.warmup,
+        "requests": s.requests,
+        "seconds": s.seconds,
+        "passes": s.passes,
+        "throughput_seconds": s.throughput_seconds,
+        "bootstrap_resamples": s.bootstrap_resamples,
+        "confidence": s.confidence,
+    }
+    spec_variants = [{"name": v.name, "runtime": v.runtime, "path": str(v.path)} for v in variants]
+    baselines = [b for b in BASELINES if b in records]
 
-    if config.memory:
+    targets: list[Target] = [resolve_target(t) for t in s.targets]
+    per_target: dict[str, dict] = {}
+    t0 = time.perf_counter()
+    for target in targets:
+        budget = f"{s.passes} pass(es)" if s.passes else f"up to {s.requests} requests or {s.seconds:g} s per length"
+        log(
+            f"    benchmark target {target.name}: {target.threads} thread(s), cores "
+            f"{list(target.cpus) if target.cpus else 'any'}, spinning off; {len(variants)} variants interleaved, "
+            f"lengths {list(request_sets)}, {budget}"
+            + (f", throughput at batch {s.batch_sizes}" if s.batch_sizes else "")
+        )
+        per_target[target.name] = measure_target(target, spec_variants, request_sets, batch_sets, protocol, baselines)
+    latency_wall = time.perf_counter() - t0
+
+    if s.memory:
         probe_texts = data.dev.texts[:32]
-        for v in tqdm(variants, desc="peak RSS (fresh process each)", unit="variant"):
-            records[v.name].update(
-                measure_peak_rss(
+        for target in targets:
+            log(f"    peak RSS on target {target.name}: a fresh process per model")
+            base: dict[str, dict] = {}
+            for v in variants:
+                m = measure_peak_rss(
                     v.runtime,
                     v.path,
                     v.tokenizer_dir,
                     probe_texts,
-                    threads=config.threads,
+                    threads=target.threads,
                     max_length=max_length,
+                    cpus=target.cpus,
+                    memory_limit_bytes=target.memory_limit_bytes,
+                    baseline=base.get(v.runtime),
                 )
-            )
+                base[v.runtime] = m.pop("baseline")
+                per_target[target.name].setdefault("memory", {})[v.name] = m
 
-    lengths = [int(r["input_ids"].shape[1]) for r in requests]
+    for v in variants:
+        rec = records[v.name]
+        rec["targets"] = {}
+        for target in targets:
+            res = per_target[target.name]
+            rec["targets"][target.name] = {
+                "latency_ms": {k: res["latency"][k][v.name] for k in res["latency"]},
+                "speedup": {k: res["speedup"][k][v.name] for k in res["speedup"]},
+                "throughput": {b: res["throughput"][b][v.name] for b in res["throughput"]},
+                "load_s": res["load_s"][v.name],
+                **({"memory": res["memory"][v.name]} if "memory" in res else {}),
+            }
+        primary = rec["targets"][s.primary]
+        rec["latency_ms"] = primary["latency_ms"][next(iter(request_sets))]
+        if "memory" in primary and "error" not in primary["memory"]:
+            rec.update({k: x for k, x in primary["memory"].items() if k != "fits_memory_limit"})
+
+    first = next(iter(request_sets))
+    primary_target = next(t for t in targets if t.name == s.primary)
     return {
         "environment": {
-            "cpu": cpu_info(),
-            "threads": config.threads,
+            "cpu": cpu,
+            "threads": primary_target.threads,
             "execution_provider": "CPUExecutionProvider",
             "versions": library_versions(),
+            "targets": {
+                t.name: {
+                    **t.describe(),
+                    "process": per_target[t.name]["process"],
+                    "worker_wall_s": per_target[t.name]["wall_s"],
+                }
+                for t in targets
+            },
+            "emulation": EMULATION_NOTE,
         },
         "settings": {
-            "latency": "single stream, batch 1, each dev sentence at its real tokenized length",
+            "latency": "single stream, batch 1, each dev sentence at its real tokenized length"
+            if first == "real"
+            else f"single stream, batch 1, {first} tokens",
             "batch_size": 1,
-            "requests": len(requests),
-            "passes": config.passes,
-            "warmup": config.warmup,
-            "seq_len_mean": float(np.mean(lengths)),
-            "seq_len_max": int(max(lengths)),
+            "requests": lengths_info[first]["distinct_requests"],
+            "passes": s.passes,
+            "warmup": s.warmup,
+            "seq_len_mean": lengths_info[first]["seq_len_mean"],
+            "seq_len_max": lengths_info[first]["seq_len_max"],
             "latency_wall_s": latency_wall,
             "accuracy_threads": eval_threads,
+            "accuracy_batch_size": s.accuracy_batch_size,
+            "primary_target": s.primary,
+            "lengths": lengths_info,
+            "skipped_lengths": skipped,
+            "throughput_batch_sizes": list(s.batch_sizes),
+            "protocol": s.model_dump(mode="json"),
+            "baselines": baselines,
         },
         "reference": reference,
         "variants": [records[v.name] for v in variants],

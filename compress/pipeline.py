@@ -200,6 +200,7 @@ def _quantize(ctx: RunContext, step: Step, out: Path) -> dict:
 
 
 def _benchmark(ctx: RunContext, step: Step, out: Path) -> dict:
+    from benchmarks.baselines import optimum_dynamic_int8
     from benchmarks.suite import Variant, benchmark
 
     r = ctx.recipe
@@ -210,16 +211,37 @@ def _benchmark(ctx: RunContext, step: Step, out: Path) -> dict:
         return Variant(name, stage, "onnxruntime", parent, d / "model.onnx", d, m["params"], m["layers"])
 
     t = ctx.metrics("teacher")
+    # What a user would get from optimum alone: the teacher, dynamic int8 with optimum's AVX2 preset.
+    optimum_int8 = out / "teacher-int8-optimum"
+    optimum_dynamic_int8(ctx.out("export/teacher"), optimum_int8)
     variants = [
         Variant(
             "teacher-torch", "baseline", "torch", None, ctx.out("teacher"), ctx.out("teacher"), t["params"], t["layers"]
         ),
         onnx("teacher-onnx", "baseline", "teacher-torch", "export/teacher", "teacher"),
+        Variant(
+            "teacher-int8-optimum",
+            "baseline",
+            "onnxruntime",
+            "teacher-onnx",
+            optimum_int8 / "model.onnx",
+            optimum_int8,
+            t["params"],
+            t["layers"],
+        ),
     ]
     variants += [onnx(d.name, "distill", "teacher-onnx", f"export/{d.name}", d.name) for d in r.distill]
     variants += [onnx(p.name, "prune", r.source_of(p), f"export/{p.name}", p.name) for p in r.prune]
     variants += [onnx(q.name, "quantize", r.source_of(q), f"quantize/{q.name}", r.source_of(q)) for q in r.quantize]
-    results = benchmark(variants, ctx.data, step.config, max_length=r.data.max_length, reference="teacher-torch")
+    results = benchmark(
+        variants,
+        ctx.data,
+        step.config,
+        max_length=r.data.max_length,
+        reference="teacher-torch",
+        work_dir=out,
+        log=ctx.log,
+    )
     write_json_atomic(out / "results.json", results)
     return {v["name"]: {"accuracy": v["accuracy"], "p50_ms": v["latency_ms"]["p50"]} for v in results["variants"]}
 

@@ -12,10 +12,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from benchmarks.settings import BenchmarkSettings as BenchmarkConfig
 from compress.distill import DistillConfig  # the student's keys live beside the code that reads them
 from compress.errors import RecipeError
 
-__all__ = ["DistillConfig", "RecipeError"]  # re-exported: part of the recipe's vocabulary
+__all__ = ["BenchmarkConfig", "DistillConfig", "RecipeError"]  # re-exported: part of the recipe's vocabulary
 
 
 
@@ -175,16 +176,6 @@ class QuantizeConfig(_Config):
         if self.select == "measure" and self.max_accuracy_drop is not None:
             raise ValueError("quantize.select 'measure' and quantize.max_accuracy_drop: choose one")
         return self
-
-
-class BenchmarkConfig(_Config):
-    """How the deployed artifacts are measured."""
-
-    threads: int = Field(default=1, ge=1, le=256)
-    warmup: int = Field(default=20, ge=0)
-    passes: int = Field(default=1, ge=1, le=100, description="timed passes over the latency sentences")
-    latency_examples: int | None = Field(default=None, ge=1, description="default: every dev sentence")
-    memory: bool = Field(default=True, description="peak RSS of a fresh process per model")
 
 
 class Recipe(_Config):

@@ -197,7 +197,17 @@ def write_tiny_recipe(path: Path, data_dir: Path, base_dir: Path, **overrides: d
         "distill": {"layers": [0, 2], "epochs": 3, "batch_size": 8, "learning_rate": 3e-3},
         "prune": {"sparsity": 0.5, "epochs": 1, "batch_size": 8, "learning_rate": 1e-3},
         "export": {"check_examples": 32},
-        "benchmark": {"warmup": 2, "latency_examples": 16, "memory": False},
+        "benchmark": {
+            "targets": ["mobile"],
+            "lengths": ["real"],
+            "batch_sizes": [],
+            "requests": 16,
+            "warmup": 2,
+            "latency_examples": 16,
+            "ort_format": False,
+            "bootstrap_resamples": 100,
+            "memory": False,
+        },
     }
     for section, values in overrides.items():
         if isinstance(values, dict) and isinstance(tree.get(section), dict):

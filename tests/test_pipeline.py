@@ -11,7 +11,7 @@ from compress.pipeline import plan, run_pipeline
 from compress.recipe import load_recipe
 from tests.conftest import write_tiny_data, write_tiny_recipe
 
-VARIANTS = ["teacher-torch", "teacher-onnx", "student", "pruned", "int8"]
+VARIANTS = ["teacher-torch", "teacher-onnx", "teacher-int8-optimum", "student", "pruned", "int8"]
 STEPS = [
     "teacher",
     "distill/student",
@@ -85,6 +85,7 @@ def test_models_learn_and_int8_is_smaller(first_run):
     assert [(by[n]["stage"], by[n]["parent"]) for n in VARIANTS] == [
         ("baseline", None),
         ("baseline", "teacher-torch"),
+        ("baseline", "teacher-onnx"),
         ("distill", "teacher-onnx"),
         ("prune", "student"),
         ("quantize", "pruned"),

@@ -1,13 +1,21 @@
-"""Latency: percentiles on known data, and runners timed interleaved on every request."""
+"""Latency: percentiles and their bootstrap intervals, and runners timed interleaved on every request."""
 
 from __future__ import annotations
 
 import random
 import time
 
+import numpy as np
 import pytest
 
-from benchmarks.latency import measure_latency, percentiles
+from benchmarks.latency import (
+    bootstrap_ci,
+    measure_latency,
+    paired_speedup_ci,
+    percentiles,
+    summarize,
+    time_interleaved,
+)
 
 
 def test_percentiles_of_known_data():
@@ -80,3 +88,70 @@ def test_progress_wraps_the_timed_steps():
 
     measure_latency({"a": lambda x: None}, [{"i": 0}, {"i": 1}], warmup=0, passes=2, progress=progress)
     assert seen == [[(0, 0), (0, 1), (1, 0), (1, 1)]]
+
+
+def test_max_requests_cycles_the_inputs_and_max_seconds_stops_early():
+    log: list[tuple[str, int]] = []
+    times = time_interleaved(
+        _recording_runners(["a", "b"], log), [{"i": i} for i in range(3)], warmup=0, max_requests=7
+    )
+    assert [len(t) for t in times.values()] == [7, 7]
+    assert [i for m, i in log if m == "a"] == [0, 1, 2, 0, 1, 2, 0]
+    slow = time_interleaved(
+        {"a": lambda x: time.sleep(0.01), "b": lambda x: None},
+        [{"i": 0}],
+        warmup=0,
+        max_requests=1000,
+        max_seconds=0.05,
+    )
+    # Stops after the request during which 50 ms passed: about 5 requests of 10 ms, same count for both.
+    assert 4 <= len(slow["a"]) == len(slow["b"]) <= 8
+
+
+def test_bootstrap_interval_covers_the_true_median_and_narrows_with_more_data():
+    rng = np.random.default_rng(1)
+    true_median = np.log(2)  # of the exponential distribution with rate 1
+    covered, widths = 0, {}
+    for n in (100, 900):
+        for rep in range(30):
+            ci = bootstrap_ci(rng.exponential(size=n), resamples=300, confidence=0.9, seed=rep)
+            lo, hi = ci["p50"]
+            covered += n == 100 and lo <= true_median <= hi
+            widths.setdefault(n, []).append(hi - lo)
+    assert covered >= 23  # nominal 90% of 30 = 27; allow for bootstrap's small-sample undercoverage
+    # Width shrinks like 1/sqrt(n): 9x the data, about a third of the width.
+    assert 0.2 < np.mean(widths[900]) / np.mean(widths[100]) < 0.5
+
+
+def test_bootstrap_is_deterministic_ordered_and_degenerate_cases():
+    x = np.random.default_rng(0).normal(10, 1, size=200)
+    a, b = bootstrap_ci(x, seed=3), bootstrap_ci(x, seed=3)
+    assert a == b
+    for q in ("p50", "p90", "p99"):
+        assert a[q][0] <= np.percentile(x, int(q[1:])) <= a[q][1]
+    assert a["p50"][1] < a["p99"][1]
+    assert bootstrap_ci([5.0]) == {"p50": (5.0, 5.0), "p90": (5.0, 5.0), "p99": (5.0, 5.0)}
+    assert bootstrap_ci(x, resamples=0)["p50"] == (pytest.approx(np.median(x)),) * 2
+    with pytest.raises(ValueError):
+        bootstrap_ci([])
+
+
+def test_paired_speedup_interval_is_narrower_than_unpaired_noise():
+    rng = np.random.default_rng(0)
+    # Machine noise shared by both variants on each request (a slow moment hits both); b is exactly 2x faster.
+    noise = rng.lognormal(0, 0.5, size=300)
+    base, fast = 2.0 * noise, 1.0 * noise
+    r = paired_speedup_ci(base, fast, resamples=500)
+    assert r["ratio"] == pytest.approx(2.0)
+    assert r["ci"][0] == pytest.approx(2.0) and r["ci"][1] == pytest.approx(2.0)
+    # Independent noise: a real interval around the true ratio.
+    r2 = paired_speedup_ci(2.0 * rng.lognormal(0, 0.2, 300), rng.lognormal(0, 0.2, 300), resamples=500)
+    assert r2["ci"][0] < 2.0 < r2["ci"][1] and r2["ci"][1] - r2["ci"][0] > 0.1
+    with pytest.raises(ValueError):
+        paired_speedup_ci([1.0, 2.0], [1.0])
+
+
+def test_summarize_adds_intervals_in_ms():
+    s = summarize([0.001, 0.002, 0.003, 0.004], resamples=50)
+    assert s["p50"] == pytest.approx(2.5) and s["confidence"] == 0.95
+    assert 1.0 <= s["ci"]["p50"][0] <= 2.5 <= s["ci"]["p50"][1] <= 4.0

@@ -1,0 +1,1 @@
+"""Files copied verbatim into every deployment bundle (see `export.bundle`)."""
