@@ -303,7 +303,12 @@ def run_pipeline(recipe: Recipe, out_dir: Path | None = None, *, log: Callable[[
         The report (also written to `out_dir/report.json` and `report.md`).
     """
     from benchmarks.report import write_report
+    from compress.distributed import world_size
 
+    if world_size() > 1:
+        # The training loop is DDP-ready (compress.training.train under torchrun), but the pipeline's steps write
+        # shared artifacts and the manifest; running them once per rank would race. Refuse rather than corrupt.
+        raise StageError("run the pipeline as one process; torchrun applies to compress.training.train, not to run")
     preflight(recipe)
     run_dir = Path(out_dir) if out_dir is not None else Path("runs") / recipe.name
     run_dir.mkdir(parents=True, exist_ok=True)
