@@ -165,16 +165,12 @@ def _quantize(ctx: RunContext, step: Step, out: Path) -> dict:
 
     from compress.calibration import calibration_feeds, model_input_names
     from compress.quantize import quantize
-    from compress.training import accuracy
-    from export.runtime import OrtClassifier, batched_logits
+    from export.runtime import accuracy_evaluator
 
     q, r, src = step.config, ctx.recipe, ctx.out(step.inputs[0])
     tokenizer = AutoTokenizer.from_pretrained(src, local_files_only=True)
     holdout = ctx.data.holdout or ctx.data.dev  # dev only when the recipe holds nothing out of train
-
-    def evaluate(path: Path) -> float:
-        clf = OrtClassifier(path, threads=2)
-        return accuracy(batched_logits(clf, tokenizer, holdout.texts, r.data.max_length), holdout.labels)
+    evaluate = accuracy_evaluator(tokenizer, holdout.texts, holdout.labels, r.data.max_length)
 
     calibration = None
     if q.method == "static" or q.max_accuracy_drop is not None:

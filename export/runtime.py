@@ -80,3 +80,13 @@ def batched_logits(classifier, tokenizer, texts: list[str], max_length: int, bat
             out = np.zeros((len(texts), logits.shape[-1]), dtype=np.float32)
         out[idx] = logits
     return out
+
+
+def accuracy_evaluator(tokenizer, texts: list[str], labels: list[int], max_length: int, threads: int = 2):
+    """An `ONNX path -> accuracy` callable over fixed sentences (for int8 choices on held-out data)."""
+
+    def evaluate(path: Path) -> float:
+        logits = batched_logits(OrtClassifier(path, threads=threads), tokenizer, texts, max_length)
+        return float((logits.argmax(-1) == np.asarray(labels)).mean())
+
+    return evaluate
