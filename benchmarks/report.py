@@ -91,6 +91,51 @@ def _headline(latency_sets: dict) -> dict:
     return latency_sets.get("real") or next(iter(latency_sets.values()))
 
 
+def _step_summary(step: str, m: dict) -> dict:
+    """The few figures of a step's metrics a reader of the report needs (the manifest has them all)."""
+    keys = {
+        "teacher": ("dev_accuracy_torch", "params", "layers", "trained"),
+        "distill": (
+            "dev_accuracy_torch",
+            "test_accuracy_torch",
+            "holdout_accuracy",
+            "best_step",
+            "params",
+            "macs_per_token",
+            "teacher_macs_per_token",
+            "layer_indices",
+        ),
+        "prune": (
+            "method",
+            "dev_accuracy_torch",
+            "sparsity_prunable",
+            "per_layer",
+            "heads_per_layer",
+            "ffn_size",
+            "params_before",
+            "params",
+            "macs_per_token_before",
+            "macs_per_token",
+        ),
+        "quantize": ("method", "reduce_range", "reduce_range_reason", "int8_ops", "shipped"),
+    }.get(step.split("/")[0], ())
+    out = {k: m[k] for k in keys if k in m}
+    if "selection" in m:
+        out["selection"] = {
+            "chosen": m["selection"]["chosen"],
+            "reason": m["selection"]["reason"],
+            "candidates": {c["name"]: c["score"] for c in m["selection"]["candidates"]},
+        }
+    if "budget" in m:
+        b = m["budget"]
+        out["budget"] = {
+            k: b[k] for k in ("accuracy", "fp32_accuracy", "max_accuracy_drop", "excluded_nodes") if k in b
+        }
+    if m.get("vocab"):
+        out["vocab"] = {k: v for k, v in m["vocab"].items() if not isinstance(v, dict | list)}
+    return out
+
+
 def build_report(results: dict, manifest: dict) -> dict:
     """Merge benchmark results with the manifest's stage records into the report document (README schema)."""
     by_name = {v["name"]: v for v in results["variants"]}
@@ -103,9 +148,18 @@ def build_report(results: dict, manifest: dict) -> dict:
         name: {"wall_s": rec.get("wall_s"), "started": rec.get("started"), "ended": rec.get("ended")}
         for name, rec in manifest["stages"].items()
     }
+    not_shipped = {
+        name: rec["metrics"]["reason"]
+        for name, rec in manifest["stages"].items()
+        if rec and isinstance(rec.get("metrics"), dict) and rec["metrics"].get("shipped") is False
+    }
     return {
         "schema_version": SCHEMA_VERSION,
         "run": manifest["recipe"]["name"],
+        "not_shipped": not_shipped,
+        "steps": {
+            name: _step_summary(name, rec.get("metrics") or {}) for name, rec in manifest["stages"].items() if rec
+        },
         "environment": results["environment"],
         "settings": results["settings"],
         "reference": results.get("reference"),
@@ -343,6 +397,36 @@ def _mobile_section(report: dict) -> list[_Section]:
     return [sec]
 
 
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k}: {_fmt(x)}" for k, x in v.items()) + "}"
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(_fmt(x) for x in v) + "]"
+    return str(v)
+
+
+def _steps_section(report: dict) -> list[_Section]:
+    sec = _Section("What each step did", paragraphs=["Figures from each step's record in manifest.json."])
+    for name, summary in report.get("steps", {}).items():
+        if summary:
+            sec.bullets.append(f"**{name}**: " + "; ".join(f"{k} {_fmt(v)}" for k, v in summary.items()))
+    out = [sec]
+    if report.get("not_shipped"):
+        out.append(
+            _Section(
+                "Not shipped",
+                paragraphs=[
+                    "No int8 model fitted these variants' accuracy budget; their float32 source stays the model to "
+                    "deploy."
+                ],
+                bullets=[f"**{k}**: {v}" for k, v in report["not_shipped"].items()],
+            )
+        )
+    return out
+
+
 def _stage_section(report: dict) -> list[_Section]:
     sec = _Section("Stage wall time", header=["step", "wall s"], right={1})
     for name, st in report["stages"].items():
@@ -355,6 +439,7 @@ def _sections(report: dict) -> list[_Section]:
     out += _target_sections(report)
     out.append(_Section("Size and memory", plot="size_and_memory", caption="Size on disk and peak memory"))
     out += _mobile_section(report)
+    out += _steps_section(report)
     out += _stage_section(report)
     out.append(
         _Section(
@@ -363,8 +448,9 @@ def _sections(report: dict) -> list[_Section]:
                 "Throughput batches are consecutive dev sentences padded to the longest in the batch: with short "
                 "sentences of varied length, the padding can cost more than batching saves, so batch 1 at real "
                 "lengths may serve more sentences per second.",
-                "Unstructured sparsity (the pruned variants) shrinks the gzip size, not the latency: ONNX Runtime's "
-                "CPU kernels are dense. Peak RSS is measured in a fresh process per model; model RSS subtracts the "
+                "Unstructured sparsity shrinks the gzip size, not the latency: ONNX Runtime's CPU kernels are "
+                "dense. Structured pruning removes whole heads and FFN neurons, so its matrices are smaller and it is "
+                "what speeds a model up. Peak RSS is measured in a fresh process per model; model RSS subtracts the "
                 "same process without a model. Compare ratios measured in the same run, not absolute milliseconds "
                 "across machines or runs.",
             ],

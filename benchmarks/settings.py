@@ -132,39 +132,6 @@ class BenchmarkSettings(_Config):
         names = [t.name for t in self.targets]
         return self.primary_target or ("mobile" if "mobile" in names else names[0])
 
-    @classmethod
-    def from_legacy(cls, config: Any) -> BenchmarkSettings:
-        """Settings equivalent to the original `benchmark` section (threads, warmup, passes, latency_examples,
-        memory): one target `threads-N` with that thread count (not pinned, no memory cap, as before), real
-        lengths only, `passes` passes over the sentences, no throughput, no .ort conversion, accuracy on
-        batches of 32. Lets the pipeline keep passing its current config unchanged."""
-        threads = int(getattr(config, "threads", 1))
-        target = TargetSpec(name=f"threads-{threads}", threads=threads)
-        examples = getattr(config, "latency_examples", None)
-        return cls(
-            targets=[target],
-            warmup=getattr(config, "warmup", 20),
-            passes=max(1, int(getattr(config, "passes", 1))),
-            lengths=["real"],
-            batch_sizes=[],
-            latency_examples=examples,
-            bootstrap_resamples=1000,
-            memory=bool(getattr(config, "memory", True)),
-            ort_format=False,
-            accuracy_batch_size=32,
-        )
-
-
-def as_settings(config: Any) -> BenchmarkSettings:
-    """`config` as `BenchmarkSettings`: itself, a copy of a config with the same keys (one that has `targets`,
-    e.g. a recipe section mirroring this class), or the original section mapped by `from_legacy`."""
-    if isinstance(config, BenchmarkSettings):
-        return config
-    if hasattr(config, "targets"):
-        tree = config.model_dump() if hasattr(config, "model_dump") else dict(vars(config))
-        return BenchmarkSettings.model_validate(tree)
-    return BenchmarkSettings.from_legacy(config)
-
 
 @dataclass(frozen=True)
 class Target:

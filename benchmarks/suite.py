@@ -21,7 +21,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from benchmarks.memory import measure_peak_rss
-from benchmarks.settings import BASELINES, BenchmarkSettings, Target, as_settings, resolve_target
+from benchmarks.settings import BASELINES, BenchmarkSettings, Target, resolve_target
 from benchmarks.worker import measure_target
 from compress.data import TaskData
 from compress.hardware import cpu_info
@@ -180,7 +180,7 @@ def _ort_format(
 def benchmark(
     variants: list[Variant],
     data: TaskData,
-    config: BenchmarkSettings | Any,
+    config: BenchmarkSettings,
     *,
     max_length: int,
     reference: str,
@@ -192,8 +192,7 @@ def benchmark(
     Args:
         variants: the models; names in `BASELINES` are the reference points of every ratio.
         data: dev (and test) splits; dev sentences are also the latency requests.
-        config: `BenchmarkSettings`, or the recipe's original `benchmark` section (mapped by
-            `BenchmarkSettings.from_legacy`).
+        config: the recipe's `benchmark` section.
         max_length: truncation length of the task.
         reference: the variant whose predictions the others' agreement is measured against (the teacher).
         work_dir: where `.ort` conversions are kept (default: a temporary directory, removed afterwards).
@@ -204,7 +203,7 @@ def benchmark(
     """
     from transformers import AutoTokenizer
 
-    s = as_settings(config)
+    s = config
     cpu = cpu_info()
     eval_threads = s.accuracy_threads or os.cpu_count() or 1
     records, preds = _accuracy(variants, data, max_length, eval_threads, s.accuracy_batch_size)
@@ -223,8 +222,11 @@ def benchmark(
                     rec["path"] = None  # converted in a temporary directory, gone after this call
                 records[v.name]["ort"] = rec
 
-    # The requests: the same token ids for every variant and target.
-    tok = AutoTokenizer.from_pretrained(variants[0].tokenizer_dir, local_files_only=True)
+    # The requests: the same token ids for every variant and target. With a trimmed vocabulary in the run, the
+    # smallest vocabulary tokenizes them: its ids are valid for every model (each vocabulary holds at least
+    # as many rows), and latency depends on the sequence length, not on which ids fill it.
+    dirs = {str(v.tokenizer_dir) for v in variants}
+    tok = min((AutoTokenizer.from_pretrained(d, local_files_only=True) for d in sorted(dirs)), key=len)
     texts = data.dev.texts[: s.latency_examples] if s.latency_examples else data.dev.texts
     request_sets: dict[str, list[dict]] = {}
     lengths_info: dict[str, dict] = {}

@@ -101,13 +101,8 @@ def default_attention_map(layers: list[int]) -> list[tuple[int, int]]:
     return list(enumerate(layers))
 
 
-def _as_config(config) -> DistillConfig:
-    # compress.recipe.DistillConfig (the older, smaller section) converts: its keys are a subset of these.
-    return config if isinstance(config, DistillConfig) else DistillConfig.model_validate(config.model_dump())
-
-
 def _check_map(key: str, pairs, n_student: int, n_teacher: int) -> list[tuple[int, int]]:
-    from compress.recipe import RecipeError
+    from compress.errors import RecipeError
 
     bad = [(s, t) for s, t in pairs if s > n_student or t > n_teacher]
     if bad:
@@ -119,8 +114,8 @@ def _check_map(key: str, pairs, n_student: int, n_teacher: int) -> list[tuple[in
 
 
 def _loss_spec(cfg: DistillConfig, student, teacher):
+    from compress.errors import RecipeError
     from compress.modeling import num_layers, value_projection
-    from compress.recipe import RecipeError
     from compress.training import LossSpec
 
     n_s, n_t = num_layers(student), num_layers(teacher)
@@ -166,7 +161,7 @@ def distill(
         teacher: the fine-tuned teacher classifier (not modified).
         tokenizer: the teacher's tokenizer.
         teacher_logits: (N_train, C) teacher logits on the train split, computed once by the teacher stage.
-        config: a `DistillConfig` (or the recipe's older distill section, converted).
+        config: the student and its training (the recipe's `distill` section).
         data: the task's splits; dev and test are only measured.
         seed: seeds the student's fresh parts, the hold-out split and the Trainer.
         max_length: tokenizer truncation.
@@ -186,7 +181,7 @@ def distill(
     from compress.training import accuracy, predict_logits, train, training_args
     from compress.vocab import trim_vocab
 
-    cfg = _as_config(config)
+    cfg = config
     torch.manual_seed(seed)
     student = build_student(
         teacher,

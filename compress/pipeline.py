@@ -41,7 +41,6 @@ class Step:
     config: Any  # the stage config (a frozen pydantic model)
     inputs: tuple[str, ...]  # ids of the steps whose outputs this one reads
     run: Callable[[RunContext, Step, Path], dict]
-    uses_data: bool = True
 
     @property
     def id(self) -> str:
@@ -189,10 +188,10 @@ def _quantize(ctx: RunContext, step: Step, out: Path) -> dict:
             max_length=r.data.max_length,
         )
     except AccuracyBudgetError as e:
-        raise StageError(
-            f"{step.id}: no int8 model fits quantize.max_accuracy_drop = {q.max_accuracy_drop}; nothing was shipped "
-            f"for it and the float32 model {step.inputs[0]}/model.onnx remains the artifact. {e}"
-        ) from None
+        # Never ship an over-budget model: this variant gets no artifact, the run goes on without it, and the
+        # report says so. Its float32 source stays the model to deploy.
+        ctx.log(f"    {step.id}: no int8 model within quantize.max_accuracy_drop = {q.max_accuracy_drop}; not shipped")
+        return {"shipped": False, "reason": str(e), "max_accuracy_drop": q.max_accuracy_drop, "source": step.inputs[0]}
 
 
 def _benchmark(ctx: RunContext, step: Step, out: Path) -> dict:
@@ -238,6 +237,10 @@ def _benchmark(ctx: RunContext, step: Step, out: Path) -> dict:
         work_dir=out,
         log=ctx.log,
     )
+    # Artifacts written here (the optimum baseline, .ort files) are recorded under their final path, not the
+    # temporary directory this step writes into.
+    results = json.loads(json.dumps(results).replace(str(out.resolve()), str(ctx.out(step.id).resolve())))
+    results = json.loads(json.dumps(results).replace(str(out), str(ctx.out(step.id))))
     write_json_atomic(out / "results.json", results)
     return {v["name"]: {"accuracy": v["accuracy"], "p50_ms": v["latency_ms"]["p50"]} for v in results["variants"]}
 
@@ -264,8 +267,12 @@ def plan(recipe: Recipe) -> list[Step]:
 def _step_key(ctx: RunContext, step: Step) -> tuple[str, dict]:
     r = ctx.recipe
     inputs: dict[str, Any] = {s: ctx.manifest.stage(s)["output_hash"] for s in step.inputs}
-    if step.uses_data:
-        inputs["data"] = ctx.data_hashes
+    inputs["data"] = ctx.data_hashes
+    if step.stage in ("quantize", "benchmark"):
+        # Their results depend on the machine: int8 kernels (VNNI or not) and the timings themselves.
+        from compress.hardware import cpu_info
+
+        inputs["machine"] = {"cpu": cpu_info(), "versions": library_versions()}
     if step.stage == "teacher" and r.teacher.path is not None:
         inputs["teacher_path"] = hash_path(r.teacher.path)
     if step.stage == "teacher" and r.teacher.path is None and r.teacher.base != "minilm":

@@ -259,8 +259,7 @@ def prune(
         model: a BERT-family sequence classifier; not modified.
         tokenizer: its tokenizer.
         teacher_logits: (N_train, C) cached teacher logits for the distillation fine-tune.
-        config: `PruneConfig`, or the recipe's `PruneConfig` (its prune keys are read; unset keys take
-            the `PruneConfig` defaults).
+        config: the recipe's `prune` section for this variant.
         data: the task's splits (train for fine-tuning and Taylor scores, dev for the accuracy metrics).
         seed: for the fine-tune and the choice of Taylor batches.
         max_length: tokenizer truncation.

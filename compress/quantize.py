@@ -115,12 +115,8 @@ class Int8Spec:
 
     @classmethod
     def from_config(cls, config: QuantizeConfig) -> Int8Spec:
-        """The spec of the recipe's `quantize` section.
-
-        Keys the section does not (yet) declare take the spec's defaults, so the same call serves the dynamic-only
-        section and one extended with `activation_type`, `weight_type`, `calibrate_method`, `nodes_to_exclude`.
-        """
-        fields = {k: getattr(config, k) for k in cls.__dataclass_fields__ if hasattr(config, k)}
+        """The spec of one variant of the recipe's `quantize` section."""
+        fields = {k: getattr(config, k) for k in cls.__dataclass_fields__ if k in type(config).model_fields}
         if fields.get("op_types") is not None:
             fields["op_types"] = tuple(fields["op_types"])
         return cls(**fields)
@@ -354,7 +350,9 @@ def quantize(
             src = Path(tmp) / "fused" / "model.onnx"
         if config.select == "measure":
             candidates = [c for c in default_candidates(static=config.method == "static") if c.method == config.method]
-            candidates = [replace(c, per_channel=spec.per_channel, op_types=spec.op_types) for c in candidates]
+            # The candidates vary the data types and reduce_range; every other key of the recipe is kept.
+            keep = {k: getattr(spec, k) for k in ("per_channel", "op_types", "calibrate_method", "percentile")}
+            candidates = [replace(c, **keep) for c in candidates]
             choice = choose_int8_variant(src, Path(tmp) / "candidates", evaluate, candidates, calibration=calibration)
             spec = choice["chosen_spec"]
             extra["selection"] = {

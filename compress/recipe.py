@@ -19,8 +19,6 @@ from compress.errors import RecipeError
 __all__ = ["BenchmarkConfig", "DistillConfig", "RecipeError"]  # re-exported: part of the recipe's vocabulary
 
 
-
-
 class _Config(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -162,7 +160,7 @@ class QuantizeConfig(_Config):
     select: Literal["fixed", "measure"] = Field(
         default="fixed",
         description="'measure': quantize with each u8s8/u8u8 x 7/8-bit setting, keep the most accurate on the "
-        "held-out slice of train (ties: the fastest)",
+        "held-out slice of train (ties: the smallest file)",
     )
     max_accuracy_drop: float | None = Field(
         default=None, ge=0, le=1, description="keep the most sensitive nodes in float until the drop fits"

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 from pydantic import ValidationError
 
-from benchmarks.settings import PRESETS, BenchmarkSettings, TargetSpec, as_settings
+from benchmarks.settings import PRESETS, BenchmarkSettings, TargetSpec
 
 
 def test_defaults_measure_three_targets_with_mobile_first_in_the_headline():
@@ -46,27 +44,6 @@ def test_a_preset_with_overrides_and_a_custom_target():
 def test_bad_settings_name_the_problem(kwargs, message):
     with pytest.raises(ValidationError, match=message):
         BenchmarkSettings(**kwargs)
-
-
-def test_the_original_benchmark_section_maps_to_one_target_and_its_passes():
-    # The recipe's first `benchmark` section: threads, warmup, passes, latency_examples, memory.
-    def original(threads=1, warmup=20, passes=1, latency_examples=None, memory=True):
-        return SimpleNamespace(
-            threads=threads, warmup=warmup, passes=passes, latency_examples=latency_examples, memory=memory
-        )
-
-    s = as_settings(original(threads=2, warmup=3, passes=2, latency_examples=16, memory=False))
-    assert s.targets == [TargetSpec(name="threads-2", threads=2)]  # not pinned, no memory cap: as before
-    assert (s.warmup, s.passes, s.latency_examples, s.memory) == (3, 2, 16, False)
-    assert (s.lengths, s.batch_sizes, s.ort_format) == (["real"], [], False)
-    assert as_settings(original()).targets[0].name == "threads-1"
-    assert as_settings(s) is s
-
-
-def test_a_config_with_the_same_keys_is_taken_as_is():
-    mirror = SimpleNamespace(**BenchmarkSettings(targets=["iot"], requests=5).model_dump())
-    s = as_settings(mirror)
-    assert [t.name for t in s.targets] == ["iot"] and s.requests == 5 and s.batch_sizes == [1, 8, 32]
 
 
 def test_settings_survive_a_json_round_trip_as_the_manifest_stores_them():

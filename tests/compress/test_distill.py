@@ -87,9 +87,10 @@ def test_config_forbids_unknown_keys_and_checks_bounds():
     assert cfg.layers == [0, 2, 4] and cfg.hidden_layer_map == [(1, 2), (2, 4)]
 
 
-def test_the_recipe_section_converts(teacher, task, tmp_path):
+def test_the_recipe_section_is_the_distill_config(teacher, task, tmp_path):
     from compress.recipe import DistillConfig as RecipeDistill
 
+    assert RecipeDistill is DistillConfig
     model, tokenizer, logits = teacher
     old = RecipeDistill(layers=[0, 2], epochs=1, batch_size=8, learning_rate=3e-3)
     res = distill(model, tokenizer, logits, old, task, seed=0, max_length=32, work_dir=tmp_path, log=lambda _: None)
