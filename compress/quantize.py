@@ -375,6 +375,8 @@ def quantize(
             metrics = res.metrics
         else:
             metrics = quantize_model(src, out_dir / "model.onnx", spec, calibration)
+        if "selection" in extra:
+            metrics["reduce_range_reason"] = f"measured on the held-out slice: {extra['selection']['reason']}"
     for f in onnx_dir.iterdir():
         if f.is_file() and f.suffix != ".onnx":
             shutil.copy2(f, out_dir / f.name)
