@@ -18,6 +18,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from compress.augment import AugmentConfig
 from compress.vocab import TrimVocabConfig
 
 
@@ -50,6 +51,8 @@ class DistillConfig(BaseModel):
     )
     # model selection, on the recipe's held-out slice of train (data.holdout_fraction)
     eval_steps: int | None = Field(default=None, ge=1, description="evaluate every N steps; default each epoch")
+    # more inputs, labelled by the teacher
+    augment: AugmentConfig = AugmentConfig()
     # vocabulary
     trim_vocab: TrimVocabConfig = TrimVocabConfig()
     # optimisation
@@ -175,7 +178,8 @@ def distill(
     """
     import torch
 
-    from compress.data import encode
+    from compress.augment import augment_split
+    from compress.data import Split, encode
     from compress.distributed import describe_runtime
     from compress.modeling import build_student, describe
     from compress.training import accuracy, predict_logits, train, training_args
@@ -193,7 +197,20 @@ def distill(
         seed=seed,
     )
     spec = _loss_spec(cfg, student, teacher)
-    train_set = encode(tokenizer, data.train, max_length, teacher_logits=teacher_logits)
+    train_split, train_logits, augment_metrics = data.train, teacher_logits, None
+    if cfg.augment.copies > 0:
+        copies, source, labels, logits = augment_split(
+            teacher, tokenizer, data.train.texts, cfg.augment, seed=seed, max_length=max_length
+        )
+        train_split = Split(data.train.texts + copies, data.train.labels + labels)
+        train_logits = np.concatenate([teacher_logits, logits]).astype(np.float32)
+        flipped = float(np.mean(np.asarray(labels) != np.asarray(data.train.labels)[source])) if copies else 0.0
+        augment_metrics = {**cfg.augment.model_dump(), "examples": len(copies), "label_differs_from_source": flipped}
+        log(
+            f"    augmented: {len(copies):,} teacher-labelled copies of {len(data.train.texts):,} train texts; "
+            f"the teacher labels {flipped:.1%} of them unlike their source"
+        )
+    train_set = encode(tokenizer, train_split, max_length, teacher_logits=train_logits)
     hold_set = encode(tokenizer, data.holdout, max_length) if data.holdout is not None else None
     args = training_args(
         work_dir,
@@ -223,10 +240,18 @@ def distill(
         eval_dataset=hold_set,
         teacher=teacher if spec.needs_teacher else None,
     )
+    def split_accuracy(model, tok, split) -> float | None:
+        if split is None:
+            return None
+        return accuracy(predict_logits(model, tok, encode(tok, split, max_length)), split.labels)
+
     student_tokenizer, vocab_metrics = tokenizer, None
     if cfg.trim_vocab.enabled:
         evals = {"dev": data.dev.texts, **({"test": data.test.texts} if data.test is not None else {})}
         trimmed = trim_vocab(student, tokenizer, data.train.texts, cfg.trim_vocab, eval_texts=evals)
+        # What trimming cost, on the same sentences: the untrimmed student's accuracy before it is dropped.
+        for name in ("dev", "test"):
+            trimmed.metrics[f"{name}_accuracy_untrimmed"] = split_accuracy(student, tokenizer, getattr(data, name))
         student, student_tokenizer, vocab_metrics = trimmed.model, trimmed.tokenizer, trimmed.metrics
         log(
             f"    vocabulary {vocab_metrics['vocab_size_before']:,} -> {vocab_metrics['vocab_size_after']:,} pieces;"
@@ -235,14 +260,10 @@ def distill(
     student.eval()
     sizes["student"] = describe(student, seq_len)
 
-    def split_accuracy(split) -> float:
-        logits = predict_logits(student, student_tokenizer, encode(student_tokenizer, split, max_length))
-        return accuracy(logits, split.labels)
-
     best = next((h for h in reversed(history) if "best_eval_accuracy" in h), {})
     metrics = {
-        "dev_accuracy_torch": split_accuracy(data.dev),
-        "test_accuracy_torch": split_accuracy(data.test) if data.test is not None else None,
+        "dev_accuracy_torch": split_accuracy(student, student_tokenizer, data.dev),
+        "test_accuracy_torch": split_accuracy(student, student_tokenizer, data.test),
         "holdout_examples": len(hold_set) if hold_set is not None else 0,
         "holdout_accuracy": best.get("best_eval_accuracy"),
         "best_step": best.get("best_step"),
@@ -265,6 +286,9 @@ def distill(
             "teacher_per_batch": spec.needs_teacher,
         },
         "vocab": vocab_metrics,
+        "augment": augment_metrics,
+        "train_examples": len(train_set),
+        "train_steps": max((h.get("step", 0) for h in history), default=0),
         "runtime": describe_runtime(),
         "train_loss_final": next((h["train_loss"] for h in reversed(history) if "train_loss" in h), None),
     }

@@ -46,7 +46,7 @@ from compress.structured import (
     set_mask_,
     taylor_scores,
 )
-from compress.training import accuracy, predict_logits, train, training_args
+from compress.training import LossSpec, accuracy, predict_logits, train, training_args
 
 
 @dataclass
@@ -274,7 +274,7 @@ def prune(
     """
     s = config
     torch.manual_seed(seed)
-    model = copy.deepcopy(model)
+    source, model = model, copy.deepcopy(model)
     dev_set = encode(tokenizer, data.dev, max_length)
     seq_len = max(1, round(float(np.mean(dev_set.lengths))))
     before = _shape(model, seq_len)
@@ -300,13 +300,23 @@ def prune(
             seed=seed,
             warmup_ratio=0.0,
         )
+        # Layer distillation from the unpruned model (as CoFi does): the pruned model's hidden states are
+        # pulled towards its own source's, layer for layer, while the logits follow the teacher's cache.
+        n = num_layers(model)
+        spec = LossSpec(
+            temperature=s.temperature,
+            alpha=s.alpha,
+            hidden_weight=s.hidden_weight,
+            hidden_layer_map=tuple((i, i) for i in range(n + 1)),
+        )
         model.train()
         train(
             model,
             tokenizer,
             train_set,
             args,
-            distill={"temperature": s.temperature, "alpha": s.alpha},
+            distill=spec,
+            teacher=source if spec.needs_teacher else None,
             callbacks=callbacks,
         )
     if callbacks and (not callbacks[0].history or callbacks[0].history[-1][1] < 1.0):
@@ -337,6 +347,7 @@ def prune(
         "macs_seq_len": seq_len,
         "dev_accuracy_torch_before_finetune": accuracy_before,
         "dev_accuracy_torch": accuracy(dev, data.dev.labels),
+        "hidden_weight": s.hidden_weight,
         "layers": num_layers(model),
     }
     if selection is not None:

@@ -98,6 +98,9 @@ class PruneConfig(_Config):
     learning_rate: float = Field(default=5e-5, gt=0, lt=1)
     temperature: float = Field(default=2.0, gt=0, le=100)
     alpha: float = Field(default=0.5, ge=0, le=1)
+    hidden_weight: float = Field(
+        default=0.0, ge=0, le=1000, description="hidden-state MSE to the unpruned source model, layer by layer"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> PruneConfig:

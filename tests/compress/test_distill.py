@@ -212,6 +212,9 @@ def test_trimmed_vocabulary_ships_with_the_student(teacher, task, tmp_path):
     assert res.model.config.vocab_size == len(res.tokenizer)
     assert v["dev_unk_rate_after"] == 0.0  # the tiny corpus's dev words all occur in train
     assert res.metrics["dev_accuracy_torch"] >= 0.9
+    # Every dev word's pieces are kept, so the trimmed student computes what the untrimmed one did.
+    assert v["dev_accuracy_untrimmed"] == res.metrics["dev_accuracy_torch"]
+    assert v["test_accuracy_untrimmed"] is not None
 
 
 def test_albert_student_distils_by_application(task, tmp_path):
@@ -238,3 +241,20 @@ def test_the_config_imports_without_torch():
 
     code = "import sys, compress.distill; assert 'torch' not in sys.modules and 'transformers' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
+
+
+def test_augmented_copies_are_labelled_by_the_teacher_and_trained_on(teacher, task, tmp_path, count_calls):
+    from compress.augment import AugmentConfig
+
+    model, tokenizer, logits = teacher
+    lines = []
+    cfg = _config(augment=AugmentConfig(copies=2, mask=0.2, replace=0.2, ngram=0.3), epochs=1)
+    res = distill(model, tokenizer, logits, cfg, task, seed=0, max_length=32, work_dir=tmp_path, log=lines.append)
+    aug = res.metrics["augment"]
+    assert 0 < aug["examples"] <= 2 * len(task.train.texts)
+    assert 0 <= aug["label_differs_from_source"] <= 1
+    assert any("augmented" in line for line in lines)
+    plain = distill(model, tokenizer, logits, _config(epochs=1), task, seed=0, max_length=32, work_dir=tmp_path / "p")
+    assert plain.metrics["augment"] is None
+    assert res.metrics["train_examples"] == len(task.train.texts) + aug["examples"]
+    assert res.metrics["train_steps"] > plain.metrics["train_steps"]  # the copies were trained on

@@ -271,3 +271,25 @@ def test_a_structured_config_keeps_the_unstructured_default_out(setup, tmp_path)
     assert PruneConfig(**cfg.model_dump()) == cfg
     with pytest.raises(ValueError, match="prune.sparsity applies only"):
         PruneConfig(method="structured", heads=0.5, sparsity=0.3)
+
+
+def _hidden_distance(a, b, tokenizer, texts) -> float:
+    batch = tokenizer(texts, padding=True, return_tensors="pt")
+    mask = batch["attention_mask"][:, :, None].float()
+    with torch.no_grad():
+        ha = a(**batch, output_hidden_states=True).hidden_states
+        hb = b(**batch, output_hidden_states=True).hidden_states
+    return float(sum((((x - y) ** 2) * mask).sum() / mask.sum() for x, y in zip(ha[1:], hb[1:], strict=True)))
+
+
+def test_hidden_weight_pulls_the_pruned_model_towards_its_source(setup, tmp_path):
+    model, tokenizer, _, data = setup
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    common = dict(method="unstructured", sparsity=0.6, epochs=3, learning_rate=1e-3)
+    plain = _run(setup, tmp_path / "plain", **common)
+    layered = _run(setup, tmp_path / "layered", hidden_weight=50.0, **common)
+    assert layered.metrics["hidden_weight"] == 50.0 and plain.metrics["hidden_weight"] == 0.0
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())  # the source is not trained
+    far = _hidden_distance(plain.model, model, tokenizer, data.dev.texts)
+    near = _hidden_distance(layered.model, model, tokenizer, data.dev.texts)
+    assert near < 0.7 * far, (near, far)

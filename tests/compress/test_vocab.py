@@ -7,6 +7,7 @@ import random
 import numpy as np
 import pytest
 import torch
+from pydantic import ValidationError
 
 from compress.vocab import TrimVocabConfig, kept_token_ids, trim_embeddings, trim_tokenizer, trim_vocab, unk_rate
 from tests.conftest import corpus_words, make_corpus
@@ -166,3 +167,39 @@ def test_embedding_rows_follow_the_kept_ids(model):
     small = trim_embeddings(model, kept)
     assert torch.equal(small.get_input_embeddings().weight, model.get_input_embeddings().weight[kept])
     assert small.config.pad_token_id == 0 and small.get_input_embeddings().padding_idx == 0
+
+
+def test_ascii_chars_and_a_size_floor_filled_most_frequent_first(tmp_path):
+    from transformers import BertTokenizerFast
+
+    vocab = SPECIALS + [
+        "[unused0]",
+        "[unused1]",
+        "ж",
+        "##ж",
+        "a",
+        "b",
+        "##a",
+        "the",
+        "good",
+        "film",
+        "zebra",
+        "quantum",
+    ]
+    path = tmp_path / "vocab.txt"
+    path.write_text("\n".join(vocab) + "\n")
+    tok = BertTokenizerFast(vocab_file=str(path), do_lower_case=True)
+    ids = {t: tok.convert_tokens_to_ids(t) for t in vocab}
+    used = {ids["the"], ids["good"]} | {ids[t] for t in SPECIALS}
+    assert set(kept_token_ids(tok, ["the good"], keep_chars=False)) == used
+    assert set(kept_token_ids(tok, ["the good"], keep_chars="ascii")) == used | {ids["a"], ids["b"], ids["##a"]}
+    assert set(kept_token_ids(tok, ["the good"], keep_chars=True)) == used | {
+        ids[t] for t in ("a", "b", "##a", "ж", "##ж")
+    }
+    # The floor skips the placeholders and adds the lowest remaining ids: here the characters, then "film".
+    filled = kept_token_ids(tok, ["the good"], keep_chars=False, size=len(used) + 6)
+    assert set(filled) == used | {ids[t] for t in ("ж", "##ж", "a", "b", "##a", "film")}
+    # A floor below what the text needs drops nothing.
+    assert set(kept_token_ids(tok, ["the good film"], keep_chars=False, size=2)) == used | {ids["film"]}
+    with pytest.raises(ValidationError):
+        TrimVocabConfig(keep_chars="latin")
