@@ -116,6 +116,7 @@ def _step_summary(step: str, m: dict) -> dict:
             "params",
             "macs_per_token_before",
             "macs_per_token",
+            "hidden_weight",
         ),
         "quantize": ("method", "reduce_range", "reduce_range_reason", "int8_ops", "shipped"),
     }.get(step.split("/")[0], ())
@@ -131,8 +132,12 @@ def _step_summary(step: str, m: dict) -> dict:
         out["budget"] = {
             k: b[k] for k in ("accuracy", "fp32_accuracy", "max_accuracy_drop", "excluded_nodes") if k in b
         }
-    if m.get("vocab"):
-        out["vocab"] = {k: v for k, v in m["vocab"].items() if not isinstance(v, dict | list)}
+    for key in ("vocab", "augment"):
+        if m.get(key):
+            out[key] = {k: v for k, v in m[key].items() if not isinstance(v, dict | list)}
+    if isinstance(m.get("loss"), dict):
+        weights = ("alpha", "hidden_weight", "attention_weight", "value_relation_weight")
+        out["loss"] = {k: m["loss"][k] for k in weights if m["loss"].get(k)}
     return out
 
 

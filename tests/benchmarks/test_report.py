@@ -132,3 +132,20 @@ def test_compare_command_reads_two_run_directories(bench_results, tmp_path, caps
     with pytest.raises(SystemExit) as e:
         main(["compare", str(tmp_path / "a"), str(tmp_path / "missing"), "--json"])
     assert e.value.code == 2 and "no report.json" in capsys.readouterr().err
+
+
+def test_step_summary_keeps_the_distill_loss_augmentation_and_vocab_figures():
+    from benchmarks.report import _step_summary
+
+    m = {
+        "dev_accuracy_torch": 0.9,
+        "loss": {"alpha": 0.5, "hidden_weight": 0.0, "value_relation_weight": 1.0, "hidden_layer_map": [[0, 0]]},
+        "augment": {"copies": 2, "examples": 120, "label_differs_from_source": 0.1},
+        "vocab": {"vocab_size_before": 100, "vocab_size_after": 40, "per_split": {"x": 1}},
+        "runtime": {"device": "cpu"},
+    }
+    out = _step_summary("distill/student", m)
+    assert out["loss"] == {"alpha": 0.5, "value_relation_weight": 1.0}  # terms switched off are left out
+    assert out["augment"]["examples"] == 120 and out["vocab"] == {"vocab_size_before": 100, "vocab_size_after": 40}
+    assert "runtime" not in out
+    assert _step_summary("prune/p", {"hidden_weight": 1.0, "method": "structured"})["hidden_weight"] == 1.0
