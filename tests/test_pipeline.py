@@ -191,3 +191,42 @@ def test_stale_temporaries_from_a_killed_run_are_cleaned(first_run, tmp_path):
     run_pipeline(recipe, run, log=logs.append)
     assert not stale.exists()
     assert _ran(logs) == []
+
+
+def test_a_trimmed_vocabulary_flows_through_export_quantize_and_benchmark(first_run, tmp_path):
+    import shutil
+
+    import numpy as np
+    import onnx
+    from transformers import AutoTokenizer
+
+    recipe, out, _, _ = first_run
+    run = tmp_path / "run"
+    shutil.copytree(out, run)
+    # The tiny train split uses every piece of the tiny vocabulary: a frequency threshold (the median count of
+    # the train pieces) makes the cut.
+    from compress.data import load_task_data
+    from compress.vocab import token_counts
+
+    teacher_tok = AutoTokenizer.from_pretrained(run / "teacher", local_files_only=True)
+    counts = token_counts(teacher_tok, load_task_data(recipe.data).train.texts)
+    trim = {"enabled": True, "keep_chars": False, "min_frequency": int(np.median(counts[counts > 0])) + 1}
+    trimmed = load_recipe(recipe_path(recipe, tmp_path, distill={"trim_vocab": trim}))
+    logs: list[str] = []
+    report = run_pipeline(trimmed, run, log=logs.append)
+    assert _ran(logs) == STEPS[1:3] + STEPS[4:]  # the teacher and its export are unchanged
+    full = len(AutoTokenizer.from_pretrained(run / "teacher", local_files_only=True))
+    for step in ("distill/student", "prune/pruned", "export/student", "export/pruned", "quantize/int8"):
+        rows = len(AutoTokenizer.from_pretrained(run / step, local_files_only=True))
+        assert rows < full, step
+        if step.startswith(("export", "quantize")):
+            graph = onnx.load(str(run / step / "model.onnx")).graph
+            embedding = next(i for i in graph.initializer if "word_embeddings" in i.name and len(i.dims) == 2)
+            assert embedding.dims[0] == rows, step
+    vocab = json.loads((run / "manifest.json").read_text())["stages"]["distill/student"]["metrics"]["vocab"]
+    assert vocab["vocab_size_after"] < vocab["vocab_size_before"] == full
+    assert vocab["dev_accuracy_untrimmed"] is not None
+    # The ONNX student, fed by its own (trimmed) tokenizer, predicts what the trimmed PyTorch student did.
+    student = json.loads((run / "manifest.json").read_text())["stages"]["distill/student"]["metrics"]
+    acc = {v["name"]: v["accuracy"] for v in report["variants"]}
+    assert acc["student"] == pytest.approx(student["dev_accuracy_torch"], abs=1 / 32)
