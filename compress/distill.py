@@ -4,7 +4,8 @@ The student is a subset of the teacher's layers, optionally with fewer heads, a 
 hidden size (`compress.modeling.build_student`). It learns from the teacher's soft targets (cached logits)
 and the labels, and optionally from the teacher's hidden states, attention maps and last-layer value
 relations (the teacher then runs on every batch). A slice of the *train* split is held out to pick the best
-weights; dev and test are only ever measured. Optionally the vocabulary is trimmed to the pieces the train
+weights; dev and test are only ever measured. Optionally the train split is augmented with copies the
+teacher labels (`compress.augment`). Optionally the vocabulary is trimmed to the pieces the train
 split uses (`compress.vocab`), after training, so that the teacher and the student saw the same tokens.
 """
 
@@ -240,6 +241,7 @@ def distill(
         eval_dataset=hold_set,
         teacher=teacher if spec.needs_teacher else None,
     )
+
     def split_accuracy(model, tok, split) -> float | None:
         if split is None:
             return None

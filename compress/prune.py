@@ -8,7 +8,8 @@
 - structured: whole attention heads and FFN neurons are removed (`compress.structured`); the matrices
   shrink and the model runs faster on any backend.
 
-Masks come from torch.nn.utils.prune and are held through a short fine-tune under the distillation loss,
+Masks come from torch.nn.utils.prune and are held through a short fine-tune under the distillation loss
+(optionally with a hidden-state loss to the unpruned model, layer by layer: `hidden_weight`),
 either set once up front ("oneshot") or tightened on the cubic schedule of Zhu & Gupta (2017) while the
 fine-tune runs ("cubic", `compress.schedule.GradualPruningCallback`). Importance is weight magnitude or
 first-order Taylor |w * dL/dw| on a few training batches. At the end the masks are made permanent (and, for
