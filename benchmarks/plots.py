@@ -10,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend is chosen before pyplot is imported)
 
-from benchmarks.settings import BASELINES  # noqa: E402
+from compress.targets import BASELINES  # noqa: E402
 
 _BLUE, _GREY, _ORANGE, _GREEN = "#1f77b4", "#7f7f7f", "#ff7f0e", "#2ca02c"
 

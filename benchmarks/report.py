@@ -14,7 +14,7 @@ Both human renderings come from one list of sections (text, a table, a figure), 
         + emulation (the sentence saying targets are emulated on this CPU)
     settings: latency, batch_size, requests, passes, warmup, seq_len_mean, seq_len_max, latency_wall_s,
         accuracy_threads, + accuracy_batch_size, primary_target, lengths {"real" | "16" ...: {distinct_requests,
-        seq_len_mean, seq_len_max}}, skipped_lengths, throughput_batch_sizes, protocol (the BenchmarkSettings),
+        seq_len_mean, seq_len_max}}, skipped_lengths, throughput_batch_sizes, protocol (the BenchmarkConfig),
         baselines
     variants: [{name, stage, runtime, parent, path, tokenizer_dir, params, layers,
         accuracy (dev), accuracy_test, agreement_with_teacher (dev), + agreement_with_teacher_test,
@@ -44,8 +44,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmarks.settings import BASELINES
 from compress.manifest import write_json_atomic
+from compress.targets import BASELINES
 
 SCHEMA_VERSION = 2
 PLOTS_DIR = "report_plots"

@@ -21,11 +21,12 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from benchmarks.memory import measure_peak_rss
-from benchmarks.settings import BASELINES, BenchmarkSettings, Target, resolve_target
 from benchmarks.worker import measure_target
+from compress.config import BenchmarkConfig
 from compress.data import TaskData
 from compress.hardware import cpu_info
 from compress.manifest import library_versions
+from compress.targets import BASELINES, Target, resolve_target
 from export.runtime import OrtClassifier, TorchClassifier, batched_logits, tokenize_each
 
 # Distinct sentences used at each fixed length: the content hardly matters when the length is fixed.
@@ -180,7 +181,7 @@ def _ort_format(
 def benchmark(
     variants: list[Variant],
     data: TaskData,
-    config: BenchmarkSettings,
+    config: BenchmarkConfig,
     *,
     max_length: int,
     reference: str,

@@ -166,7 +166,7 @@ def measure_target(
     """Run the worker for one target in a fresh process and return its measurements.
 
     Args:
-        target: a resolved `benchmarks.settings.Target`.
+        target: a resolved `compress.targets.Target`.
         variants: [{"name", "runtime" (torch | onnxruntime), "path"}] to load.
         request_sets: name (e.g. "real", "64") -> requests, each a dict of (1, T) int lists.
         batch_sets: batch size (as a string) -> padded batches, each a dict of (B, T) int lists.

@@ -20,20 +20,8 @@ as the teacher reads it. Only train texts are augmented; dev, test and the held-
 from __future__ import annotations
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
-
-class AugmentConfig(BaseModel):
-    """Recipe section `distill.augment`."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    copies: int = Field(default=0, ge=0, le=50, description="augmented copies per train text; 0 switches it off")
-    mask: float = Field(default=0.1, ge=0, le=1, description="per-word probability of the mask token")
-    replace: float = Field(default=0.1, ge=0, le=1, description="per-word probability of a neighbour word")
-    neighbours: int = Field(default=10, ge=1, le=1000, description="candidates per word for a replacement")
-    ngram: float = Field(default=0.25, ge=0, le=1, description="probability of cutting the copy to an n-gram")
-    max_ngram: int = Field(default=5, ge=1, le=100)
+from compress.config import AugmentConfig
 
 
 def _whole_words(vocab: dict[str, int]) -> tuple[list[str], np.ndarray]:

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from compress.recipe import DataConfig, RecipeError
+from compress.config import DataConfig
+from compress.errors import RecipeError
 
 
 @dataclass(frozen=True)

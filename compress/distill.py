@@ -14,73 +14,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from compress.augment import AugmentConfig
-from compress.vocab import TrimVocabConfig
-
-
-class DistillConfig(BaseModel):
-    """Recipe section `distill`. Pure pydantic (no torch import), so `compress.recipe` can take it as it is."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: str = Field(default="student", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="variant name")
-    # the student
-    layers: list[int] = Field(default=[0, 2, 4], min_length=1, description="teacher layers the student keeps")
-    heads: int | None = Field(default=None, ge=1, description="attention heads kept per layer (most important)")
-    intermediate_size: int | None = Field(default=None, ge=1, description="FFN width kept per layer")
-    hidden_size: int | None = Field(default=None, ge=8, description="a smaller hidden size (new config)")
-    hidden_init: Literal["truncate", "random"] = Field(
-        default="truncate", description="with hidden_size: leading block of each teacher tensor, or random"
-    )
-    # the loss
-    temperature: float = Field(default=2.0, gt=0, le=100)
-    alpha: float = Field(default=0.5, ge=0, le=1, description="weight of the soft-target loss; 1-alpha on labels")
-    hidden_weight: float = Field(default=0.0, ge=0, le=1000, description="hidden-state MSE")
-    attention_weight: float = Field(default=0.0, ge=0, le=1000, description="attention-distribution KL")
-    value_relation_weight: float = Field(default=0.0, ge=0, le=1000, description="MiniLM value-relation KL")
-    relation_heads: int | None = Field(default=None, ge=1, description="default: the teacher's head count")
-    hidden_layer_map: list[tuple[int, int]] | None = Field(
-        default=None, description="(student, teacher) hidden-state indices, 0 = embeddings; default from layers"
-    )
-    attention_layer_map: list[tuple[int, int]] | None = Field(
-        default=None, description="(student, teacher) layer indices; default: each kept layer to its source"
-    )
-    # model selection, on the recipe's held-out slice of train (data.holdout_fraction)
-    eval_steps: int | None = Field(default=None, ge=1, description="evaluate every N steps; default each epoch")
-    # more inputs, labelled by the teacher
-    augment: AugmentConfig = AugmentConfig()
-    # vocabulary
-    trim_vocab: TrimVocabConfig = TrimVocabConfig()
-    # optimisation
-    epochs: float = Field(default=2.0, gt=0, le=50)
-    batch_size: int = Field(default=32, ge=1, le=4096)
-    learning_rate: float = Field(default=1e-4, gt=0, lt=1)
-    warmup_ratio: float = Field(default=0.06, ge=0, lt=1)
-    weight_decay: float = Field(default=0.01, ge=0, lt=1)
-
-    @field_validator("layers")
-    @classmethod
-    def _distinct_sorted(cls, v: list[int]) -> list[int]:
-        if any(i < 0 for i in v):
-            raise ValueError("layer indices must be >= 0")
-        if len(set(v)) != len(v):
-            raise ValueError("layer indices must be distinct")
-        return sorted(v)
-
-    @field_validator("hidden_layer_map", "attention_layer_map")
-    @classmethod
-    def _non_negative_pairs(cls, v):
-        if v is not None:
-            if not v:
-                raise ValueError("give at least one (student, teacher) pair, or leave the key out")
-            if any(s < 0 or t < 0 for s, t in v):
-                raise ValueError("indices must be >= 0")
-        return v
+from compress.config import DistillConfig
 
 
 @dataclass

@@ -19,15 +19,17 @@ hidden-state and attention losses (student application i <-> teacher application
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
-from transformers.pytorch_utils import prune_linear_layer
+from transformers.pytorch_utils import Conv1D, prune_conv1d_layer, prune_linear_layer
 
-from compress.recipe import RecipeError
+from compress.architectures import family_of, ffn_width, num_layers, weight_layers
+from compress.errors import RecipeError
+
+__all__ = ["build_student", "count_parameters", "describe", "load_classifier", "macs_per_token", "num_layers"]
 
 
 def base_model_dir(base: str) -> Path:
@@ -57,86 +59,8 @@ def load_classifier(model_dir: Path, label_names: list[str] | None = None):
     return model, tokenizer
 
 
-@dataclass(frozen=True)
-class _Family:
-    """Where one architecture keeps its layers and, inside a layer, its attention and FFN matrices."""
-
-    layers: str  # from the base model to the ModuleList of layers with their own weights
-    depth_key: str  # config key counting layers (applications, for ALBERT)
-    query: str
-    key: str
-    value: str
-    out: str  # attention output projection (all heads -> hidden)
-    ffn_in: str
-    ffn_out: str
-    ffn_key: str  # config key of the FFN width
-
-
-_BERT_LIKE = _Family(
-    "encoder.layer",
-    "num_hidden_layers",
-    "attention.self.query",
-    "attention.self.key",
-    "attention.self.value",
-    "attention.output.dense",
-    "intermediate.dense",
-    "output.dense",
-    "intermediate_size",
-)
-_FAMILIES = {
-    "bert": _BERT_LIKE,
-    "roberta": _BERT_LIKE,
-    "electra": _BERT_LIKE,
-    "distilbert": _Family(
-        "transformer.layer",
-        "n_layers",
-        "attention.q_lin",
-        "attention.k_lin",
-        "attention.v_lin",
-        "attention.out_lin",
-        "ffn.lin1",
-        "ffn.lin2",
-        "hidden_dim",
-    ),
-    # ALBERT: the only layer with weights when num_hidden_groups == inner_group_num == 1 (checked in _family).
-    "albert": _Family(
-        "encoder.albert_layer_groups.0.albert_layers",
-        "num_hidden_layers",
-        "attention.query",
-        "attention.key",
-        "attention.value",
-        "attention.dense",
-        "ffn",
-        "ffn_output",
-        "intermediate_size",
-    ),
-}
-
-
-def _family(model) -> _Family:
-    kind = model.config.model_type
-    if kind not in _FAMILIES:
-        raise RecipeError(
-            f"distill: a {type(model).__name__} (model_type {kind!r}) is not supported; "
-            f"supported: {', '.join(sorted(_FAMILIES))}"
-        )
-    if kind == "albert" and (model.config.num_hidden_groups != 1 or model.config.inner_group_num != 1):
-        raise RecipeError("distill: ALBERT with num_hidden_groups or inner_group_num other than 1 is not supported")
-    return _FAMILIES[kind]
-
-
-def _weight_layers(model) -> nn.ModuleList:
-    """The layer modules that own weights (one per layer; ALBERT: the single shared layer)."""
-    return model.base_model.get_submodule(_family(model).layers)
-
-
-def num_layers(model) -> int:
-    """Layers the encoder applies (for ALBERT, applications of its shared layer)."""
-    return int(getattr(model.config, _family(model).depth_key))
-
-
 def _shared_layers(model) -> bool:
-    return model.config.model_type == "albert"
+    return family_of(model).shared_layers
 
 
 def value_projection(model, layer: int = -1) -> nn.Linear:
@@ -144,10 +68,15 @@ def value_projection(model, layer: int = -1) -> nn.Linear:
 
     For ALBERT every application runs the same module, so a hook sees it once per application; the last call
     of a forward pass is the last application.
+
+    Raises:
+        RecipeError: a family whose values come out of a fused QKV projection (GPT-2).
     """
-    fam = _family(model)
-    layers = _weight_layers(model)
-    return layers[-1 if _shared_layers(model) else layer].get_submodule(fam.value)
+    fam = family_of(model)
+    if fam.value is None:
+        raise RecipeError(f"value-relation loss: {fam.name} computes Q, K and V in one fused projection")
+    layers = weight_layers(model)
+    return layers[-1 if fam.shared_layers else layer].get_submodule(fam.value)
 
 
 def build_student(
@@ -165,7 +94,7 @@ def build_student(
     The teacher is not modified; the student shares no storage with it.
 
     Args:
-        teacher: a sequence classifier of a supported family.
+        teacher: a model of a family in `compress.architectures` (a classifier or a causal LM).
         layers: teacher layer indices to keep, in order (ALBERT: the student applies its shared layer
             `len(layers)` times).
         heads: attention heads kept per layer (the teacher's most important by magnitude); with `hidden_size`,
@@ -182,13 +111,22 @@ def build_student(
     bad = [i for i in layers if not 0 <= i < n]
     if bad:
         raise RecipeError(f"distill.layers = {layers}: the teacher has layers 0..{n - 1}, not {bad}")
-    fam = _family(teacher)
+    fam = family_of(teacher, "distill")
     student = copy.deepcopy(teacher)
-    if not _shared_layers(teacher):
+    if not fam.shared_layers:
         holder_path, _, attr = fam.layers.rpartition(".")
         holder = student.base_model.get_submodule(holder_path)
-        setattr(holder, attr, nn.ModuleList([getattr(holder, attr)[i] for i in layers]))
-    setattr(student.config, fam.depth_key, len(layers))
+        kept = nn.ModuleList([getattr(holder, attr)[i] for i in layers])
+        setattr(holder, attr, kept)
+        if fam.layer_index:  # a decoder layer's slot in the KV cache: the student's own position now
+            for new, layer in enumerate(kept):
+                owner, _, name = fam.layer_index.rpartition(".")
+                setattr(layer.get_submodule(owner), name, new)
+        for key in fam.per_layer_keys:  # e.g. Qwen2's layer_types: one entry per kept layer
+            values = getattr(student.config, key, None)
+            if isinstance(values, list) and len(values) == n:
+                setattr(student.config, key, [values[i] for i in layers])
+    student.config.num_hidden_layers = len(layers)
     if intermediate_size is not None:
         narrow_ffn_(student, intermediate_size)
     if hidden_size is not None:
@@ -204,20 +142,30 @@ def build_student(
 # shared layer; a student is cut once, before training.
 
 
+def _encoder_family(model, what: str):
+    fam = family_of(model, what)
+    if fam.attention is None:
+        raise RecipeError(
+            f"{what}: removing attention heads is supported for encoders (BERT family) only, not {fam.name}"
+        )
+    return fam
+
+
 def _head_layout(model, layer: nn.Module) -> tuple[int, list[int]]:
     """Head size and the original indices of the heads a layer still has (HF indexes pruned heads so)."""
     cfg = model.config
     n_heads = cfg.num_attention_heads
     size = cfg.hidden_size // n_heads
-    pruned = set(layer.attention.pruned_heads)  # every supported family's layer has `.attention`
+    fam = family_of(model)
+    pruned = set(layer.get_submodule(fam.attention).pruned_heads) if fam.attention else set()
     return size, [h for h in range(n_heads) if h not in pruned]
 
 
 def head_importance(model) -> list[torch.Tensor]:
     """Per weight-owning layer, the L2 norm of each remaining head's Q, K, V rows and output-projection columns."""
-    fam = _family(model)
+    fam = _encoder_family(model, "distill.heads")
     out = []
-    for layer in _weight_layers(model):
+    for layer in weight_layers(model):
         size, remaining = _head_layout(model, layer)
         parts = []
         for path, dim in ((fam.query, 0), (fam.key, 0), (fam.value, 0), (fam.out, 1)):
@@ -228,14 +176,22 @@ def head_importance(model) -> list[torch.Tensor]:
     return out
 
 
+def _rows(module: nn.Module) -> torch.Tensor:
+    """A projection's weight as (out, in), whichever way it is stored."""
+    w = module.weight.detach().float()
+    return w.T if isinstance(module, Conv1D) else w
+
+
 def neuron_importance(model) -> list[torch.Tensor]:
-    """Per weight-owning layer, the L2 norm of each FFN neuron's input row and output column."""
-    fam = _family(model)
+    """Per weight-owning layer, the L2 norm of each FFN neuron's input row(s) (and gate row) and output column."""
+    fam = family_of(model, "distill.intermediate_size")
     out = []
-    for layer in _weight_layers(model):
-        w_in = layer.get_submodule(fam.ffn_in).weight.detach().float()  # (F, H)
-        w_out = layer.get_submodule(fam.ffn_out).weight.detach().float()  # (H, F)
-        out.append((w_in.pow(2).sum(1) + w_out.pow(2).sum(0)).sqrt())
+    for layer in weight_layers(model):
+        sq = _rows(layer.get_submodule(fam.ffn_in)).pow(2).sum(1)  # (F,)
+        if fam.ffn_gate:
+            sq = sq + _rows(layer.get_submodule(fam.ffn_gate)).pow(2).sum(1)
+        sq = sq + _rows(layer.get_submodule(fam.ffn_out)).pow(2).sum(0)  # (H, F) -> (F,)
+        out.append(sq.sqrt())
     return out
 
 
@@ -247,7 +203,7 @@ def prune_heads_(model, heads: int) -> None:
     """
     importance = head_importance(model)
     plan = {}
-    for i, (layer, imp) in enumerate(zip(_weight_layers(model), importance, strict=True)):
+    for i, (layer, imp) in enumerate(zip(weight_layers(model), importance, strict=True)):
         _, remaining = _head_layout(model, layer)
         if heads > len(remaining):
             raise RecipeError(f"distill.heads = {heads}: layer {i} has only {len(remaining)} heads")
@@ -258,17 +214,31 @@ def prune_heads_(model, heads: int) -> None:
         model.prune_heads(plan)
 
 
+def slice_projection(module: nn.Module, index: torch.Tensor, side: str) -> nn.Module:
+    """A copy of a projection keeping the output ("out") or input ("in") features in `index`.
+
+    transformers' `prune_linear_layer` / `prune_conv1d_layer`; a Conv1D stores (in, out), so its dims swap.
+    """
+    if isinstance(module, Conv1D):
+        return prune_conv1d_layer(module, index, dim=1 if side == "out" else 0)
+    return prune_linear_layer(module, index, dim=0 if side == "out" else 1)
+
+
 def narrow_ffn_(model, size: int) -> None:
-    """Keep the `size` most important FFN neurons of every layer, in place; sets the config's FFN width."""
-    fam = _family(model)
-    for i, (layer, imp) in enumerate(zip(_weight_layers(model), neuron_importance(model), strict=True)):
+    """Keep the `size` most important FFN neurons of every layer, in place; sets the config's FFN width.
+
+    A gated FFN (Llama) loses the same neurons from its gate and up projections.
+    """
+    fam = family_of(model, "distill.intermediate_size")
+    for i, (layer, imp) in enumerate(zip(weight_layers(model), neuron_importance(model), strict=True)):
         if size > imp.numel():
             raise RecipeError(f"distill.intermediate_size = {size}: layer {i} has only {imp.numel()} FFN neurons")
         keep = torch.sort(torch.argsort(imp, descending=True)[:size]).values  # original order
-        for path, dim in ((fam.ffn_in, 0), (fam.ffn_out, 1)):
+        sides = [(fam.ffn_in, "out"), (fam.ffn_out, "in")] + ([(fam.ffn_gate, "out")] if fam.ffn_gate else [])
+        for path, side in sides:
             parent_path, _, attr = path.rpartition(".")
             parent = layer.get_submodule(parent_path) if parent_path else layer
-            setattr(parent, attr, prune_linear_layer(getattr(parent, attr), keep, dim=dim))
+            setattr(parent, attr, slice_projection(getattr(parent, attr), keep, side))
     setattr(model.config, fam.ffn_key, size)
 
 
@@ -285,8 +255,15 @@ def _with_hidden_size(model, hidden_size: int, heads: int | None, init: str, see
         raise RecipeError(f"distill.hidden_size = {hidden_size}: not a multiple of the {n_heads} attention heads")
     if init not in ("truncate", "random"):
         raise RecipeError(f"distill.hidden_init = {init!r}: expected 'truncate' or 'random'")
+    kv = getattr(cfg, "num_key_value_heads", None)
+    if kv and n_heads % min(kv, n_heads):
+        raise RecipeError(f"distill.heads = {n_heads}: not a multiple of the teacher's {kv} key/value heads")
     cfg.hidden_size = hidden_size  # DistilBERT maps hidden_size -> dim, num_attention_heads -> n_heads
     cfg.num_attention_heads = n_heads
+    if kv:  # grouped-query attention keeps its grouping where it can
+        cfg.num_key_value_heads = min(kv, n_heads)
+    if getattr(cfg, "head_dim", None):
+        cfg.head_dim = hidden_size // n_heads
     cfg.pruned_heads = {}
     if getattr(cfg, "embedding_size", None) == old_hidden:  # ELECTRA with tied widths: keep them tied
         cfg.embedding_size = hidden_size
@@ -312,7 +289,7 @@ def count_parameters(model) -> int:
 
 
 def macs_per_token(model, seq_len: int) -> int:
-    """MACs per token of the encoder's matmuls: `compress.structured.macs_per_token`, so that the distill and
+    """MACs per token of the model's matmuls: `compress.structured.macs_per_token`, so that the distill and
     prune stages report the same measure.
 
     ALBERT records its shared layer's pruned heads under index 0 only, while every application runs that
@@ -336,8 +313,8 @@ def describe(model, seq_len: int) -> dict:
         "embedding_params": emb.numel(),
         "layers": num_layers(model),
         "hidden_size": cfg.hidden_size,
-        "heads_per_layer": [len(_head_layout(model, layer)[1]) for layer in _weight_layers(model)],
-        "intermediate_size": int(getattr(cfg, _family(model).ffn_key)),
+        "heads_per_layer": [len(_head_layout(model, layer)[1]) for layer in weight_layers(model)],
+        "intermediate_size": ffn_width(cfg),
         "macs_per_token": macs_per_token(model, seq_len),
         "macs_seq_len": seq_len,
     }

@@ -29,10 +29,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from compress.architectures import as_out_in, family_of, projection_modules
+from compress.config import PruneConfig
 from compress.data import EncodedDataset, PadCollator, TaskData, encode
 from compress.losses import distillation_loss
 from compress.modeling import count_parameters, num_layers
-from compress.recipe import PruneConfig
 from compress.schedule import GradualPruningCallback
 from compress.structured import (
     StructuredPruner,
@@ -56,24 +57,22 @@ class PruneResult:
     metrics: dict = field(default_factory=dict)
 
 
-def prunable_linears(model) -> list[tuple[str, nn.Linear]]:
-    """The encoder's Linear layers (attention projections and FFN); embeddings and the head stay dense."""
-    return [
-        (name, m)
-        for name, m in model.base_model.named_modules()
-        if isinstance(m, nn.Linear) and (".layer." in f".{name}")
-    ]
+def prunable_linears(model) -> list[tuple[str, nn.Module]]:
+    """The attention and FFN projections inside the layers (`nn.Linear`, or GPT-2's `Conv1D`); embeddings and
+    the head stay dense. Chosen by `compress.architectures.projection_modules`, a predicate over the modules."""
+    return projection_modules(model)
 
 
 def measure_sparsity(model) -> dict:
     """Share of exact zeros per prunable matrix, per encoder layer, over all prunable weights and the model."""
     per_matrix, per_layer = {}, {}
     zeros_total = numel_total = 0
+    prefix = f"{family_of(model).layers}."
     for name, m in prunable_linears(model):
         w = effective(m).detach()
         z, n = int((w == 0).sum()), w.numel()
         per_matrix[name] = z / n
-        layer = name.split(".layer.")[1].split(".")[0] if ".layer." in name else name
+        layer = name.removeprefix(prefix).split(".")[0]
         lz, ln = per_layer.get(layer, (0, 0))
         per_layer[layer] = (lz + z, ln + n)
         zeros_total += z
@@ -201,7 +200,11 @@ class UnstructuredPruner:
         if level <= 0 or (self.nm is None and self.sparsity == 0):
             masks = [~p for p in pruned]
         elif self.nm is not None:
-            masks = [nm_mask(s, *self.nm) & ~p for s, p in zip(self._scores(model, modules), pruned, strict=True)]
+            # n of every m consecutive weights along each output's inputs: a Conv1D stores (in, out).
+            masks = [
+                as_out_in(m, nm_mask(as_out_in(m, s), *self.nm)) & ~p
+                for m, s, p in zip(modules, self._scores(model, modules), pruned, strict=True)
+            ]
         else:
             scores = self._scores(model, modules)
             masks = magnitude_masks(scores, level * self.sparsity, scope=self.scope, pruned=pruned)

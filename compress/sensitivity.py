@@ -10,7 +10,6 @@ groups, until the caller's evaluation says the accuracy drop is within the budge
 from __future__ import annotations
 
 import os
-import re
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -20,8 +19,9 @@ from typing import Literal
 import numpy as np
 import onnx
 
+from compress.architectures import ONNX_LAYER
 from compress.calibration import Feed
-from compress.quantize import Int8Spec, preprocess, quantize_model
+from compress.int8 import Int8Spec, preprocess, quantize_model
 
 Evaluate = Callable[[Path], float]  # ONNX model path -> accuracy (any metric, higher is better)
 
@@ -71,9 +71,6 @@ def quantizable_nodes(model_path: Path, spec: Int8Spec) -> list[str]:
     return [n for n in names if n not in spec.nodes_to_exclude]
 
 
-_LAYER = re.compile(r"layers?[._/](\d+)[./]")
-
-
 def group_nodes(nodes: Sequence[str], granularity: Literal["node", "block"]) -> dict[str, tuple[str, ...]]:
     """Units of the search: each node alone, or the nodes of each encoder block together.
 
@@ -84,7 +81,7 @@ def group_nodes(nodes: Sequence[str], granularity: Literal["node", "block"]) -> 
         raise ValueError(f"granularity={granularity!r}: allowed ['block', 'node']")
     groups: dict[str, list[str]] = {}
     for name in nodes:
-        m = _LAYER.search(name) if granularity == "block" else None
+        m = ONNX_LAYER.search(name) if granularity == "block" else None
         groups.setdefault(f"layer.{m.group(1)}" if m else name, []).append(name)
     return {k: tuple(v) for k, v in groups.items()}
 
@@ -113,7 +110,7 @@ def rank_sensitivity(
     """Quantize each group alone and measure the SQNR of all outputs against float32 on `feeds`.
 
     Args:
-        model_path: a preprocessed float32 model (`compress.quantize.preprocess`).
+        model_path: a preprocessed float32 model (`compress.int8.preprocess`).
         spec: the int8 variant.
         groups: unit name -> node names (`group_nodes`).
         feeds: inputs for the error measurement, and the calibration data of static int8.

@@ -13,8 +13,8 @@ Unlike scattered zeros, removing a head or a neuron shrinks the matrices themsel
    `config.pruned_heads`, so `from_pretrained` rebuilds the smaller shapes) and the masked neurons sliced out
    with `prune_linear_layer`, leaving an ordinary Hugging Face model.
 
-Supported layouts: BERT, RoBERTa, ELECTRA (`encoder.layer[i].attention.self.query` ...) and DistilBERT
-(`transformer.layer[i].attention.q_lin` ...).
+Supported layouts (read from `compress.architectures`): BERT, RoBERTa, ELECTRA and DistilBERT. `macs_per_token`
+covers every family of that table.
 """
 
 from __future__ import annotations
@@ -29,74 +29,23 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 from transformers.pytorch_utils import prune_linear_layer
 
-
-@dataclass(frozen=True)
-class _Layout:
-    """Where an architecture keeps its encoder pieces: module paths and config keys."""
-
-    layers: str  # from the base model to the ModuleList of layers
-    query: str  # the rest from one layer
-    key: str
-    value: str
-    out: str
-    ffn_in: str
-    ffn_out: str
-    attention: str  # the module with prune_heads() and pruned_heads
-    hidden_key: str  # config keys
-    heads_key: str
-    ffn_key: str
-    layers_key: str
+from compress.architectures import Family, family_of, ffn_width, head_dim, kv_heads, weight_layers
+from compress.errors import RecipeError
 
 
-_BERT = _Layout(
-    "encoder.layer",
-    "attention.self.query",
-    "attention.self.key",
-    "attention.self.value",
-    "attention.output.dense",
-    "intermediate.dense",
-    "output.dense",
-    "attention",
-    "hidden_size",
-    "num_attention_heads",
-    "intermediate_size",
-    "num_hidden_layers",
-)
-_DISTILBERT = _Layout(
-    "transformer.layer",
-    "attention.q_lin",
-    "attention.k_lin",
-    "attention.v_lin",
-    "attention.out_lin",
-    "ffn.lin1",
-    "ffn.lin2",
-    "attention",
-    "dim",
-    "n_heads",
-    "hidden_dim",
-    "n_layers",
-)
+def _config_layout(config) -> Family:
+    fam = family_of(config, "structured pruning")
+    if fam.attention is None or fam.shared_layers:
+        raise RecipeError(
+            f"structured pruning supports BERT, RoBERTa, ELECTRA and DistilBERT encoders, not {fam.name}"
+            + (" (one layer shared by every application)" if fam.shared_layers else "")
+        )
+    return fam
 
 
-def _config_layout(config) -> _Layout:
-    layout = _DISTILBERT if getattr(config, "model_type", None) == "distilbert" else _BERT
-    keys = (layout.hidden_key, layout.heads_key, layout.ffn_key, layout.layers_key)
-    if not all(hasattr(config, k) for k in keys):
-        raise ValueError(f"structured pruning supports BERT, RoBERTa, ELECTRA and DistilBERT, not {type(config)}")
-    return layout
-
-
-def _layout(model) -> tuple[_Layout, nn.ModuleList]:
-    layout = _config_layout(model.config)
-    try:
-        layers = model.base_model.get_submodule(layout.layers)
-        for path in (layout.query, layout.key, layout.value, layout.out, layout.ffn_in, layout.ffn_out):
-            layers[0].get_submodule(path)
-    except AttributeError:
-        raise ValueError(
-            f"structured pruning: {type(model).__name__} does not have the BERT/DistilBERT layout"
-        ) from None
-    return layout, layers
+def _layout(model) -> tuple[Family, nn.ModuleList]:
+    fam = _config_layout(model.config)
+    return fam, weight_layers(model)
 
 
 def _module(layer: nn.Module, path: str) -> nn.Linear:
@@ -110,49 +59,55 @@ def _replace(layer: nn.Module, path: str, new: nn.Module) -> None:
 
 def head_size(model) -> int:
     """Width of one attention head: hidden size over the configured (unpruned) number of heads."""
-    layout = _config_layout(model.config)
-    return getattr(model.config, layout.hidden_key) // getattr(model.config, layout.heads_key)
+    _config_layout(model.config)
+    return model.config.hidden_size // model.config.num_attention_heads
 
 
 def heads_per_layer(model) -> list[int]:
     """Attention heads physically present in each layer (masked heads still count)."""
-    layout, layers = _layout(model)
+    fam, layers = _layout(model)
     size = head_size(model)
-    return [_module(layer, layout.query).out_features // size for layer in layers]
+    return [_module(layer, fam.query).out_features // size for layer in layers]
 
 
 def ffn_sizes(model) -> list[int]:
     """FFN neurons physically present in each layer (masked neurons still count)."""
-    layout, layers = _layout(model)
-    return [_module(layer, layout.ffn_in).out_features for layer in layers]
+    fam, layers = _layout(model)
+    return [_module(layer, fam.ffn_in).out_features for layer in layers]
 
 
 def macs_per_token(config_or_model, seq_len: int) -> int:
-    """Multiply-accumulates per token of the encoder's matmuls at sequence length `seq_len`.
+    """Multiply-accumulates per token of the model's matmuls at sequence length `seq_len`.
 
-    Per layer with hidden size d, a kept heads of width h (attention width w = a * h) and FFN size f:
-    Q, K, V and output projections 4 * d * w; attention scores Q K^T and context A V, each a dot product of
-    width w against `seq_len` positions, 2 * seq_len * w; FFN 2 * d * f. Embeddings, LayerNorm, softmax,
-    the pooler and the classifier are left out. Pruned heads are read from `config.pruned_heads`, so pass
-    the config of a compacted model (masks that are not yet removed are not seen).
+    Per layer with hidden size d, a kept query heads and g key/value heads of width h, and FFN size f:
+    Q and output projections 2 * d * a * h, K and V 2 * d * g * h (g = a without grouped-query attention);
+    attention scores Q K^T and context A V, each a dot product of width a * h against `seq_len` positions,
+    2 * seq_len * a * h; FFN 2 * d * f, or 3 * d * f when gated (Llama). A decoder adds its LM head, d * V
+    (the largest single matmul of a small one); an encoder's embeddings, pooler and classifier, LayerNorm and
+    softmax are left out. Pruned heads are read from `config.pruned_heads`, so pass the config of a compacted
+    model (masks that are not yet removed are not seen).
+
+    For a decoder generating with a KV cache, `seq_len` is the context the new token attends to.
 
     Args:
-        config_or_model: a BERT-family config, or a model (its `.config` is used).
+        config_or_model: a config of a family in `compress.architectures`, or a model (its `.config`).
         seq_len: tokens in the sequence (the attention matmuls grow with it).
 
     Returns:
         The count, an integer.
     """
     config = getattr(config_or_model, "config", config_or_model)
-    layout = _config_layout(config)
-    d, heads = getattr(config, layout.hidden_key), getattr(config, layout.heads_key)
-    f, n_layers = getattr(config, layout.ffn_key), getattr(config, layout.layers_key)
-    h = d // heads
+    fam = family_of(config)
+    d, heads, n_layers = int(config.hidden_size), int(config.num_attention_heads), int(config.num_hidden_layers)
+    h, g, f = head_dim(config), kv_heads(config), ffn_width(config)
     pruned = {int(k): set(v) for k, v in (getattr(config, "pruned_heads", None) or {}).items()}
     total = 0
     for i in range(n_layers):
-        w = (heads - len(pruned.get(i, ()))) * h
-        total += 4 * d * w + 2 * seq_len * w + 2 * d * f
+        a = heads - len(pruned.get(i if not fam.shared_layers else 0, ()))
+        kv = g if g != heads else a
+        total += 2 * d * a * h + 2 * d * kv * h + 2 * seq_len * a * h + (3 if fam.ffn_gate else 2) * d * f
+    if fam.kind == "decoder":
+        total += d * int(config.vocab_size)
     return total
 
 
@@ -213,13 +168,13 @@ class StructuredSelection:
 
 def masked_selection(model) -> StructuredSelection:
     """The heads and neurons the model's current masks hold at zero (read from the Q and FFN-in masks)."""
-    layout, layers = _layout(model)
+    fam, layers = _layout(model)
     size = head_size(model)
     heads, neurons = [], []
     for layer in layers:
-        rows = current_mask(_module(layer, layout.query)).any(dim=1)  # (heads * size,)
+        rows = current_mask(_module(layer, fam.query)).any(dim=1)  # (heads * size,)
         heads.append(torch.nonzero(~rows.view(-1, size).any(dim=1)).flatten().tolist())
-        neurons.append(torch.nonzero(~current_mask(_module(layer, layout.ffn_in)).any(dim=1)).flatten().tolist())
+        neurons.append(torch.nonzero(~current_mask(_module(layer, fam.ffn_in)).any(dim=1)).flatten().tolist())
     return StructuredSelection.of(heads, neurons)
 
 
@@ -231,24 +186,24 @@ def apply_structured_masks_(model, selection: StructuredSelection) -> None:
     A masked head has q = k = v = 0, hence a zero context, so the layer's output equals that of the model
     without the head; likewise a masked neuron contributes nothing.
     """
-    layout, layers = _layout(model)
+    fam, layers = _layout(model)
     size = head_size(model)
     if len(selection.heads) != len(layers) or len(selection.neurons) != len(layers):
         raise ValueError(f"selection covers {len(selection.heads)} layers, the model has {len(layers)}")
     for layer, dropped_heads, dropped_neurons in zip(layers, selection.heads, selection.neurons, strict=True):
-        q = _module(layer, layout.query)
+        q = _module(layer, fam.query)
         rows = torch.ones(q.out_features // size, dtype=torch.bool)
         rows[list(dropped_heads)] = False
         rows = rows.repeat_interleave(size)  # (heads * size,)
-        for path in (layout.query, layout.key, layout.value):
+        for path in (fam.query, fam.key, fam.value):
             lin = _module(layer, path)
             set_mask_(lin, "weight", rows[:, None].expand_as(lin.weight))
             if lin.bias is not None:
                 set_mask_(lin, "bias", rows)
-        out = _module(layer, layout.out)
+        out = _module(layer, fam.out)
         set_mask_(out, "weight", rows[None, :].expand_as(out.weight))
 
-        ffn_in, ffn_out = _module(layer, layout.ffn_in), _module(layer, layout.ffn_out)
+        ffn_in, ffn_out = _module(layer, fam.ffn_in), _module(layer, fam.ffn_out)
         keep = torch.ones(ffn_in.out_features, dtype=torch.bool)
         keep[list(dropped_neurons)] = False
         set_mask_(ffn_in, "weight", keep[:, None].expand_as(ffn_in.weight))
@@ -270,7 +225,7 @@ def compact_(model):
         ValueError: layers left with different numbers of neurons (one `intermediate_size` cannot describe
             them) or a layer left without heads.
     """
-    layout, layers = _layout(model)
+    fam, layers = _layout(model)
     selection = masked_selection(model)
     kept = {f - len(drop) for f, drop in zip(ffn_sizes(model), selection.neurons, strict=True)}
     if len(kept) > 1:
@@ -281,17 +236,17 @@ def compact_(model):
 
     for layer, dropped in zip(layers, selection.neurons, strict=True):
         if dropped:
-            ffn_in, ffn_out = _module(layer, layout.ffn_in), _module(layer, layout.ffn_out)
+            ffn_in, ffn_out = _module(layer, fam.ffn_in), _module(layer, fam.ffn_out)
             index = torch.tensor(sorted(set(range(ffn_in.out_features)) - set(dropped)))
-            _replace(layer, layout.ffn_in, prune_linear_layer(ffn_in, index, dim=0))
-            _replace(layer, layout.ffn_out, prune_linear_layer(ffn_out, index, dim=1))
-    setattr(model.config, layout.ffn_key, ffn_sizes(model)[0])
+            _replace(layer, fam.ffn_in, prune_linear_layer(ffn_in, index, dim=0))
+            _replace(layer, fam.ffn_out, prune_linear_layer(ffn_out, index, dim=1))
+    setattr(model.config, fam.ffn_key, ffn_sizes(model)[0])
 
     # prune_heads takes head ids of the original numbering; a model pruned before has fewer rows.
-    n_heads = getattr(model.config, layout.heads_key)
+    n_heads = model.config.num_attention_heads
     to_prune = {}
     for i, (layer, dropped) in enumerate(zip(layers, selection.heads, strict=True)):
-        present = sorted(set(range(n_heads)) - set(layer.get_submodule(layout.attention).pruned_heads))
+        present = sorted(set(range(n_heads)) - set(layer.get_submodule(fam.attention).pruned_heads))
         if dropped:
             to_prune[i] = [present[j] for j in dropped]
     if to_prune:
@@ -355,8 +310,8 @@ def taylor_scores(
     Returns:
         Full module name -> score tensor shaped like the weight.
     """
-    layout, layers = _layout(model)
-    paths = (layout.query, layout.key, layout.value, layout.out, layout.ffn_in, layout.ffn_out)
+    fam, layers = _layout(model)
+    paths = (fam.query, fam.key, fam.value, fam.out, fam.ffn_in, fam.ffn_out)
     modules = [_module(layer, p) for layer in layers for p in paths]
     names = {m: n for n, m in model.named_modules()}
     return {names[m]: s for m, s in zip(modules, _taylor(model, modules, batches, loss_fn), strict=True)}
@@ -417,8 +372,8 @@ def structure_importance(
     Returns:
         Per-layer head and neuron scores.
     """
-    layout, layers = _layout(model)
-    paths = (layout.query, layout.key, layout.value, layout.out, layout.ffn_in, layout.ffn_out)
+    fam, layers = _layout(model)
+    paths = (fam.query, fam.key, fam.value, fam.out, fam.ffn_in, fam.ffn_out)
     modules = [_module(layer, path) for layer in layers for path in paths]
     if importance == "magnitude":
         with torch.no_grad():

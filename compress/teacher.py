@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from compress.config import TeacherConfig
 from compress.data import TaskData, encode
+from compress.errors import RecipeError
 from compress.modeling import base_model_dir, count_parameters, load_classifier, num_layers
-from compress.recipe import RecipeError, TeacherConfig
 from compress.training import accuracy, predict_logits, train, training_args
 
 

@@ -29,26 +29,10 @@ from __future__ import annotations
 import copy
 import json
 from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
-
-class TrimVocabConfig(BaseModel):
-    """Which vocabulary rows survive (recipe section `distill.trim_vocab`)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    enabled: bool = False
-    min_frequency: int = Field(default=1, ge=1, description="keep pieces used at least this often in train")
-    keep_top: int = Field(default=0, ge=0, description="also keep the first N ids of the vocabulary")
-    keep_chars: bool | Literal["ascii"] = Field(
-        default=True, description="also keep single-character pieces (fewer [UNK]); 'ascii': only ASCII ones"
-    )
-    size: int | None = Field(
-        default=None, ge=1, description="fill up to this many pieces with the most frequent (lowest-id) others"
-    )
+from compress.config import TrimVocabConfig
 
 
 @dataclass

@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 from types import ModuleType
 
-from benchmarks.settings import BASELINES, PRESETS, resolve_target
 from compress.manifest import atomic_dir, library_versions
+from compress.targets import BASELINES, PRESETS, resolve_target
 
 TEMPLATE = Path(__file__).resolve().parent / "bundle_template" / "predict.py"
 SAMPLE_TEXTS = [

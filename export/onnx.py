@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from compress.config import ExportConfig
 from compress.errors import StageError
-from compress.recipe import ExportConfig
 from export.runtime import OrtClassifier, TorchClassifier, batched_logits
 
 

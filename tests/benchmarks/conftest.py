@@ -67,8 +67,8 @@ def tiny_torch_variant(trained_classifier_dir):
 @pytest.fixture(scope="session")
 def bench_results(tiny_variants, tiny_task, tmp_path_factory):
     """`benchmark` on `tiny_variants` with every measurement on, two targets, tiny budgets (about 10 s)."""
-    from benchmarks.settings import BenchmarkSettings
     from benchmarks.suite import benchmark
+    from compress.config import BenchmarkConfig as BenchmarkSettings
 
     settings = BenchmarkSettings(
         targets=["iot", {"name": "mobile", "memory_limit_mb": 2048}],

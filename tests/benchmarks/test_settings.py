@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from benchmarks.settings import PRESETS, BenchmarkSettings, TargetSpec
+from compress.config import BenchmarkConfig as BenchmarkSettings
+from compress.targets import PRESETS, TargetSpec
 
 
 def test_defaults_measure_three_targets_with_mobile_first_in_the_headline():

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.settings import allowed_cpus
 from benchmarks.suite import fixed_length_requests, throughput_batches
+from compress.targets import allowed_cpus
 
 NAMES = ["teacher-onnx", "teacher-int8-optimum", "int8"]
 BASELINES = NAMES[:2]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from benchmarks.memory import measure_peak_rss
-from benchmarks.settings import PRESETS, TargetSpec, allowed_cpus, resolve_target
 from benchmarks.worker import measure_target
+from compress.targets import PRESETS, TargetSpec, allowed_cpus, resolve_target
 
 
 def test_torch_and_onnx_variants_in_one_pinned_single_thread_worker(tiny_torch_variant, tiny_variants):

