@@ -42,7 +42,7 @@ def _child(runtime: str, model: str, tokenizer_dir: str, texts: list[str], threa
     if runtime == "onnxruntime":
         import onnxruntime  # noqa: F401  (imported in the baseline too: its import is not the model's cost)
 
-        from benchmarks.worker import ort_session
+        from export.session import ort_session
 
         if model == "none":
             return {"load_s": 0.0}

@@ -27,6 +27,7 @@ from compress.data import TaskData
 from compress.hardware import cpu_info
 from compress.manifest import library_versions
 from compress.targets import BASELINES, Target, resolve_target
+from export.artifact import Artifact
 from export.runtime import OrtClassifier, TorchClassifier, batched_logits, tokenize_each
 
 # Distinct sentences used at each fixed length: the content hardly matters when the length is fixed.
@@ -52,9 +53,11 @@ class Variant:
 
 
 def size_on_disk(variant: Variant) -> dict:
-    """Bytes of the weights file(s) as shipped, raw and gzip-compressed (level 6)."""
-    files = [variant.path] if variant.path.is_file() else sorted(variant.path.glob("*.safetensors"))
-    return _sizes(files)
+    """Bytes of the weights file(s) as shipped, raw and gzip-compressed (level 6): every ONNX file of the
+    artifact (`export.artifact`), or a PyTorch model directory's safetensors."""
+    if variant.path.is_file():
+        return Artifact.read(variant.path.parent).sizes()
+    return _sizes(sorted(variant.path.glob("*.safetensors")))
 
 
 def _sizes(files: list[Path]) -> dict:

@@ -47,24 +47,12 @@ def apply_limits(cpus: list[int] | None, memory_limit_bytes: int | None) -> None
         resource.setrlimit(resource.RLIMIT_AS, (memory_limit_bytes, memory_limit_bytes))
 
 
-def ort_session(path: str, threads: int):
-    """An ONNX Runtime CPU session with `threads` intra-op threads and spinning off."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.log_severity_level = 3
-    # A spinning worker thread burns a core while it waits for work: fine on a server, not on a phone.
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    so.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
-
-
 def _runner(variant: dict, threads: int):
     import numpy as np
 
     if variant["runtime"] == "onnxruntime":
+        from export.session import ort_session
+
         sess = ort_session(variant["path"], threads)
         names = [i.name for i in sess.get_inputs()]
         run = lambda x: sess.run(["logits"], {k: x[k] for k in names})  # noqa: E731

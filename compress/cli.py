@@ -65,13 +65,12 @@ def main(argv: list[str] | None = None) -> None:
     try:
         recipe = load_recipe(args.recipe, parse_overrides(args.overrides))
         if args.command == "check":
-            from compress.data import load_task_data
+            from compress.tasks import task_for
 
-            data = load_task_data(recipe.data)
-            print(
-                f"{args.recipe}: ok ({len(data.train.texts)} train / {len(data.dev.texts)} dev examples, "
-                f"labels {data.label_names})"
-            )
+            task = task_for(recipe.task)
+            data = task.load_data(recipe)
+            task.preflight(recipe)
+            print(f"{args.recipe}: ok ({task.name}: {task.summary(data)})")
             return
         from compress.pipeline import run_pipeline
 

@@ -17,6 +17,7 @@ from compress.calibration import Feed
 from compress.config import QuantizeConfig
 from compress.int8 import Int8Spec, quantize_model
 from compress.sensitivity import choose_int8_variant, default_candidates, quantize_within_budget
+from export.artifact import Artifact
 
 
 def quantize(
@@ -100,6 +101,7 @@ def quantize(
     for f in onnx_dir.iterdir():
         if f.is_file() and f.suffix != ".onnx":
             shutil.copy2(f, out_dir / f.name)
+    Artifact(out_dir, "classification").write()
     if metrics["int8_initializers"] == 0:
         raise RuntimeError(f"quantize: no int8 weights in {out_dir / 'model.onnx'}; op_types {list(spec.ops)}")
     return {**metrics, **extra}

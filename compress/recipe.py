@@ -7,7 +7,7 @@ message is one line naming the key, the value and what is allowed.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
@@ -24,6 +24,14 @@ from compress.config import (
     _Config,
 )
 from compress.errors import RecipeError
+from compress.lm_config import (
+    LMBenchmarkConfig,
+    LMDistillConfig,
+    LMExportConfig,
+    LMQuantizeConfig,
+    LMTeacherConfig,
+    TextDataConfig,
+)
 
 # Re-exported: the configs are part of the recipe's vocabulary.
 __all__ = [
@@ -33,6 +41,8 @@ __all__ = [
     "ExportConfig",
     "PruneConfig",
     "QuantizeConfig",
+    "AnyRecipe",
+    "CausalLMRecipe",
     "Recipe",
     "RecipeError",
     "TeacherConfig",
@@ -41,27 +51,22 @@ __all__ = [
 ]
 
 
-class Recipe(_Config):
-    """A whole pipeline run."""
+TASKS = ("classification", "causal-lm")
+
+
+class _RecipeBase(_Config):
+    """What every task's recipe has: a name, a seed, the task, and variant sections whose names are unique."""
 
     name: str = Field(pattern=NAME)
-    seed: int = Field(default=42, ge=0)
-    data: DataConfig
-    teacher: TeacherConfig = TeacherConfig()
-    # distill, prune and quantize each take one mapping or a list of them (variants, each with a unique name).
-    distill: list[DistillConfig] = Field(default=[DistillConfig()], min_length=1)
-    prune: list[PruneConfig] = Field(default=[PruneConfig()], min_length=0)
-    export: ExportConfig = ExportConfig()
-    quantize: list[QuantizeConfig] = Field(default=[QuantizeConfig()], min_length=0)
-    benchmark: BenchmarkConfig = BenchmarkConfig()
+    seed: int = Field(default=42, ge=0, le=2**32 - 1, description="numpy and torch take seeds below 2**32")
 
-    @field_validator("distill", "prune", "quantize", mode="before")
+    @field_validator("distill", "prune", "quantize", mode="before", check_fields=False)
     @classmethod
     def _one_or_many(cls, v: Any) -> Any:
         return [v] if isinstance(v, dict) else v
 
     @model_validator(mode="after")
-    def _names_and_sources(self) -> Recipe:
+    def _names_and_sources(self):
         seen = {"teacher"}
         for section in ("distill", "prune", "quantize"):
             for i, v in enumerate(getattr(self, section)):
@@ -82,13 +87,82 @@ class Recipe(_Config):
                 )
         return self
 
-    def source_of(self, variant: PruneConfig | QuantizeConfig) -> str:
+    def source_of(self, variant) -> str:
         """The model variant a prune or quantize variant starts from (the documented defaults applied)."""
         if variant.source is not None:
             return variant.source
-        if isinstance(variant, PruneConfig):
+        if any(variant is p for p in self.prune):
             return self.distill[0].name
+        return self.default_quantize_source()
+
+    def default_quantize_source(self) -> str:
         return self.prune[0].name if self.prune else self.distill[0].name
+
+    def model_step(self, variant: str) -> str:
+        """The id of the step that makes model `variant` (the teacher, a student or a pruned model)."""
+        if variant == "teacher":
+            return "teacher"
+        if variant in {d.name for d in self.distill}:
+            return f"distill/{variant}"
+        if variant in {p.name for p in self.prune}:
+            return f"prune/{variant}"
+        raise RecipeError(f"no model variant named {variant!r}")
+
+
+class Recipe(_RecipeBase):
+    """A classification run (`task: classification`, the default): an encoder that labels a text."""
+
+    task: Literal["classification"] = "classification"
+    data: DataConfig
+    teacher: TeacherConfig = TeacherConfig()
+    # distill, prune and quantize each take one mapping or a list of them (variants, each with a unique name).
+    distill: list[DistillConfig] = Field(default=[DistillConfig()], min_length=1)
+    prune: list[PruneConfig] = Field(default=[PruneConfig()], min_length=0)
+    export: ExportConfig = ExportConfig()
+    quantize: list[QuantizeConfig] = Field(default=[QuantizeConfig()], min_length=0)
+    benchmark: BenchmarkConfig = BenchmarkConfig()
+
+
+class CausalLMRecipe(_RecipeBase):
+    """A causal language-model run (`task: causal-lm`): a decoder that continues a text."""
+
+    task: Literal["causal-lm"]
+    data: TextDataConfig
+    teacher: LMTeacherConfig = LMTeacherConfig()
+    distill: list[LMDistillConfig] = Field(default=[LMDistillConfig()], min_length=1)
+    prune: list[PruneConfig] = Field(default=[], min_length=0)
+    export: LMExportConfig = LMExportConfig()
+    quantize: list[LMQuantizeConfig] = Field(default=[LMQuantizeConfig()], min_length=0)
+    benchmark: LMBenchmarkConfig = LMBenchmarkConfig()
+
+    @model_validator(mode="after")
+    def _decoder_pruning(self) -> CausalLMRecipe:
+        for i, p in enumerate(self.prune):
+            if p.method == "structured":
+                raise ValueError(
+                    f"prune.{i}.method = 'structured': removing heads and FFN neurons is implemented for encoders; "
+                    "use 'unstructured' or 'n:m' for a causal LM"
+                )
+            if p.hidden_weight:
+                raise ValueError(f"prune.{i}.hidden_weight: not supported for a causal LM (leave it at 0)")
+        return self
+
+    def default_quantize_source(self) -> str:
+        # The student, not a pruned copy: unstructured zeros make no decoder faster, int4 of the student does.
+        return self.distill[0].name
+
+
+AnyRecipe = Recipe | CausalLMRecipe
+
+
+def recipe_class(task: Any) -> type[_RecipeBase]:
+    """The recipe model of a task name."""
+    match task:
+        case "classification":
+            return Recipe
+        case "causal-lm":
+            return CausalLMRecipe
+    raise RecipeError(f"task = {task!r}: expected one of {', '.join(TASKS)}")
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
@@ -135,10 +209,10 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+def _model_at(loc: tuple[Any, ...], root: type[BaseModel] = Recipe) -> type[BaseModel] | None:
     import typing
 
-    model: type[BaseModel] | None = Recipe
+    model: type[BaseModel] | None = root
     for part in loc:
         if isinstance(part, int):  # an index into a list of variants: the model stays the item type
             continue
@@ -151,13 +225,15 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
     return model
 
 
-def _format_error(source: str, err: dict[str, Any], singles: set[str] = frozenset()) -> str:
+def _format_error(
+    source: str, err: dict[str, Any], singles: set[str] = frozenset(), root: type[BaseModel] = Recipe
+) -> str:
     loc = tuple(err["loc"])
     if len(loc) > 1 and loc[0] in singles and loc[1] == 0:  # written as one mapping: no index in the message
         loc = loc[:1] + loc[2:]
     key = ".".join(str(p) for p in loc)
     if err["type"] == "extra_forbidden":
-        parent = _model_at(loc[:-1])
+        parent = _model_at(loc[:-1], root)
         valid = ", ".join(parent.model_fields) if parent else "?"
         return f"{source}: unknown key '{key}'; valid keys here: {valid}"
     if err["type"] == "missing":
@@ -167,7 +243,7 @@ def _format_error(source: str, err: dict[str, Any], singles: set[str] = frozense
     return f"{source}: {key} = {err.get('input')!r}: {err['msg']}"
 
 
-def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Recipe:
+def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> AnyRecipe:
     """Read, override and validate a recipe; resolve its data paths and check that they exist.
 
     Args:
@@ -175,7 +251,8 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Re
         overrides: dotted keys to values, applied before validation (the CLI's `--set`).
 
     Returns:
-        The frozen `Recipe`, with data paths made absolute.
+        The frozen recipe of its task (`Recipe` for classification, `CausalLMRecipe` for `task: causal-lm`),
+        with paths made absolute.
 
     Raises:
         RecipeError: on any problem with the file, a key, a value or a data path.
@@ -184,9 +261,17 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Re
     if not path.is_file():
         raise RecipeError(f"recipe file not found: {path}")
     try:
-        tree = yaml.safe_load(path.read_text()) or {}
+        text = path.read_bytes().decode("utf-8-sig")  # a BOM (Excel, Notepad) is not part of the YAML
+    except UnicodeDecodeError as e:
+        raise RecipeError(f"{path}: not UTF-8 text (byte {e.start}); save the recipe as UTF-8") from None
+    except OSError as e:
+        raise RecipeError(f"{path}: cannot be read ({e.strerror})") from None
+    try:
+        tree = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
-        raise RecipeError(f"{path}: not valid YAML: {e}") from None
+        where = getattr(e, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
+        raise RecipeError(f"{path}: not valid YAML{at}: {getattr(e, 'problem', None) or e}") from None
     if not isinstance(tree, dict):
         raise RecipeError(f"{path}: expected a mapping of sections at the top level, got {type(tree).__name__}")
     singles = {s for s in ("distill", "prune", "quantize") if isinstance(tree.get(s), dict) or s not in tree}
@@ -194,24 +279,44 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Re
         tree[section] = [tree[section]]
     for dotted, value in (overrides or {}).items():
         _set_dotted(tree, dotted, value)
+    root = recipe_class(tree.get("task", "classification"))
     try:
-        recipe = Recipe.model_validate(tree)
+        recipe = root.model_validate(tree)
     except ValidationError as e:
-        raise RecipeError(_format_error(str(path), e.errors()[0], singles)) from None
+        raise RecipeError(_format_error(str(path), e.errors()[0], singles, root)) from None
     return _resolve_paths(recipe, path.parent)
 
 
-def _resolve_paths(recipe: Recipe, base: Path) -> Recipe:
+_DATA_FORMATS = {"classification": (".tsv", ".csv", ".jsonl"), "causal-lm": (".txt", ".jsonl")}
+
+
+def _resolve_paths(recipe: AnyRecipe, base: Path) -> AnyRecipe:
     def resolve(p: Path) -> Path:
         return p if p.is_absolute() else (base / p).resolve()
 
     data = {k: resolve(v) if isinstance(v, Path) else v for k, v in recipe.data.model_dump().items()}
+    formats = _DATA_FORMATS[recipe.task]
     for key in ("train", "dev", "test"):
         p = data[key]
         if p is not None and not p.is_file():
             raise RecipeError(f"data.{key} = {str(p)!r}: file not found")
-        if p is not None and p.suffix.lower() not in (".tsv", ".csv", ".jsonl"):
-            raise RecipeError(f"data.{key} = {str(p)!r}: unsupported format '{p.suffix}'; use .tsv, .csv or .jsonl")
+        if p is not None and p.suffix.lower() not in formats:
+            raise RecipeError(
+                f"data.{key} = {str(p)!r}: unsupported format '{p.suffix}'; use {', '.join(formats)}"
+            )
+    data_config = type(recipe.data)(**data)
+    if recipe.task == "causal-lm":
+        teacher = recipe.teacher
+        for key in ("path", "base"):
+            value = getattr(teacher, key)
+            if value is not None:
+                tp = resolve(value)
+                if not (tp / "config.json").is_file():
+                    raise RecipeError(
+                        f"teacher.{key} = {str(tp)!r}: not a Hugging Face model directory (no config.json)"
+                    )
+                teacher = teacher.model_copy(update={key: tp})
+        return recipe.model_copy(update={"data": data_config, "teacher": teacher})
     teacher = recipe.teacher
     if teacher.path is not None:
         tp = resolve(teacher.path)
@@ -223,4 +328,4 @@ def _resolve_paths(recipe: Recipe, base: Path) -> Recipe:
         if not (bp / "config.json").is_file():
             raise RecipeError(f"teacher.base = {teacher.base!r}: expected 'minilm' or a Hugging Face model directory")
         teacher = teacher.model_copy(update={"base": str(bp)})
-    return recipe.model_copy(update={"data": DataConfig(**data), "teacher": teacher})
+    return recipe.model_copy(update={"data": data_config, "teacher": teacher})

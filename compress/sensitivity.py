@@ -88,11 +88,9 @@ def group_nodes(nodes: Sequence[str], granularity: Literal["node", "block"]) -> 
 
 def _outputs(model_path: Path, feeds: Sequence[Feed]) -> np.ndarray:
     """Every output of the model on every feed, flattened into one vector."""
-    import onnxruntime as ort
+    from export.session import ort_session
 
-    from export.runtime import session_options
-
-    session = ort.InferenceSession(str(model_path), session_options(1), providers=["CPUExecutionProvider"])
+    session = ort_session(model_path, 1)
     names = {i.name for i in session.get_inputs()}
     outs = [o.ravel() for f in feeds for o in session.run(None, {k: v for k, v in f.items() if k in names})]
     return np.concatenate(outs).astype(np.float64)
@@ -360,13 +358,11 @@ def choose_int8_variant(
                 }
             )
     if latency_feeds:
-        import onnxruntime as ort
-
         from benchmarks.latency import measure_latency
-        from export.runtime import session_options
+        from export.session import ort_session
 
         def runner(path: str):
-            session = ort.InferenceSession(path, session_options(1), providers=["CPUExecutionProvider"])
+            session = ort_session(path, 1)
             return lambda feed: session.run(None, feed)
 
         latency = measure_latency(

@@ -9,6 +9,7 @@ import numpy as np
 
 from compress.config import ExportConfig
 from compress.errors import StageError
+from export.artifact import Artifact
 from export.runtime import OrtClassifier, TorchClassifier, batched_logits
 
 
@@ -52,6 +53,7 @@ def export_onnx(
     max_diff = float(np.abs(ref - got).max())
     agreement = float((ref.argmax(-1) == got.argmax(-1)).mean())
     metrics = {"check_examples": len(texts), "max_abs_logit_diff": max_diff, "label_agreement": agreement}
+    Artifact(out_dir, "classification").write()
     if max_diff > config.atol or agreement < config.min_agreement:
         raise ExportCheckError(
             f"export check failed for {model_dir}: max |logit diff| {max_diff:.2e} (export.atol {config.atol}), "

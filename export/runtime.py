@@ -7,17 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from compress.data import length_sorted_batches
-
-
-def session_options(threads: int):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.log_severity_level = 3
-    return so
+from export.session import ort_session, session_options  # noqa: F401  (re-exported)
 
 
 class OrtClassifier:
@@ -26,11 +16,7 @@ class OrtClassifier:
     runtime = "onnxruntime"
 
     def __init__(self, model_path: Path, threads: int = 1):
-        import onnxruntime as ort
-
-        self.session = ort.InferenceSession(
-            str(model_path), session_options(threads), providers=["CPUExecutionProvider"]
-        )
+        self.session = ort_session(model_path, threads)
         self.input_names = [i.name for i in self.session.get_inputs()]
 
     def __call__(self, batch: dict[str, np.ndarray]) -> np.ndarray:

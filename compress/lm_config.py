@@ -1,0 +1,229 @@
+"""The typed configs of the causal-LM task's stages (`task: causal-lm`), parsed from the recipe's sections.
+
+Pure pydantic, like `compress.config` (whose prune config the LM task shares).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from compress.config import NAME, _Config
+from compress.targets import PRESETS, TargetSpec, target_item
+
+
+class TextDataConfig(_Config):
+    """A plain-text corpus. Paths are relative to the recipe file.
+
+    `.txt` files hold documents separated by blank lines (`documents: blank-line`) or one per line
+    (`documents: line`); `.jsonl` files one JSON object per line with the text under `text_field`. Documents are
+    tokenized, joined with the end-of-text token and packed into blocks of `block_size` tokens.
+    """
+
+    train: Path
+    dev: Path
+    test: Path | None = None
+    text_field: str = Field(default="text", description="JSONL: the key holding each document's text")
+    documents: Literal["blank-line", "line"] = Field(
+        default="blank-line", description=".txt: documents separated by blank lines, or one per line"
+    )
+    block_size: int = Field(default=256, ge=8, le=8192, description="tokens per training / evaluation block")
+    holdout_fraction: float = Field(
+        default=0.02, ge=0, le=0.5, description="share of train documents held out for model selection"
+    )
+    max_train_tokens: int | None = Field(default=None, ge=1, description="use a slice of train (trying out)")
+    max_eval_tokens: int | None = Field(default=None, ge=1, description="use a slice of dev / test / held-out")
+
+
+class ArchitectureConfig(_Config):
+    """The decoder the teacher stage pretrains when the recipe brings no model (`teacher.path` / `base`)."""
+
+    family: Literal["llama", "qwen2", "gpt2"] = "llama"
+    hidden_size: int = Field(default=256, ge=16, le=8192)
+    layers: int = Field(default=6, ge=1, le=128)
+    heads: int = Field(default=8, ge=1, le=256)
+    kv_heads: int | None = Field(default=4, ge=1, le=256, description="grouped-query attention (not gpt2)")
+    intermediate_size: int | None = Field(default=768, ge=8, description="FFN width; default 4 x hidden (gpt2)")
+    max_positions: int = Field(default=1024, ge=16, le=131072, description="the context window")
+    tie_embeddings: bool = Field(default=True, description="the LM head shares the input embedding")
+
+    @model_validator(mode="after")
+    def _shapes(self) -> ArchitectureConfig:
+        if self.hidden_size % self.heads:
+            raise ValueError(
+                f"teacher.architecture.hidden_size = {self.hidden_size} is not a multiple of heads = {self.heads}"
+            )
+        if self.kv_heads is not None and self.family != "gpt2" and self.heads % self.kv_heads:
+            raise ValueError(
+                f"teacher.architecture.heads = {self.heads} is not a multiple of kv_heads = {self.kv_heads}"
+            )
+        if self.family == "gpt2" and self.kv_heads not in (None, self.heads):
+            raise ValueError("teacher.architecture.kv_heads: gpt2 has no grouped-query attention (leave it out)")
+        return self
+
+
+class TokenizerConfig(_Config):
+    """The byte-level BPE tokenizer trained on the train split for a pretrained-here teacher."""
+
+    vocab_size: int = Field(default=8192, ge=300, le=262144)
+    min_frequency: int = Field(default=2, ge=1)
+
+
+class LMTeacherConfig(_Config):
+    """Take a user's causal LM (`path`), continue training one on the corpus (`base`), or pretrain one here."""
+
+    path: Path | None = Field(default=None, description="a Hugging Face causal-LM directory: used as it is")
+    base: Path | None = Field(default=None, description="a Hugging Face causal-LM directory to train further")
+    architecture: ArchitectureConfig = ArchitectureConfig()
+    tokenizer: TokenizerConfig = TokenizerConfig()
+    epochs: float = Field(default=1.0, gt=0, le=100)
+    max_steps: int | None = Field(default=None, ge=1, description="stop after this many optimizer steps")
+    batch_size: int = Field(default=16, ge=1, le=4096)
+    learning_rate: float = Field(default=1e-3, gt=0, lt=1)
+    warmup_ratio: float = Field(default=0.05, ge=0, lt=1)
+    weight_decay: float = Field(default=0.1, ge=0, lt=1)
+    eval_steps: int | None = Field(default=None, ge=1, description="held-out evaluation every N steps")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> LMTeacherConfig:
+        if self.path is not None and self.base is not None:
+            raise ValueError("teacher.path (use as it is) and teacher.base (train further): choose one")
+        return self
+
+
+class LMDistillConfig(_Config):
+    """A student from a subset of the teacher's layers (optionally a narrower FFN or hidden size), trained on the
+    teacher's next-token distributions (forward KL at a temperature) and the corpus's next tokens."""
+
+    name: str = Field(default="student", pattern=NAME)
+    layers: list[int] = Field(default=[0, 2, 4], min_length=1, description="teacher layers the student keeps")
+    intermediate_size: int | None = Field(default=None, ge=1, description="FFN width kept per layer")
+    hidden_size: int | None = Field(default=None, ge=8, description="a smaller hidden size (new config)")
+    hidden_init: Literal["truncate", "random"] = "truncate"
+    temperature: float = Field(default=1.0, gt=0, le=100)
+    alpha: float = Field(default=0.5, ge=0, le=1, description="weight of the KL to the teacher; 1-alpha on tokens")
+    hidden_weight: float = Field(default=0.0, ge=0, le=1000, description="hidden-state MSE")
+    hidden_layer_map: list[tuple[int, int]] | None = Field(
+        default=None, description="(student, teacher) hidden-state indices, 0 = embeddings; default from layers"
+    )
+    eval_steps: int | None = Field(default=None, ge=1, description="held-out evaluation every N steps")
+    epochs: float = Field(default=1.0, gt=0, le=100)
+    max_steps: int | None = Field(default=None, ge=1)
+    batch_size: int = Field(default=16, ge=1, le=4096)
+    learning_rate: float = Field(default=5e-4, gt=0, lt=1)
+    warmup_ratio: float = Field(default=0.05, ge=0, lt=1)
+    weight_decay: float = Field(default=0.01, ge=0, lt=1)
+
+    @field_validator("layers")
+    @classmethod
+    def _distinct_sorted(cls, v: list[int]) -> list[int]:
+        if any(i < 0 for i in v):
+            raise ValueError("layer indices must be >= 0")
+        if len(set(v)) != len(v):
+            raise ValueError("layer indices must be distinct")
+        return sorted(v)
+
+
+class LMExportConfig(_Config):
+    """ONNX export with the KV cache (optimum's text-generation-with-past), checked against PyTorch: logits at
+    every step of a cached decode, and greedy tokens."""
+
+    opset: int = Field(default=18, ge=14, le=21)
+    atol: float = Field(default=1e-3, gt=0, description="max abs logit difference at any decode step")
+    prompts: int = Field(default=8, ge=1, le=1000, description="dev prompts checked")
+    prompt_tokens: int = Field(default=32, ge=1, le=4096)
+    new_tokens: int = Field(default=16, ge=1, le=4096, description="greedy tokens that must be identical")
+
+
+class LMQuantizeConfig(_Config):
+    """Post-training quantization of an exported decoder: dynamic int8 (`MatMulInteger`), or weight-only 4 or
+    8 bits in blocks (`MatMulNBits`)."""
+
+    name: str = Field(default="int4", pattern=NAME)
+    source: str | None = Field(default=None, description="the distill or prune variant; default: the first student")
+    method: Literal["dynamic", "weight-only"] = "weight-only"
+    # dynamic int8
+    reduce_range: Literal["auto"] | bool = Field(default="auto", description="dynamic: 7-bit weights")
+    per_channel: bool = Field(default=False, description="dynamic: one scale per output channel")
+    # weight-only
+    bits: Literal[4, 8] = Field(default=4, description="weight-only: bits per weight")
+    block_size: int = Field(default=32, ge=16, le=256, description="weight-only: weights per scale")
+    symmetric: bool = Field(default=False, description="weight-only: no zero points")
+    algorithm: Literal["rtn", "hqq", "gptq"] = Field(default="rtn", description="weight-only: how weights round")
+    accuracy_level: Literal["measure", 0, 1, 2, 3, 4] = Field(
+        default="measure",
+        description="weight-only: MatMulNBits compute type (0: dequantize to fp32, 4: int8); 'measure': both, "
+        "keep the faster unless it costs perplexity",
+    )
+    embeddings: bool = Field(default=False, description="also quantize the token embedding (GatherBlockQuantized)")
+    calibration_blocks: int = Field(default=8, ge=1, le=10_000, description="gptq: train blocks")
+    max_perplexity_ratio: float | None = Field(
+        default=None, ge=1, le=100, description="ship nothing whose held-out perplexity exceeds this x float32"
+    )
+
+    @field_validator("block_size")
+    @classmethod
+    def _power_of_two(cls, v: int) -> int:
+        if v & (v - 1):
+            raise ValueError("block_size must be a power of two (16 ... 256)")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> LMQuantizeConfig:
+        weight_only = ("bits", "block_size", "symmetric", "algorithm", "accuracy_level", "embeddings")
+        dynamic = ("reduce_range", "per_channel")
+        keys = dynamic if self.method == "weight-only" else weight_only
+        for key in keys:
+            if getattr(self, key) != type(self).model_fields[key].default:
+                raise ValueError(f"quantize.{key} does not apply to method {self.method!r}")
+        if self.algorithm == "hqq" and self.bits != 4:
+            raise ValueError("quantize.algorithm 'hqq' quantizes to 4 bits only")
+        if self.algorithm == "gptq" and (self.bits != 4 or self.symmetric):
+            raise ValueError("quantize.algorithm 'gptq' here is ONNX Runtime's 4-bit asymmetric GPTQ")
+        return self
+
+
+class LMBenchmarkConfig(_Config):
+    """What the device feels: perplexity, time to first token, decode speed, memory and size per variant."""
+
+    targets: list[TargetSpec] = Field(default=[PRESETS["host"], PRESETS["iot"]], min_length=1)
+    primary_target: str | None = Field(default=None, description="default: iot if measured, else the first")
+    prompt_lengths: list[int] = Field(default=[32, 128, 512], min_length=1, description="TTFT prompt lengths")
+    new_tokens: int = Field(default=128, ge=2, le=4096, description="tokens generated per timed request")
+    prompts: int = Field(default=2, ge=1, le=100, description="distinct prompts per length")
+    runs: int = Field(default=2, ge=1, le=100, description="timed generations per prompt and variant")
+    warmup: int = Field(default=1, ge=0, le=100, description="untimed generations per variant first")
+    memory: bool = Field(default=True, description="peak RSS of a fresh process per model and target")
+    memory_context: int = Field(default=128, ge=1, le=65536, description="prompt tokens of the RSS probe")
+    ort_format: bool = Field(default=True, description="convert ONNX variants to .ort and check them")
+    greedy_prompts: int = Field(default=20, ge=1, le=1000, description="dev prompts for greedy agreement")
+    greedy_tokens: int = Field(default=32, ge=1, le=4096)
+    eval_threads: int | None = Field(default=None, ge=1, description="perplexity runs; default every core")
+
+    @field_validator("targets", mode="before")
+    @classmethod
+    def _presets(cls, v):
+        return [target_item(x) for x in v] if isinstance(v, list) else v
+
+    @field_validator("prompt_lengths")
+    @classmethod
+    def _lengths(cls, v: list[int]) -> list[int]:
+        if any(not 1 <= x <= 65536 for x in v) or len(set(v)) != len(v):
+            raise ValueError("prompt lengths must be distinct and in [1, 65536]")
+        return v
+
+    @model_validator(mode="after")
+    def _names(self) -> LMBenchmarkConfig:
+        names = [t.name for t in self.targets]
+        if len(set(names)) != len(names):
+            raise ValueError(f"targets: names must be unique, got {names}")
+        if self.primary_target is not None and self.primary_target not in names:
+            raise ValueError(f"primary_target = {self.primary_target!r}: not among targets {names}")
+        return self
+
+    @property
+    def primary(self) -> str:
+        names = [t.name for t in self.targets]
+        return self.primary_target or ("iot" if "iot" in names else names[0])

@@ -1,0 +1,213 @@
+"""The classification task: an encoder that labels a text (the BERT family; SST-2 + MiniLM by default).
+
+Data are TSV/CSV/JSONL rows of a text and a label (`compress.data`); the teacher's logits on train are cached
+once and every student and pruned model learns from them (`compress.distill`, `compress.prune`); quality is
+accuracy, measured on the ONNX artifact one sentence per call; the benchmark times single sentences
+(`benchmarks.suite`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from compress.errors import RecipeError
+from compress.manifest import write_json_atomic
+from compress.recipe import Recipe
+
+if TYPE_CHECKING:
+    from compress.pipeline import RunContext, Step
+
+
+class ClassificationTask:
+    """Stages of `task: classification` (see `compress.tasks.Task`)."""
+
+    name = "classification"
+    metric = "accuracy"
+    higher_is_better = True
+    export_task = "text-classification"
+
+    def load_data(self, recipe: Recipe):
+        from compress.data import load_task_data
+
+        return load_task_data(recipe.data)
+
+    def summary(self, data) -> str:
+        return f"{len(data.train.texts)} train / {len(data.dev.texts)} dev examples, labels {data.label_names}"
+
+    def load_model(self, model_dir: Path):
+        from compress.modeling import load_classifier
+
+        return load_classifier(model_dir)
+
+    @staticmethod
+    def teacher_logits(ctx: RunContext) -> np.ndarray:
+        return np.load(ctx.out("teacher") / "train_logits.npy")
+
+    def preflight(self, recipe: Recipe) -> None:
+        """Checks that need the teacher's config, done before any step runs (not 20 minutes into one)."""
+        from compress.modeling import base_model_dir
+
+        teacher_dir = recipe.teacher.path or base_model_dir(recipe.teacher.base)
+        cfg = json.loads((Path(teacher_dir) / "config.json").read_text())
+        n = cfg.get("num_hidden_layers", cfg.get("n_layers"))
+        for i, d in enumerate(recipe.distill):
+            if n is not None and any(layer >= n for layer in d.layers):
+                key = "distill.layers" if len(recipe.distill) == 1 else f"distill.{i}.layers"
+                raise RecipeError(f"{key} = {list(d.layers)}: the teacher has layers 0..{n - 1}")
+
+    def teacher(self, ctx: RunContext, step: Step, out: Path) -> dict:
+        from compress.teacher import train_teacher
+
+        r = ctx.recipe
+        res = train_teacher(r.teacher, ctx.data, seed=r.seed, max_length=r.data.max_length, work_dir=out / "_trainer")
+        res.model.save_pretrained(out)
+        res.tokenizer.save_pretrained(out)
+        np.save(out / "train_logits.npy", res.train_logits)
+        return res.metrics
+
+    def distill(self, ctx: RunContext, step: Step, out: Path) -> dict:
+        from compress.distill import distill
+
+        r = ctx.recipe
+        teacher, tokenizer = ctx.load("teacher")
+        res = distill(
+            teacher,
+            tokenizer,
+            self.teacher_logits(ctx),
+            step.config,
+            ctx.data,
+            seed=r.seed,
+            max_length=r.data.max_length,
+            work_dir=out / "_trainer",
+            log=ctx.log,
+        )
+        res.model.save_pretrained(out)
+        res.tokenizer.save_pretrained(out)  # the trimmed tokenizer when trim_vocab is on
+        return res.metrics
+
+    def prune(self, ctx: RunContext, step: Step, out: Path) -> dict:
+        from compress.prune import prune
+
+        r = ctx.recipe
+        student, tokenizer = ctx.load(r.source_of(step.config))
+        res = prune(
+            student,
+            tokenizer,
+            self.teacher_logits(ctx),
+            step.config,
+            ctx.data,
+            seed=r.seed,
+            max_length=r.data.max_length,
+            work_dir=out / "_trainer",
+        )
+        res.model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+        return res.metrics
+
+    def export(self, ctx: RunContext, step: Step, out: Path) -> dict:
+        from export.onnx import export_onnx
+
+        r = ctx.recipe
+        return export_onnx(ctx.model_dir(step.name), out, step.config, ctx.data.dev.texts, max_length=r.data.max_length)
+
+    def quantize(self, ctx: RunContext, step: Step, out: Path) -> dict:
+        from transformers import AutoTokenizer
+
+        from compress.calibration import calibration_feeds, model_input_names
+        from compress.quantize import quantize
+        from export.runtime import accuracy_evaluator
+
+        q, r, src = step.config, ctx.recipe, ctx.out(step.inputs[0])
+        tokenizer = AutoTokenizer.from_pretrained(src, local_files_only=True)
+        holdout = ctx.data.holdout or ctx.data.dev  # dev only when the recipe holds nothing out of train
+        evaluate = accuracy_evaluator(tokenizer, holdout.texts, holdout.labels, r.data.max_length)
+
+        calibration = None
+        if q.method == "static" or q.max_accuracy_drop is not None:
+            texts = ctx.data.train.texts[: q.calibration_examples]
+            calibration = calibration_feeds(tokenizer, texts, r.data.max_length, model_input_names(src / "model.onnx"))
+        from compress.sensitivity import AccuracyBudgetError
+
+        try:
+            return quantize(
+                src,
+                out,
+                q,
+                calibration,
+                evaluate=evaluate,
+                check_texts=ctx.data.dev.texts[:256],
+                max_length=r.data.max_length,
+            )
+        except AccuracyBudgetError as e:
+            # Never ship an over-budget model: this variant gets no artifact, the run goes on without it, and the
+            # report says so. Its float32 source stays the model to deploy.
+            ctx.log(
+                f"    {step.id}: no int8 model within quantize.max_accuracy_drop = {q.max_accuracy_drop}; not shipped"
+            )
+            return {
+                "shipped": False,
+                "reason": str(e),
+                "max_accuracy_drop": q.max_accuracy_drop,
+                "source": step.inputs[0],
+            }
+
+    def benchmark(self, ctx: RunContext, step: Step, out: Path) -> dict:
+        from benchmarks.baselines import optimum_dynamic_int8
+        from benchmarks.suite import Variant, benchmark
+
+        r = ctx.recipe
+
+        def onnx(name: str, stage: str, parent: str | None, artifact: str, model: str) -> Variant:
+            m = ctx.metrics(r.model_step(model))
+            d = ctx.out(artifact)
+            return Variant(name, stage, "onnxruntime", parent, d / "model.onnx", d, m["params"], m["layers"])
+
+        t = ctx.metrics("teacher")
+        # What a user would get from optimum alone: the teacher, dynamic int8 with optimum's AVX2 preset.
+        optimum_int8 = out / "teacher-int8-optimum"
+        optimum_dynamic_int8(ctx.out("export/teacher"), optimum_int8)
+        variants = [
+            Variant(
+                "teacher-torch",
+                "baseline",
+                "torch",
+                None,
+                ctx.out("teacher"),
+                ctx.out("teacher"),
+                t["params"],
+                t["layers"],
+            ),
+            onnx("teacher-onnx", "baseline", "teacher-torch", "export/teacher", "teacher"),
+            Variant(
+                "teacher-int8-optimum",
+                "baseline",
+                "onnxruntime",
+                "teacher-onnx",
+                optimum_int8 / "model.onnx",
+                optimum_int8,
+                t["params"],
+                t["layers"],
+            ),
+        ]
+        variants += [onnx(d.name, "distill", "teacher-onnx", f"export/{d.name}", d.name) for d in r.distill]
+        variants += [onnx(p.name, "prune", r.source_of(p), f"export/{p.name}", p.name) for p in r.prune]
+        variants += [onnx(q.name, "quantize", r.source_of(q), f"quantize/{q.name}", r.source_of(q)) for q in r.quantize]
+        results = benchmark(
+            variants,
+            ctx.data,
+            step.config,
+            max_length=r.data.max_length,
+            reference="teacher-torch",
+            work_dir=out,
+            log=ctx.log,
+        )
+        # Artifacts written here (the optimum baseline, .ort files) are recorded under their final path, not the
+        # temporary directory this step writes into.
+        results = json.loads(json.dumps(results).replace(str(out.resolve()), str(ctx.out(step.id).resolve())))
+        results = json.loads(json.dumps(results).replace(str(out), str(ctx.out(step.id))))
+        write_json_atomic(out / "results.json", results)
+        return {v["name"]: {"accuracy": v["accuracy"], "p50_ms": v["latency_ms"]["p50"]} for v in results["variants"]}

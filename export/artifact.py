@@ -1,0 +1,74 @@
+"""An exported model: one directory holding one or more ONNX files, each with a role, beside the tokenizer.
+
+A classifier or a decoder-only LM is one file (`model`); an encoder-decoder model will be two or three
+(`encoder`, `decoder`, ...). `artifact.json` names them, so that quantizing, measuring, sizing and bundling
+walk the files an artifact has instead of assuming `model.onnx`. A directory without `artifact.json` (written
+before it existed) is read as the single file `model.onnx`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ARTIFACT_FILE = "artifact.json"
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """An artifact directory and its ONNX files by role (file names relative to the directory)."""
+
+    dir: Path
+    task: str = "classification"
+    files: dict[str, str] = field(default_factory=lambda: {"model": "model.onnx"})
+
+    def path(self, role: str = "model") -> Path:
+        """The ONNX file with this role."""
+        if role not in self.files:
+            raise KeyError(f"{self.dir}: no ONNX file with role {role!r} (roles: {', '.join(self.files)})")
+        return self.dir / self.files[role]
+
+    @property
+    def onnx_paths(self) -> list[Path]:
+        return [self.dir / f for f in self.files.values()]
+
+    def weight_files(self) -> list[Path]:
+        """The ONNX files and any external-data files they reference (what a device downloads)."""
+        import onnx
+        from onnx.external_data_helper import uses_external_data
+
+        out = []
+        for p in self.onnx_paths:
+            out.append(p)
+            model = onnx.load(str(p), load_external_data=False)
+            for t in model.graph.initializer:
+                if uses_external_data(t):
+                    loc = next(e.value for e in t.external_data if e.key == "location")
+                    if (p.parent / loc) not in out:
+                        out.append(p.parent / loc)
+        return out
+
+    def sizes(self) -> dict:
+        """Bytes of the weight files, raw and gzip-compressed (level 6)."""
+        files = self.weight_files()
+        raw = sum(f.stat().st_size for f in files)
+        gz = sum(len(gzip.compress(f.read_bytes(), compresslevel=6)) for f in files)
+        return {"size_bytes": raw, "size_gzip_bytes": gz}
+
+    def with_dir(self, directory: Path) -> Artifact:
+        """The same files, in another directory (a copy of the artifact)."""
+        return Artifact(Path(directory), self.task, dict(self.files))
+
+    def write(self) -> None:
+        (self.dir / ARTIFACT_FILE).write_text(json.dumps({"task": self.task, "files": self.files}, indent=2) + "\n")
+
+    @classmethod
+    def read(cls, directory: Path) -> Artifact:
+        directory = Path(directory)
+        meta = directory / ARTIFACT_FILE
+        if not meta.is_file():
+            return cls(directory)
+        data = json.loads(meta.read_text())
+        return cls(directory, data.get("task", "classification"), dict(data["files"]))

@@ -1,0 +1,39 @@
+"""ONNX Runtime sessions: the one place they are made (checks, sensitivity searches, benchmarks, probes).
+
+Imports only onnxruntime, so the memory probe and the benchmark worker, which must not pay for torch, can use it.
+The deployed bundles (`export/bundle_template/`) carry a copy of these settings: they run without this package.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def session_options(threads: int, *, spinning: bool = False):
+    """The session options every ONNX Runtime session of the project uses (checks, searches, benchmarks).
+
+    `threads` intra-op threads, one inter-op thread, sequential execution, warnings off. Intra-op spinning is
+    off: a spinning worker thread burns a core while it waits for work, which a phone's scheduler and battery do
+    not tolerate; the deployed bundles set the same.
+    """
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.log_severity_level = 3
+    if not spinning:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    return so
+
+
+def ort_session(model_path: Path | str, threads: int = 1, *, spinning: bool = False):
+    """An ONNX Runtime CPU session on `model_path` (.onnx or .ort) with `session_options`: the one place
+    sessions are made."""
+    import onnxruntime as ort
+
+    return ort.InferenceSession(
+        str(model_path), session_options(threads, spinning=spinning), providers=["CPUExecutionProvider"]
+    )
