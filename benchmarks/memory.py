@@ -73,6 +73,53 @@ def _child(runtime: str, model: str, tokenizer_dir: str, texts: list[str], threa
     return {"load_s": load_s}
 
 
+def _child_lm(runtime: str, model: str, prompt: list[int], new_tokens: int, threads: int) -> dict:
+    """Load a causal LM and generate `new_tokens` after `prompt` (greedy, KV cache), as a device would.
+
+    The libraries a runtime needs are imported before the `none` check, so the no-model baseline holds them too.
+    """
+    import onnxruntime  # noqa: F401
+
+    if runtime == "onnxruntime":
+        from export.lm_onnx import generator_for
+    else:
+        import torch
+
+        torch.set_num_threads(threads)
+        if runtime == "torch":
+            from transformers import AutoModelForCausalLM as model_class
+        else:
+            from optimum.onnxruntime import ORTModelForCausalLM as model_class
+
+            from export.session import session_options
+    if model == "none":
+        return {"load_s": 0.0}
+    t0 = time.perf_counter()
+    if runtime == "onnxruntime":
+        path = Path(model)
+        gen = generator_for(path.parent, path.name, threads=threads)
+        load_s = time.perf_counter() - t0
+        n = sum(1 for _ in gen.stream(prompt, new_tokens, ignore_eos=True))
+        return {"load_s": load_s, "generated": n}
+    if runtime == "torch":
+        m = model_class.from_pretrained(model, local_files_only=True).eval()
+    else:
+        m = model_class.from_pretrained(model, session_options=session_options(threads))
+    load_s = time.perf_counter() - t0
+    ids = torch.tensor([prompt])
+    pad = m.generation_config.pad_token_id
+    with torch.inference_mode():
+        out = m.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            do_sample=False,
+            pad_token_id=pad if pad is not None else m.generation_config.eos_token_id,
+        )
+    return {"load_s": load_s, "generated": int(out.shape[1] - ids.shape[1])}
+
+
 def measure_peak_rss(
     runtime: str,
     model: Path | str,
@@ -84,8 +131,13 @@ def measure_peak_rss(
     cpus: list[int] | tuple[int, ...] | None = None,
     memory_limit_bytes: int | None = None,
     baseline: dict | None = None,
+    task: str = "classification",
+    new_tokens: int = 0,
 ) -> dict:
     """Peak RSS of a fresh process loading `model` and running it on `texts`, and of one that loads none.
+
+    For `task="causal-lm"`, `texts` is one prompt (its token ids, as strings) and the model generates
+    `new_tokens` after it; `runtime` is torch, optimum or onnxruntime.
 
     Args:
         cpus: cores to pin both processes to (a target's affinity).
@@ -103,7 +155,8 @@ def measure_peak_rss(
     """
 
     def run(m: str) -> dict:
-        cmd = [sys.executable, "-m", "benchmarks.memory", "--runtime", runtime, "--model", str(m)]
+        cmd = [sys.executable, "-m", "benchmarks.memory", "--runtime", runtime, "--model", str(m), "--task", task]
+        cmd += ["--new-tokens", str(new_tokens)]
         cmd += ["--tokenizer", str(tokenizer_dir), "--threads", str(threads), "--max-length", str(max_length)]
         if cpus:
             cmd += ["--cpus", ",".join(map(str, cpus))]
@@ -141,7 +194,9 @@ def measure_peak_rss(
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--runtime", choices=["onnxruntime", "torch"], required=True)
+    p.add_argument("--runtime", choices=["onnxruntime", "torch", "optimum"], required=True)
+    p.add_argument("--task", choices=["classification", "causal-lm"], default="classification")
+    p.add_argument("--new-tokens", type=int, default=0, help="causal-lm: tokens generated after the prompt")
     p.add_argument("--model", required=True, help="model.onnx, a HF model dir, or 'none' for the baseline")
     p.add_argument("--tokenizer", required=True, help="directory holding tokenizer.json")
     p.add_argument("--threads", type=int, default=1)
@@ -151,7 +206,10 @@ def main() -> None:
     a = p.parse_args()
     apply_limits([int(c) for c in a.cpus.split(",")] if a.cpus else None, a.memory_limit_bytes)
     texts = [t for t in sys.stdin.read().split("\n") if t]
-    out = _child(a.runtime, a.model, a.tokenizer, texts, a.threads, a.max_length)
+    if a.task == "causal-lm":
+        out = _child_lm(a.runtime, a.model, [int(t) for t in texts], a.new_tokens, a.threads)
+    else:
+        out = _child(a.runtime, a.model, a.tokenizer, texts, a.threads, a.max_length)
     out["peak_rss_bytes"] = _peak_rss_bytes()
     print(json.dumps(out))
 

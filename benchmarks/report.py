@@ -38,12 +38,21 @@ Both human renderings come from one list of sections (text, a table, a figure), 
 
 from __future__ import annotations
 
-import base64
-import html
-import os
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from benchmarks.document import (
+    Section,
+    cpu_line,
+    mb,
+    ms,
+    pct,
+    render_html_sections,
+    render_md,
+    stage_section,
+    steps_section,
+    target_line,
+    write_atomic,
+)
 from compress.manifest import write_json_atomic
 from compress.targets import BASELINES
 
@@ -142,7 +151,12 @@ def _step_summary(step: str, m: dict) -> dict:
 
 
 def build_report(results: dict, manifest: dict) -> dict:
-    """Merge benchmark results with the manifest's stage records into the report document (README schema)."""
+    """Merge benchmark results with the manifest's stage records into the report document (README schema; for a
+    causal LM, `benchmarks.report_lm`)."""
+    if results.get("task") == "causal-lm":
+        from benchmarks.report_lm import build_lm_report
+
+        return build_lm_report(results, manifest)
     by_name = {v["name"]: v for v in results["variants"]}
     variants = []
     for v in results["variants"]:
@@ -177,52 +191,7 @@ def build_report(results: dict, manifest: dict) -> dict:
 # ---- sections shared by markdown and HTML -------------------------------------------------------------------
 
 
-@dataclass
-class _Section:
-    title: str | None = None
-    level: int = 2
-    paragraphs: list[str] = field(default_factory=list)
-    header: list[str] = field(default_factory=list)
-    right: set[int] = field(default_factory=set)  # right-aligned (numeric) columns
-    rows: list[list[str]] = field(default_factory=list)
-    bullets: list[str] = field(default_factory=list)
-    plot: str | None = None  # a key of the plots dict
-    caption: str = ""
-
-
-def _mb(n: float | None) -> str:
-    return "–" if n is None else f"{n / 1e6:.1f}"
-
-
-def _pct(x: float | None) -> str:
-    return "–" if x is None else f"{x * 100:.2f}%"
-
-
-def _ms(x: float | None) -> str:
-    return "–" if x is None else (f"{x:.2f}" if x < 100 else f"{x:.0f}")
-
-
-def _cpu_line(env: dict) -> str:
-    cpu = env["cpu"]
-    isa = ", ".join(k for k, on in cpu["isa"].items() if on) or "none detected"
-    return f"{cpu['model']} ({cpu['machine']}, {cpu['logical_cores']} logical cores; ISA: {isa})"
-
-
-def _target_line(name: str, d: dict, env: dict) -> str:
-    cores = d.get("cpus")
-    pin = f"pinned to core(s) {','.join(map(str, cores))}" if cores else "not pinned"
-    cap = d.get("memory_limit_bytes")
-    cap_text = (
-        f"address space capped at {cap / 2**20:.0f} MiB (RLIMIT_AS) in the memory probe" if cap else "no memory cap"
-    )
-    over = " (more threads than cores: oversubscribed)" if d.get("oversubscribed") else ""
-    return (
-        f"**{name}**: {d['threads']} intra-op thread(s){over}, {pin}, intra-op spinning off, {cap_text}. "
-        f"Emulated on {_cpu_line(env)}."
-    )
-
-
-def _main_table(report: dict) -> _Section:
+def _main_table(report: dict) -> Section:
     env, s = report["environment"], report["settings"]
     primary = s.get("primary_target")
     where = f"target **{primary}**, " if primary else ""
@@ -230,9 +199,9 @@ def _main_table(report: dict) -> _Section:
         timed = f"{s.get('passes') or 1} pass(es) over {s['requests']} sentences"
     else:
         timed = f"timed requests until {s['protocol']['requests']} or {s['protocol']['seconds']:g} s"
-    sec = _Section(
+    sec = Section(
         paragraphs=[
-            f"CPU: {_cpu_line(env)}. Latency: {s['latency']}, {where}{env['threads']} thread(s), "
+            f"CPU: {cpu_line(env)}. Latency: {s['latency']}, {where}{env['threads']} thread(s), "
             f"{env['execution_provider']}, {s['warmup']} warm-up requests, then {timed}, mean length "
             f"{s['seq_len_mean']:.1f} tokens (max {s['seq_len_max']}); variants interleaved per request.",
             "Accuracy is on the dev split through each variant's own runtime (ONNX Runtime for ONNX artifacts), "
@@ -277,19 +246,19 @@ def _main_table(report: dict) -> _Section:
                 v["runtime"],
                 str(v["layers"]),
                 f"{v['params'] / 1e6:.1f}M",
-                _pct(v["accuracy"]),
+                pct(v["accuracy"]),
                 f"{r.get('accuracy_delta', 0) * 100:+.2f}",
-                _pct(v.get("accuracy_test")),
+                pct(v.get("accuracy_test")),
                 f"{v['agreement_with_teacher'] * 100:.1f}%",
-                _ms(lat["p50"]),
-                _ms(lat["p90"]),
-                _ms(lat["p99"]),
+                ms(lat["p50"]),
+                ms(lat["p90"]),
+                ms(lat["p99"]),
                 f"{r.get('speedup_p50', 1):.2f}x",
-                _mb(v["size_bytes"]),
-                _mb(v["size_gzip_bytes"]),
+                mb(v["size_bytes"]),
+                mb(v["size_gzip_bytes"]),
                 f"{r.get('size_ratio', 1):.2f}",
-                _mb(v.get("peak_rss_bytes")),
-                _mb(v.get("model_rss_bytes")),
+                mb(v.get("peak_rss_bytes")),
+                mb(v.get("model_rss_bytes")),
             ]
         )
     if front:
@@ -299,10 +268,10 @@ def _main_table(report: dict) -> _Section:
 
 def _ci(lat: dict) -> str:
     ci = lat.get("ci", {}).get("p50")
-    return f"{_ms(lat['p50'])} ({_ms(ci[0])}–{_ms(ci[1])})" if ci and ci[0] != ci[1] else _ms(lat["p50"])
+    return f"{ms(lat['p50'])} ({ms(ci[0])}–{ms(ci[1])})" if ci and ci[0] != ci[1] else ms(lat["p50"])
 
 
-def _target_sections(report: dict) -> list[_Section]:
+def _target_sections(report: dict) -> list[Section]:
     env, variants = report["environment"], report["variants"]
     targets = env.get("targets") or {}
     if not targets or "targets" not in variants[0]:
@@ -310,7 +279,7 @@ def _target_sections(report: dict) -> list[_Section]:
     baselines = [b for b in BASELINES if any(v["name"] == b for v in variants)]
     conf = report["settings"].get("protocol", {}).get("confidence", 0.95)
     out = [
-        _Section(
+        Section(
             "Latency by target",
             paragraphs=[
                 env.get("emulation", ""),
@@ -327,15 +296,15 @@ def _target_sections(report: dict) -> list[_Section]:
         first = sets[0]
         header = ["variant", f"p50 ms ({conf:.0%} CI)", "p90 ms", "p99 ms", "n"]
         header += [f"p50 @{k} tok" for k in fixed] + [f"× {b}" for b in baselines] + ["load s"]
-        sec = _Section(f"{t}", level=3, paragraphs=[_target_line(t, desc, env)], header=header)
+        sec = Section(f"{t}", level=3, paragraphs=[target_line(t, desc, env)], header=header)
         sec.right = set(range(1, len(header)))
         if first != "real":
             sec.paragraphs.append(f"The first columns are at {first} tokens.")
         for v in variants:
             rec = v["targets"][t]
             lat = rec["latency_ms"][first]
-            row = [v["name"], _ci(lat), _ms(lat["p90"]), _ms(lat["p99"]), str(lat["n"])]
-            row += [_ms(rec["latency_ms"][k]["p50"]) for k in fixed]
+            row = [v["name"], _ci(lat), ms(lat["p90"]), ms(lat["p99"]), str(lat["n"])]
+            row += [ms(rec["latency_ms"][k]["p50"]) for k in fixed]
             for b in baselines:
                 sp = rec["speedup"][first].get(b)
                 row.append("1" if v["name"] == b else f"{sp['ratio']:.2f} ({sp['ci'][0]:.2f}–{sp['ci'][1]:.2f})")
@@ -350,29 +319,29 @@ def _target_sections(report: dict) -> list[_Section]:
                 header += ["peak RSS MB", "model RSS MB", "load s (fresh)"]
                 if desc.get("memory_limit_bytes"):
                     header.append(f"fits {desc['memory_limit_bytes'] / 2**20:.0f} MiB")
-            sec2 = _Section(None, header=header, right=set(range(1, len(header))))
+            sec2 = Section(None, header=header, right=set(range(1, len(header))))
             for v in variants:
                 rec = v["targets"][t]
                 row = [v["name"]] + [f"{rec['throughput'][b]['sentences_per_s']:.0f}" for b in batch]
                 if has_mem:
                     m = rec["memory"]
-                    row += [_mb(m.get("peak_rss_bytes")), _mb(m.get("model_rss_bytes"))]
+                    row += [mb(m.get("peak_rss_bytes")), mb(m.get("model_rss_bytes"))]
                     row.append(f"{m['load_s']:.2f}" if "load_s" in m else "–")
                     if desc.get("memory_limit_bytes"):
                         row.append("yes" if m.get("fits_memory_limit") else "**no**")
                 sec2.rows.append(row)
             out.append(sec2)
-    out.append(_Section(plot="accuracy_vs_latency", caption="Accuracy against p50 latency per target"))
-    out.append(_Section(plot="latency_by_length", caption="p50 latency by input length"))
+    out.append(Section(plot="accuracy_vs_latency", caption="Accuracy against p50 latency per target"))
+    out.append(Section(plot="latency_by_length", caption="p50 latency by input length"))
     return out
 
 
-def _mobile_section(report: dict) -> list[_Section]:
+def _mobile_section(report: dict) -> list[Section]:
     rows = [v for v in report["variants"] if "ort" in v]
     if not rows:
         return []
     eps = list(rows[0]["ort"]["mobile_usability"]["eps"])
-    sec = _Section(
+    sec = Section(
         "Mobile format (.ort) and NPU coverage",
         paragraphs=[
             "Each deployable ONNX variant converted to ONNX Runtime's mobile format "
@@ -391,7 +360,7 @@ def _mobile_section(report: dict) -> list[_Section]:
             fixed = r["fixed_shapes"]["suitability"] if r["fixed_shapes"] else r["as_is"]["suitability"]
             cells.append(f"{r['as_is']['suitability']} / {fixed}")
         sec.rows.append(
-            [v["name"], _mb(o["size_bytes"]), _mb(o["size_gzip_bytes"]), _pct(o.get("accuracy")),
+            [v["name"], mb(o["size_bytes"]), mb(o["size_gzip_bytes"]), pct(o.get("accuracy")),
              f"{o.get('agreement_with_onnx', 0) * 100:.1f}%", *cells]
         )  # fmt: skip
         sec.bullets.append(f"{v['name']}: {o['mobile_usability']['verdict']}")
@@ -402,52 +371,25 @@ def _mobile_section(report: dict) -> list[_Section]:
     return [sec]
 
 
-def _fmt(v) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    if isinstance(v, dict):
-        return "{" + ", ".join(f"{k}: {_fmt(x)}" for k, x in v.items()) + "}"
-    if isinstance(v, list | tuple):
-        return "[" + ", ".join(_fmt(x) for x in v) + "]"
-    return str(v)
+def _sections(report: dict) -> list[Section]:
+    match report.get("task", "classification"):
+        case "causal-lm":
+            from benchmarks.report_lm import lm_sections
+
+            return lm_sections(report)
+        case _:
+            return _classifier_sections(report)
 
 
-def _steps_section(report: dict) -> list[_Section]:
-    sec = _Section("What each step did", paragraphs=["Figures from each step's record in manifest.json."])
-    for name, summary in report.get("steps", {}).items():
-        if summary:
-            sec.bullets.append(f"**{name}**: " + "; ".join(f"{k} {_fmt(v)}" for k, v in summary.items()))
-    out = [sec]
-    if report.get("not_shipped"):
-        out.append(
-            _Section(
-                "Not shipped",
-                paragraphs=[
-                    "No int8 model fitted these variants' accuracy budget; their float32 source stays the model to "
-                    "deploy."
-                ],
-                bullets=[f"**{k}**: {v}" for k, v in report["not_shipped"].items()],
-            )
-        )
-    return out
-
-
-def _stage_section(report: dict) -> list[_Section]:
-    sec = _Section("Stage wall time", header=["step", "wall s"], right={1})
-    for name, st in report["stages"].items():
-        sec.rows.append([name, f"{st['wall_s']}" if st["wall_s"] is not None else "–"])
-    return [sec, _Section(plot="stage_wall_time", caption="Wall time per step")]
-
-
-def _sections(report: dict) -> list[_Section]:
-    out = [_Section(f"edge-compress report: {report['run']}", level=1), _main_table(report)]
+def _classifier_sections(report: dict) -> list[Section]:
+    out = [Section(f"edge-compress report: {report['run']}", level=1), _main_table(report)]
     out += _target_sections(report)
-    out.append(_Section("Size and memory", plot="size_and_memory", caption="Size on disk and peak memory"))
+    out.append(Section("Size and memory", plot="size_and_memory", caption="Size on disk and peak memory"))
     out += _mobile_section(report)
-    out += _steps_section(report)
-    out += _stage_section(report)
+    out += steps_section(report)
+    out += stage_section(report)
     out.append(
-        _Section(
+        Section(
             "Notes",
             paragraphs=[
                 "Throughput batches are consecutive dev sentences padded to the longest in the batch: with short "
@@ -464,95 +406,14 @@ def _sections(report: dict) -> list[_Section]:
     return out
 
 
-def _md_table(sec: _Section) -> list[str]:
-    lines = ["| " + " | ".join(sec.header) + " |"]
-    lines.append("|" + "|".join("---:" if i in sec.right else "---" for i in range(len(sec.header))) + "|")
-    lines += ["| " + " | ".join(r) + " |" for r in sec.rows]
-    return lines
-
-
-def _render_md(sections: list[_Section], plots: dict[str, str]) -> str:
-    lines: list[str] = []
-    for sec in sections:
-        if sec.plot and sec.plot not in plots:
-            continue
-        if sec.title:
-            lines += ["#" * sec.level + " " + sec.title, ""]
-        for p in sec.paragraphs:
-            if p:
-                lines += [p, ""]
-        if sec.header:
-            lines += [*_md_table(sec), ""]
-        if sec.bullets:
-            lines += [f"- {b}" for b in sec.bullets] + [""]
-        if sec.plot:
-            lines += [f"![{sec.caption}]({plots[sec.plot]})", ""]
-    return "\n".join(lines)
-
-
 def render_markdown(report: dict, plot_paths: dict[str, str] | None = None) -> str:
     """The report as Markdown. `plot_paths`: plot name -> path relative to the .md file, for images."""
-    return _render_md(_sections(report), plot_paths or {})
-
-
-def _inline_md(text: str) -> str:
-    import re
-
-    t = html.escape(text)
-    t = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", t)
-    return re.sub(r"`(.+?)`", r"<code>\1</code>", t)
-
-
-_CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1400px;padding:0 1em;
-color:#222;line-height:1.45}
-table{border-collapse:collapse;margin:0.5em 0 1.2em;font-size:13px}
-th,td{border:1px solid #ddd;padding:3px 8px;white-space:nowrap}
-th{background:#f3f5f8;position:sticky;top:0}
-tr:nth-child(even) td{background:#fafafa}
-td.r,th.r{text-align:right;font-variant-numeric:tabular-nums}
-img{max-width:100%;border:1px solid #eee;margin:0.5em 0}
-code{background:#f3f3f3;padding:0 3px}
-"""
+    return render_md(_sections(report), plot_paths or {})
 
 
 def render_html(report: dict, plots: dict[str, bytes]) -> str:
     """The report as one self-contained HTML page (figures embedded as base64 PNG)."""
-    parts = [
-        "<!doctype html><html><head><meta charset='utf-8'>",
-        f"<title>edge-compress report: {html.escape(report['run'])}</title><style>{_CSS}</style></head><body>",
-    ]
-    for sec in _sections(report):
-        if sec.plot and sec.plot not in plots:
-            continue
-        if sec.title:
-            parts.append(f"<h{sec.level}>{html.escape(sec.title)}</h{sec.level}>")
-        parts += [f"<p>{_inline_md(p)}</p>" for p in sec.paragraphs if p]
-        if sec.header:
-            parts.append("<table><thead><tr>")
-            parts += [
-                f"<th class='{'r' if i in sec.right else ''}'>{html.escape(h)}</th>" for i, h in enumerate(sec.header)
-            ]
-            parts.append("</tr></thead><tbody>")
-            for row in sec.rows:
-                cells = "".join(
-                    f"<td class='{'r' if i in sec.right else ''}'>{_inline_md(c)}</td>" for i, c in enumerate(row)
-                )
-                parts.append(f"<tr>{cells}</tr>")
-            parts.append("</tbody></table>")
-        if sec.bullets:
-            parts.append("<ul>" + "".join(f"<li>{_inline_md(b)}</li>" for b in sec.bullets) + "</ul>")
-        if sec.plot:
-            data = base64.b64encode(plots[sec.plot]).decode("ascii")
-            parts.append(f"<figure><img alt='{html.escape(sec.caption)}' src='data:image/png;base64,{data}'></figure>")
-    parts.append("</body></html>")
-    return "\n".join(parts)
-
-
-def _write_atomic(path: Path, data: bytes | str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
-    os.replace(tmp, path)
+    return render_html_sections(f"edge-compress report: {report['run']}", _sections(report), plots)
 
 
 def write_report(results: dict, manifest: dict, run_dir: Path) -> dict:
@@ -570,10 +431,10 @@ def write_report(results: dict, manifest: dict, run_dir: Path) -> dict:
     (run_dir / PLOTS_DIR).mkdir(exist_ok=True)
     paths = {}
     for name, png in plots.items():
-        _write_atomic(run_dir / PLOTS_DIR / f"{name}.png", png)
+        write_atomic(run_dir / PLOTS_DIR / f"{name}.png", png)
         paths[name] = f"{PLOTS_DIR}/{name}.png"
-    _write_atomic(run_dir / "report.md", render_markdown(report, paths))
-    _write_atomic(run_dir / "report.html", render_html(report, plots))
+    write_atomic(run_dir / "report.md", render_markdown(report, paths))
+    write_atomic(run_dir / "report.html", render_html(report, plots))
     return report
 
 

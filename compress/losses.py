@@ -47,6 +47,37 @@ def distillation_loss(
     return alpha * soft_target_loss(student_logits, teacher_logits, temperature) + (1 - alpha) * hard
 
 
+def next_token_loss(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of each position's prediction of the next token, mean over the predicted positions.
+
+    Shapes: logits (B, T, V), input_ids (B, T); position t predicts token t+1, the last position nothing.
+    """
+    return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), input_ids[:, 1:].reshape(-1))
+
+
+def token_kl_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Forward KL(teacher_T || student_T) * T^2 of the next-token distributions, mean over positions.
+
+    Every position of a packed block is a real token, so no mask. Shapes (B, T, V) and (B, T, V).
+    """
+    v = student_logits.shape[-1]
+    return soft_target_loss(student_logits.reshape(-1, v).float(), teacher_logits.reshape(-1, v).float(), temperature)
+
+
+def causal_lm_distillation_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    input_ids: torch.Tensor,
+    temperature: float,
+    alpha: float,
+) -> torch.Tensor:
+    """alpha * token KL to the teacher + (1 - alpha) * next-token cross-entropy on the corpus."""
+    hard = next_token_loss(student_logits, input_ids)
+    if alpha == 0:
+        return hard
+    return alpha * token_kl_loss(student_logits, teacher_logits, temperature) + (1 - alpha) * hard
+
+
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of `values` over the positions where `mask` (broadcastable, 0/1) is 1."""
     mask = mask.to(values.dtype).expand_as(values)

@@ -47,6 +47,10 @@ def training_args(
     weight_decay: float = 0.01,
     evaluate: bool = False,
     eval_steps: int | None = None,
+    max_steps: int | None = None,
+    group_by_length: bool = True,
+    prediction_loss_only: bool = False,
+    logging_steps: int = 200,
 ) -> TrainingArguments:
     """Trainer settings: length-grouped batches, no checkpoints, no external loggers.
 
@@ -57,6 +61,10 @@ def training_args(
         evaluate: evaluate on the Trainer's eval set during training (`train(..., eval_dataset=...)`): every
             `eval_steps` optimizer steps, or at the end of every epoch when `eval_steps` is None.
         eval_steps: see `evaluate`.
+        max_steps: stop after this many optimizer steps (overrides `epochs`).
+        group_by_length: batches of similar length (sentences); off for fixed-length LM blocks.
+        prediction_loss_only: evaluation keeps only the loss (a language model's logits are too large to gather).
+        logging_steps: optimizer steps between loss lines in the log history.
     """
     eval_strategy = "no" if not evaluate else ("steps" if eval_steps else "epoch")
     return TrainingArguments(
@@ -68,13 +76,15 @@ def training_args(
         warmup_ratio=warmup_ratio,
         weight_decay=weight_decay,
         lr_scheduler_type="linear",
-        group_by_length=True,  # batches of similar length: dynamic padding wastes little compute
+        group_by_length=group_by_length,  # batches of similar length: dynamic padding wastes little compute
         save_strategy="no",
         eval_strategy=eval_strategy,
         eval_steps=eval_steps if eval_strategy == "steps" else None,
         label_names=["labels"],  # also for a model wrapper whose forward does not name them
         logging_strategy="steps",
-        logging_steps=200,
+        logging_steps=logging_steps,
+        max_steps=max_steps if max_steps is not None else -1,
+        prediction_loss_only=prediction_loss_only,
         report_to="none",
         seed=seed,
         data_seed=seed,
@@ -134,15 +144,17 @@ class _WithProjections(nn.Module):
         return out
 
 
-class _KeepBest(TrainerCallback):
-    """Remembers the weights with the best held-out accuracy (eval loss breaks ties) and puts them back.
+class KeepBest(TrainerCallback):
+    """Remembers the weights with the best held-out accuracy (eval loss breaks ties) and puts them back; with
+    `metric="eval_loss"`, the lowest held-out loss (a language model's log perplexity).
 
     Kept in memory rather than through `load_best_model_at_end`, which writes a full checkpoint at every
     evaluation; a student is small enough to copy to CPU, and every DDP rank holds the same copy because the
     Trainer's evaluation gathers predictions across ranks before computing the metric.
     """
 
-    def __init__(self):
+    def __init__(self, metric: str = "eval_accuracy"):
+        self.metric = metric
         self.best: tuple[float, float] | None = None
         self.step: int | None = None
         self.state: dict[str, torch.Tensor] | None = None
@@ -150,7 +162,10 @@ class _KeepBest(TrainerCallback):
 
     def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
         self.last_eval_step = state.global_step
-        key = (metrics["eval_accuracy"], -metrics.get("eval_loss", 0.0))
+        if self.metric == "eval_loss":
+            key = (-metrics["eval_loss"], 0.0)
+        else:
+            key = (metrics[self.metric], -metrics.get("eval_loss", 0.0))
         if self.best is None or key >= self.best:  # on a tie, the later (longer-trained) weights
             self.best, self.step = key, state.global_step
             self.state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
@@ -301,7 +316,7 @@ def train(
     if eval_dataset is not None and args.eval_strategy == "no":
         raise ValueError("train: an eval_dataset needs training_args(..., evaluate=True)")
     spec = LossSpec(**distill) if isinstance(distill, dict) else distill
-    keep_best = _KeepBest() if eval_dataset is not None else None
+    keep_best = KeepBest() if eval_dataset is not None else None
     all_callbacks = [*(callbacks or []), *([keep_best] if keep_best else [])]
     common = dict(
         args=args,

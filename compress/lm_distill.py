@@ -1,0 +1,129 @@
+"""Distill stage of a causal LM: a student from a subset of the teacher's layers, trained on its distributions.
+
+The student is built by `compress.modeling.build_student` from the architecture table (layer subset, optionally a
+narrower FFN or hidden size), so it is an ordinary model of the teacher's family. It learns the teacher's
+next-token distribution at every position (forward KL at `temperature`, weight `alpha`) and the corpus's next
+token (weight 1 - alpha), optionally the teacher's hidden states over a layer map; the weights with the lowest
+held-out loss are kept. The teacher runs on each batch (see `compress.lm` for why its logits are not cached).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from compress.distill import default_hidden_map
+from compress.lm import LMLossSpec, describe_decoder, final_train_loss, train_lm
+from compress.lm_config import LMDistillConfig, TextDataConfig
+from compress.lm_teacher import measure_lm
+from compress.text import TextData, selection_blocks, train_blocks
+from compress.training import training_args
+
+
+@dataclass
+class LMDistillResult:
+    model: object
+    metrics: dict = field(default_factory=dict)
+
+
+def distill_lm(
+    teacher,
+    tokenizer,
+    config: LMDistillConfig,
+    data: TextData,
+    data_config: TextDataConfig,
+    *,
+    seed: int,
+    work_dir: Path,
+    teacher_predictions: list[np.ndarray] | None = None,
+    log: Callable[[str], None] = print,
+) -> LMDistillResult:
+    """Build the student from `teacher` (not modified), distil it on the train blocks, keep the best held-out
+    weights.
+
+    Returns:
+        The student and metrics: perplexity on held-out, dev and test, dev agreement with the teacher's greedy
+        next tokens, parameters and MACs per token of student and teacher, training tokens, steps, wall time.
+    """
+    from compress.distill import _check_map
+    from compress.modeling import build_student
+
+    cfg = config
+    torch.manual_seed(seed)
+    student = build_student(
+        teacher,
+        cfg.layers,
+        intermediate_size=cfg.intermediate_size,
+        hidden_size=cfg.hidden_size,
+        hidden_init=cfg.hidden_init,
+        seed=seed,
+    )
+    n_t, n_s = int(teacher.config.num_hidden_layers), int(student.config.num_hidden_layers)
+    hidden_map = cfg.hidden_layer_map or default_hidden_map(cfg.layers, n_t)
+    spec = LMLossSpec(
+        temperature=cfg.temperature,
+        alpha=cfg.alpha,
+        hidden_weight=cfg.hidden_weight,
+        hidden_layer_map=tuple(_check_map("hidden_layer_map", hidden_map, n_s, n_t)),
+    )
+    train_set = train_blocks(tokenizer, data.train, data_config)
+    hold = selection_blocks(tokenizer, data.holdout, data_config)
+    t_info, s_info = (
+        describe_decoder(teacher, data_config.block_size),
+        describe_decoder(student, data_config.block_size),
+    )
+    log(
+        f"    student {s_info['params']:,} params, {s_info['macs_per_token'] / 1e6:.2f}M MACs/token | teacher "
+        f"{t_info['params']:,} params, {t_info['macs_per_token'] / 1e6:.2f}M MACs/token (at {data_config.block_size} "
+        f"tokens of context); {train_set.tokens:,} training tokens"
+    )
+    args = training_args(
+        work_dir,
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        learning_rate=cfg.learning_rate,
+        seed=seed,
+        warmup_ratio=cfg.warmup_ratio,
+        weight_decay=cfg.weight_decay,
+        evaluate=hold is not None,
+        eval_steps=cfg.eval_steps,
+        max_steps=cfg.max_steps,
+        group_by_length=False,
+        prediction_loss_only=True,
+        logging_steps=50,
+    )
+    t0 = time.perf_counter()
+    student.train()
+    history = train_lm(student, train_set, args, eval_dataset=hold, teacher=teacher, loss=spec)
+    train_s = time.perf_counter() - t0
+    student.eval()
+    metrics, _ = measure_lm(student, tokenizer, data, data_config, reference=teacher_predictions)
+    best = next((h for h in reversed(history) if "best_eval_loss" in h), {})
+    metrics.update(
+        {
+            "holdout_perplexity_best": best.get("best_eval_perplexity"),
+            "best_step": best.get("best_step"),
+            **describe_decoder(student, data_config.block_size),
+            "teacher_params": t_info["params"],
+            "teacher_macs_per_token": t_info["macs_per_token"],
+            "layer_indices": list(cfg.layers),
+            "loss": {
+                "temperature": spec.temperature,
+                "alpha": spec.alpha,
+                "kind": "forward KL",
+                "hidden_weight": spec.hidden_weight,
+                "hidden_layer_map": [list(p) for p in spec.hidden_layer_map],
+                "teacher": "online (run on each batch)",
+            },
+            "train_tokens": train_set.tokens,
+            "train_steps": max((h.get("step", 0) for h in history), default=0),
+            "train_wall_s": train_s,
+            "train_loss_final": final_train_loss(history),
+        }
+    )
+    return LMDistillResult(student, metrics)

@@ -1,0 +1,318 @@
+"""Quantize stage of a causal LM: dynamic int8 or weight-only 4/8-bit blocks, on the exported decoder.
+
+- dynamic: ONNX Runtime's `quantize_dynamic` (int8 weights, activations quantized per call: `MatMulInteger`),
+  through `compress.int8.quantize_model` as for the classifier, with the same 7-bit rule for x86 without VNNI.
+- weight-only: ONNX Runtime's `MatMulNBitsQuantizer` (int4 or int8 weights in blocks of `block_size` along the
+  input dimension, a scale and optionally a zero point per block: `MatMulNBits`). Rounding is RTN (ONNX
+  Runtime's default quantizer), HQQ (half-quadratic, no calibration) or GPTQ (calibrated on train blocks).
+  `accuracy_level` is the kernel's compute type: 0 dequantizes the weights to fp32 per call, 4 quantizes the
+  activations to int8 and multiplies in int8 (ONNX Runtime issue 23004 reports int4 about 10x slower than
+  int8 without it on some CPUs). With `accuracy_level: measure` both are built (the same weights, the attribute
+  differs), timed on this CPU and scored on held-out perplexity, and the choice is recorded with its reason.
+
+Before either, two graph rewrites that ONNX Runtime's quantizers need and do not do (hand-written because no
+library pass does exactly this): a tied LM head reads the embedding through a `Transpose` node, which the
+quantizers skip (its weight is not an initializer), so the transpose is folded into an initializer of its own;
+and GPT-2's projections export as `Gemm`, which `MatMulNBits` does not take, so they become MatMul + Add
+(ONNX Runtime's own `ONNXModel.replace_gemm_with_matmul`).
+
+With `max_perplexity_ratio`, a quantized model whose held-out perplexity exceeds that multiple of the float32
+model's is not shipped (dynamic int8 first keeps its most sensitive nodes in float, as the classifier's
+budget does; `compress.sensitivity`).
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from compress.calibration import FeedReader
+from compress.int8 import Int8Spec, graph_summary, int8_op_counts, quantize_model
+from compress.lm_config import LMQuantizeConfig
+from export.artifact import Artifact
+
+# A callable scoring an ONNX decoder file: mean negative log-likelihood per token on held-out blocks.
+HeldOutNLL = Callable[[Path], float]
+WEIGHT_ONLY_OPS = ("MatMulNBits", "GatherBlockQuantized")
+
+
+class PerplexityBudgetError(RuntimeError):
+    """No quantized model within `quantize.max_perplexity_ratio`: the float32 model stays the one to ship."""
+
+
+def fold_constant_transposes(model: onnx.ModelProto) -> int:
+    """Replace each `Transpose` of an initializer (a tied LM head's view of the embedding) by a transposed
+    initializer of its own, in place; returns how many were folded.
+
+    The quantizers only take MatMuls whose weight is an initializer; this gives the head one. The float32 file
+    grows by the head's size; the quantized head is then a fraction of it.
+    """
+    inits = {t.name: t for t in model.graph.initializer}
+    folded, keep = 0, []
+    for node in model.graph.node:
+        if node.op_type == "Transpose" and node.input[0] in inits:
+            perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+            array = numpy_helper.to_array(inits[node.input[0]])
+            model.graph.initializer.append(
+                numpy_helper.from_array(np.ascontiguousarray(array.transpose(perm)), node.output[0])
+            )
+            folded += 1
+            continue
+        keep.append(node)
+    if folded:
+        del model.graph.node[:]
+        model.graph.node.extend(keep)
+    return folded
+
+
+def prepare(src: Path, dst: Path) -> dict:
+    """The graph rewrites before quantization (see the module docstring); writes `dst`."""
+    from onnxruntime.quantization.onnx_model import ONNXModel
+
+    model = onnx.load(str(src))
+    folded = fold_constant_transposes(model)
+    gemms = sum(1 for n in model.graph.node if n.op_type == "Gemm")
+    wrapped = ONNXModel(model)
+    if gemms:
+        wrapped.replace_gemm_with_matmul()
+    onnx.save(wrapped.model, str(dst))
+    return {"folded_transposes": folded, "gemm_to_matmul": gemms}
+
+
+def _weight_matmuls(model: onnx.ModelProto, min_dim: int) -> tuple[list[str], list[str]]:
+    """MatMul nodes with a 2-D initializer weight: (those worth quantizing, those too small to block)."""
+    inits = {t.name: tuple(t.dims) for t in model.graph.initializer}
+    take, skip = [], []
+    for n in model.graph.node:
+        if n.op_type == "MatMul" and len(n.input) > 1 and len(inits.get(n.input[1], ())) == 2:
+            k, cols = inits[n.input[1]]
+            (take if k >= min_dim and cols >= 8 else skip).append(n.name)
+    return take, skip
+
+
+def weight_only(src: Path, dst: Path, config: LMQuantizeConfig, accuracy_level: int, calibration=None) -> dict:
+    """Quantize the MatMul weights (and optionally the embedding Gather) of `src` with `MatMulNBitsQuantizer`."""
+    mnq = _nbits_quantizer()
+    model = onnx.load(str(src))
+    take, skip = _weight_matmuls(model, config.block_size)
+    ops = ("MatMul", "Gather") if config.embeddings else ("MatMul",)
+    if config.algorithm == "hqq":
+        algo = mnq.HQQWeightOnlyQuantConfig(block_size=config.block_size, bits=4, op_types_to_quantize=ops)
+    elif config.algorithm == "gptq":
+        algo = mnq.GPTQWeightOnlyQuantConfig(
+            calibration_data_reader=FeedReader(calibration or []),
+            block_size=config.block_size,
+            op_types_to_quantize=("MatMul",),
+        )
+    else:
+        algo = mnq.DefaultWeightOnlyQuantConfig(
+            block_size=config.block_size,
+            is_symmetric=config.symmetric,
+            accuracy_level=accuracy_level,
+            bits=config.bits,
+            op_types_to_quantize=ops,
+            quant_axes=(("MatMul", 0), ("Gather", 1)),
+        )
+    quantizer = mnq.MatMulNBitsQuantizer(
+        model,
+        block_size=config.block_size,
+        is_symmetric=config.symmetric,
+        accuracy_level=accuracy_level,
+        nodes_to_exclude=skip,
+        algo_config=algo,
+    )
+    quantizer.process()
+    out = quantizer.model.model
+    set_accuracy_level(out, accuracy_level)
+    onnx.save(out, str(dst))
+    return {"quantized_matmuls": len(take), "kept_float_matmuls": skip}
+
+
+def _nbits_quantizer():
+    """onnxruntime's matmul_nbits_quantizer module, imported without its side effect: it calls
+    `logging.basicConfig(level=INFO)` at import, which would print every node every later quantizer visits."""
+    import logging
+
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    from onnxruntime.quantization import matmul_nbits_quantizer as mnq
+
+    root.setLevel(level)
+    for h in list(root.handlers):
+        if h not in handlers:
+            root.removeHandler(h)
+    logging.getLogger(mnq.__name__).setLevel(logging.WARNING)
+    return mnq
+
+
+def set_accuracy_level(model: onnx.ModelProto, level: int) -> None:
+    """Set every MatMulNBits node's `accuracy_level` (the weights are the same at every level)."""
+    for node in model.graph.node:
+        if node.op_type == "MatMulNBits":
+            for a in list(node.attribute):
+                if a.name == "accuracy_level":
+                    node.attribute.remove(a)
+            if level:
+                node.attribute.append(onnx.helper.make_attribute("accuracy_level", level))
+
+
+def _decode_seconds_per_token(
+    artifact_dir: Path, paths: dict[str, Path], prompt: Sequence[int], new_tokens: int, rounds: int
+) -> dict:
+    """p50 seconds per decode step of each model, timed interleaved on one thread (warm-up first)."""
+    from export.lm_onnx import generator_for
+
+    gens = {k: generator_for(artifact_dir, str(Path(p).resolve()), threads=1) for k, p in paths.items()}
+    times: dict[str, list[float]] = {k: [] for k in gens}
+    for r in range(rounds + 1):
+        for k, g in gens.items():
+            stamps = []
+            for _ in g.stream(prompt, new_tokens, ignore_eos=True):
+                stamps.append(time.perf_counter())
+            if r > 0:  # round 0 is warm-up
+                times[k] += list(np.diff(stamps))
+    return {k: float(np.median(v)) for k, v in times.items()}
+
+
+def quantize_lm(
+    onnx_dir: Path,
+    out_dir: Path,
+    config: LMQuantizeConfig,
+    *,
+    heldout_nll: HeldOutNLL,
+    timing_prompt: Sequence[int],
+    calibration: Sequence[dict] | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Write `out_dir`, the quantized artifact of the exported decoder in `onnx_dir` (beside its tokenizer).
+
+    Args:
+        onnx_dir: an exported causal-LM artifact.
+        out_dir: the directory to write.
+        config: the recipe's quantize variant.
+        heldout_nll: ONNX file -> mean NLL per token on held-out blocks (the perplexity budget and the
+            accuracy_level choice read it).
+        timing_prompt: prompt tokens for the accuracy_level timing.
+        calibration: decoder feeds (GPTQ).
+
+    Returns:
+        Settings, graph operator counts, held-out perplexity of float32 and of the result, the accuracy_level
+        measurements and choice, sizes.
+
+    Raises:
+        PerplexityBudgetError: the quantized model misses `max_perplexity_ratio`; nothing is written.
+    """
+    onnx_dir, out_dir = Path(onnx_dir), Path(out_dir)
+    src_artifact = Artifact.read(onnx_dir)
+    src = src_artifact.path("model")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    metrics: dict = {"method": config.method}
+    fp32_nll = heldout_nll(src)
+    metrics["holdout_perplexity_fp32"] = math.exp(fp32_nll)
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".work-") as tmp:
+        tmp = Path(tmp)
+        prepared = tmp / "prepared.onnx"
+        metrics["rewrites"] = prepare(src, prepared)
+        if config.method == "dynamic":
+            spec = Int8Spec(
+                "dynamic",
+                "uint8",
+                "int8",
+                reduce_range=config.reduce_range,
+                per_channel=config.per_channel,
+                op_types=("MatMul", "Gather"),
+            )
+            if config.max_perplexity_ratio is not None:
+                from compress.sensitivity import AccuracyBudgetError, quantize_within_budget
+
+                try:
+                    res = quantize_within_budget(
+                        prepared,
+                        tmp / "model.onnx",
+                        spec,
+                        lambda p: -heldout_nll(p),
+                        math.log(config.max_perplexity_ratio),
+                        calibration or [],
+                        granularity="block",
+                    )
+                except AccuracyBudgetError as e:
+                    raise PerplexityBudgetError(str(e)) from None
+                metrics.update(res.metrics)
+                metrics["budget"] = {k: v for k, v in res.to_dict().items() if k not in ("path", "metrics")}
+            else:
+                metrics.update(quantize_model(prepared, tmp / "model.onnx", spec))
+        else:
+            level = config.accuracy_level
+            base = tmp / ("level0.onnx" if level == "measure" else "model.onnx")
+            metrics.update(weight_only(prepared, base, config, 0 if level == "measure" else level, calibration))
+            if level == "measure":
+                metrics["accuracy_level"] = _choose_accuracy_level(onnx_dir, base, tmp, heldout_nll, timing_prompt, log)
+            else:
+                metrics["accuracy_level"] = {"chosen": level, "reason": "set in the recipe"}
+            summary = graph_summary(tmp / "model.onnx")
+            metrics.update(summary)
+            metrics["weight_only_ops"] = {op: summary["op_counts"].get(op, 0) for op in WEIGHT_ONLY_OPS}
+        nll = heldout_nll(tmp / "model.onnx")
+        metrics["holdout_perplexity"] = math.exp(nll)
+        metrics["holdout_perplexity_ratio"] = math.exp(nll - fp32_nll)
+        if (
+            config.max_perplexity_ratio is not None
+            and metrics["holdout_perplexity_ratio"] > config.max_perplexity_ratio
+        ):
+            raise PerplexityBudgetError(
+                f"held-out perplexity {metrics['holdout_perplexity']:.3f} is "
+                f"{metrics['holdout_perplexity_ratio']:.4f}x the float32 model's "
+                f"{metrics['holdout_perplexity_fp32']:.3f} "
+                f"(quantize.max_perplexity_ratio {config.max_perplexity_ratio})"
+            )
+        shutil.move(tmp / "model.onnx", out_dir / "model.onnx")
+    for f in onnx_dir.iterdir():
+        if f.is_file() and f.suffix != ".onnx" and f.name != "artifact.json":
+            shutil.copy2(f, out_dir / f.name)
+    Artifact(out_dir, "causal-lm", {"model": "model.onnx"}).write()
+    ops = Counter(n.op_type for n in onnx.load(str(out_dir / "model.onnx"), load_external_data=False).graph.node)
+    metrics["quantized_ops"] = {**int8_op_counts(dict(ops)), **{k: ops[k] for k in WEIGHT_ONLY_OPS if ops[k]}}
+    if not metrics["quantized_ops"]:
+        raise RuntimeError(f"quantize: no quantized operator in {out_dir / 'model.onnx'}")
+    metrics["size_bytes"] = (out_dir / "model.onnx").stat().st_size
+    metrics["source_size_bytes"] = src.stat().st_size
+    return metrics
+
+
+def _choose_accuracy_level(artifact_dir: Path, level0: Path, tmp: Path, heldout_nll: HeldOutNLL, prompt, log) -> dict:
+    """Time and score accuracy_level 0 (fp32 compute) against 4 (int8 compute); keep 4 when it is faster and
+    costs under 1% of perplexity, else 0."""
+    level4 = tmp / "level4.onnx"
+    model = onnx.load(str(level0))
+    set_accuracy_level(model, 4)
+    onnx.save(model, str(level4))
+    per_token = _decode_seconds_per_token(artifact_dir, {"0": level0, "4": level4}, prompt, new_tokens=24, rounds=3)
+    nll = {"0": heldout_nll(level0), "4": heldout_nll(level4)}
+    table = [
+        {
+            "accuracy_level": int(k),
+            "decode_ms_per_token_p50": per_token[k] * 1e3,
+            "holdout_perplexity": math.exp(nll[k]),
+        }
+        for k in ("0", "4")
+    ]
+    faster = per_token["4"] < per_token["0"]
+    cheap = nll["4"] - nll["0"] <= math.log(1.01)
+    chosen = 4 if faster and cheap else 0
+    why = (
+        f"level 4 (int8 compute) decodes at {per_token['4'] * 1e3:.3f} ms/token vs {per_token['0'] * 1e3:.3f} for "
+        f"level 0 (fp32 compute), 1 thread on this CPU; held-out perplexity {math.exp(nll['4']):.3f} vs "
+        f"{math.exp(nll['0']):.3f}"
+    )
+    log(f"    accuracy_level: {why}; chosen {chosen}")
+    shutil.copy2(level4 if chosen == 4 else level0, tmp / "model.onnx")
+    return {"chosen": chosen, "reason": why, "table": table}

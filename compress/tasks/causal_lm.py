@@ -1,0 +1,319 @@
+"""The causal-LM task: a decoder-only model that continues a text (GPT-2, Llama, Mistral, Qwen2 families).
+
+Data are plain-text documents packed into token blocks (`compress.text`); the teacher is the user's model, one
+trained further, or one pretrained here on the corpus (`compress.lm_teacher`); students learn the teacher's
+next-token distributions (`compress.lm_distill`); pruning is unstructured or n:m (`compress.lm_prune`); the
+export carries the KV cache and is checked step by step against PyTorch (`export.lm_onnx`); quantization is
+dynamic int8 or weight-only int4/int8 (`compress.lm_quantize`); quality is perplexity (lower is better),
+measured on the ONNX artifact; the benchmark times what a device feels: time to first token and decode speed
+(`benchmarks.lm_suite`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from compress.errors import RecipeError
+from compress.recipe import CausalLMRecipe
+
+if TYPE_CHECKING:
+    from compress.pipeline import RunContext, Step
+
+_PREDICTIONS = "dev_predictions.npz"  # the teacher's greedy next tokens on the dev blocks
+_HELDOUT_BLOCKS = 16  # held-out blocks scored by quantization choices
+
+
+class CausalLMTask:
+    """Stages of `task: causal-lm` (see `compress.tasks.Task`)."""
+
+    name = "causal-lm"
+    metric = "perplexity"
+    higher_is_better = False
+    export_task = "text-generation-with-past"
+
+    def load_data(self, recipe: CausalLMRecipe):
+        from compress.text import load_text_data
+
+        return load_text_data(recipe.data)
+
+    def summary(self, data) -> str:
+        chars = sum(len(d) for d in data.train)
+        test = f", {len(data.test)} test" if data.test is not None else ""
+        return (
+            f"{len(data.train)} train documents ({chars:,} characters), {len(data.holdout)} held out, "
+            f"{len(data.dev)} dev{test}"
+        )
+
+    def load_model(self, model_dir: Path):
+        from compress.lm import load_causal_lm
+
+        return load_causal_lm(model_dir, str(model_dir))
+
+    # ---- checks before anything runs ----
+
+    def preflight(self, recipe: CausalLMRecipe) -> None:
+        """Everything that depends on the teacher's shape, from its config alone (no weights loaded)."""
+        from transformers import AutoConfig
+
+        from compress.architectures import family_of, ffn_width
+        from compress.lm import check_causal_lm_dir, context_window
+
+        t = recipe.teacher
+        source = t.path or t.base
+        if source is not None:
+            key = "teacher.path" if t.path is not None else "teacher.base"
+            check_causal_lm_dir(source, key)
+            try:
+                config = AutoConfig.from_pretrained(source, local_files_only=True)
+            except (OSError, ValueError) as e:
+                raise RecipeError(f"{key} = {str(source)!r}: config.json is not a valid config ({e})") from None
+            family_of(config, key)
+            layers, hidden, ffn = int(config.num_hidden_layers), int(config.hidden_size), ffn_width(config)
+            window = context_window(config)
+        else:
+            a = t.architecture
+            layers, hidden, window = a.layers, a.hidden_size, a.max_positions
+            ffn = a.intermediate_size or 4 * a.hidden_size
+        data = recipe.data
+        if data.block_size > window:
+            raise RecipeError(f"data.block_size = {data.block_size}: the teacher's context window is {window} tokens")
+        for i, d in enumerate(recipe.distill):
+            key = "distill" if len(recipe.distill) == 1 else f"distill.{i}"
+            if any(layer >= layers for layer in d.layers):
+                raise RecipeError(f"{key}.layers = {list(d.layers)}: the teacher has layers 0..{layers - 1}")
+            if d.intermediate_size is not None and d.intermediate_size > ffn:
+                raise RecipeError(f"{key}.intermediate_size = {d.intermediate_size}: the teacher's FFN is {ffn} wide")
+            if d.hidden_size is not None and d.hidden_size > hidden:
+                raise RecipeError(f"{key}.hidden_size = {d.hidden_size}: the teacher's hidden size is {hidden}")
+        e, b = recipe.export, recipe.benchmark
+        if e.prompt_tokens + e.new_tokens > window:
+            raise RecipeError(
+                f"export.prompt_tokens + export.new_tokens = {e.prompt_tokens + e.new_tokens}: beyond the "
+                f"teacher's context window of {window} tokens"
+            )
+        too_long = [n for n in b.prompt_lengths if n + b.new_tokens > window]
+        if too_long:
+            raise RecipeError(
+                f"benchmark.prompt_lengths = {b.prompt_lengths}: {too_long} plus benchmark.new_tokens = "
+                f"{b.new_tokens} exceed the teacher's context window of {window} tokens"
+            )
+        if b.memory_context + b.new_tokens > window:
+            raise RecipeError(
+                f"benchmark.memory_context = {b.memory_context} plus benchmark.new_tokens = {b.new_tokens} exceed "
+                f"the teacher's context window of {window} tokens"
+            )
+
+    # ---- stages ----
+
+    def teacher(self, ctx: RunContext, step: Step, out: Path) -> dict:
+        from compress.lm_teacher import train_teacher_lm
+
+        r = ctx.recipe
+        res = train_teacher_lm(r.teacher, ctx.data, r.data, seed=r.seed, work_dir=out / "_trainer", log=ctx.log)
+        res.model.generation_config.eos_token_id = res.tokenizer.eos_token_id
+        res.model.generation_config.pad_token_id = res.tokenizer.pad_token_id or res.tokenizer.eos_token_id
+        res.model.save_pretrained(out)
+        res.tokenizer.save_pretrained(out)
+        np.savez(out / _PREDICTIONS, *res.dev_predictions)
+        ctx.log(
+            f"    teacher: dev perplexity {res.metrics['dev_perplexity_torch']:.3f} "
+            f"({res.metrics['params']:,} params, {res.metrics['train_tokens']:,} training tokens)"
+        )
+        return res.metrics
+
+    @staticmethod
+    def teacher_predictions(ctx: RunContext) -> list[np.ndarray]:
+        with np.load(ctx.out("teacher") / _PREDICTIONS) as z:
+            return [z[f"arr_{i}"] for i in range(len(z.files))]
+
+    def distill(self, ctx: RunContext, step: Step, out: Path) -> dict:
+        from compress.lm_distill import distill_lm
+
+        r = ctx.recipe
+        teacher, tokenizer = ctx.load("teacher")
+        res = distill_lm(
+            teacher,
+            tokenizer,
+            step.config,
+            ctx.data,
+            r.data,
+            seed=r.seed,
+            work_dir=out / "_trainer",
+            teacher_predictions=self.teacher_predictions(ctx),
+            log=ctx.log,
+        )
+        res.model.generation_config = teacher.generation_config
+        res.model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+        ctx.log(
+            f"    {step.name}: dev perplexity {res.metrics['dev_perplexity_torch']:.3f}, agreement with the teacher "
+            f"{res.metrics['dev_agreement_with_teacher_torch']:.1%}"
+        )
+        return res.metrics
+
+    def prune(self, ctx: RunContext, step: Step, out: Path) -> dict:
+        from compress.lm_prune import prune_lm
+
+        r = ctx.recipe
+        student, tokenizer = ctx.load(r.source_of(step.config))
+        teacher, _ = ctx.load("teacher")
+        res = prune_lm(
+            student,
+            tokenizer,
+            teacher,
+            step.config,
+            ctx.data,
+            r.data,
+            seed=r.seed,
+            work_dir=out / "_trainer",
+            teacher_predictions=self.teacher_predictions(ctx),
+        )
+        res.model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+        return res.metrics
+
+    def export(self, ctx: RunContext, step: Step, out: Path) -> dict:
+        from compress.text import prompts_from
+        from export.lm_onnx import export_causal_lm
+
+        e = step.config
+        _, tokenizer = ctx.load(step.name)
+        prompts = prompts_from(tokenizer, ctx.data.dev, e.prompts, e.prompt_tokens, ctx.recipe.data.max_eval_tokens)
+        return export_causal_lm(ctx.model_dir(step.name), out, e, prompts)
+
+    def heldout_nll(self, ctx: RunContext, artifact_dir: Path):
+        """ONNX file -> mean NLL per token on the first held-out (else dev) blocks, through ONNX Runtime."""
+        from compress.text import eval_blocks
+        from export.lm_onnx import generator_for
+
+        _, tokenizer = ctx.load("teacher")
+        docs, key = (ctx.data.holdout, "holdout") if ctx.data.holdout else (ctx.data.dev, "dev")
+        blocks = eval_blocks(tokenizer, docs, ctx.recipe.data, key)[:_HELDOUT_BLOCKS]
+
+        def nll(path: Path) -> float:
+            gen = generator_for(artifact_dir, threads=2, session=_session(path))
+            total, count = onnx_nll(gen, blocks)
+            return total / count
+
+        return nll, blocks
+
+    def quantize(self, ctx: RunContext, step: Step, out: Path) -> dict:
+        from compress.lm_quantize import PerplexityBudgetError, quantize_lm
+        from compress.text import prompts_from
+
+        q, src = step.config, ctx.out(step.inputs[0])
+        nll, blocks = self.heldout_nll(ctx, src)
+        _, tokenizer = ctx.load("teacher")
+        prompt = prompts_from(tokenizer, ctx.data.dev, 1, 32, ctx.recipe.data.max_eval_tokens)[0]
+        calibration = None
+        if q.algorithm == "gptq" or q.max_perplexity_ratio is not None:
+            from export.lm_onnx import generator_for
+
+            gen = generator_for(src)
+            calibration = [decoder_feeds(gen, b[None, :]) for b in blocks[: q.calibration_blocks]]
+        try:
+            return quantize_lm(src, out, q, heldout_nll=nll, timing_prompt=prompt, calibration=calibration, log=ctx.log)
+        except PerplexityBudgetError as e:
+            ctx.log(f"    {step.id}: not within quantize.max_perplexity_ratio = {q.max_perplexity_ratio}; not shipped")
+            return {"shipped": False, "reason": str(e), "max_perplexity_ratio": q.max_perplexity_ratio}
+
+    def benchmark(self, ctx: RunContext, step: Step, out: Path) -> dict:
+        from benchmarks.baselines import optimum_dynamic_int8
+        from benchmarks.lm_suite import LMVariant, benchmark_lm
+        from compress.manifest import write_json_atomic
+
+        r = ctx.recipe
+
+        def ours(name: str, stage: str, parent: str | None, artifact: str, model: str) -> LMVariant:
+            m = ctx.metrics(r.model_step(model))
+            d = ctx.out(artifact)
+            return LMVariant(name, stage, "onnxruntime", parent, d / "model.onnx", d, m["params"], m["layers"])
+
+        t = ctx.metrics("teacher")
+        optimum_int8 = out / "teacher-int8-optimum"
+        optimum_dynamic_int8(ctx.out("export/teacher"), optimum_int8)
+        teacher_dir, export_dir = ctx.out("teacher"), ctx.out("export/teacher")
+        variants = [
+            LMVariant("teacher-torch", "baseline", "torch", None, teacher_dir, teacher_dir, t["params"], t["layers"]),
+            LMVariant(
+                "teacher-onnx", "baseline", "optimum", "teacher-torch", export_dir, export_dir, t["params"], t["layers"]
+            ),
+            LMVariant(
+                "teacher-int8-optimum",
+                "baseline",
+                "optimum",
+                "teacher-onnx",
+                optimum_int8,
+                optimum_int8,
+                t["params"],
+                t["layers"],
+            ),
+        ]
+        variants += [ours(d.name, "distill", "teacher-onnx", f"export/{d.name}", d.name) for d in r.distill]
+        variants += [ours(p.name, "prune", r.source_of(p), f"export/{p.name}", p.name) for p in r.prune]
+        for q in r.quantize:
+            if ctx.metrics(f"quantize/{q.name}").get("shipped", True):
+                variants.append(ours(q.name, "quantize", r.source_of(q), f"quantize/{q.name}", r.source_of(q)))
+        results = benchmark_lm(
+            variants,
+            ctx.data,
+            r.data,
+            step.config,
+            reference="teacher-torch",
+            work_dir=out,
+            log=ctx.log,
+        )
+        results = json.loads(json.dumps(results).replace(str(out.resolve()), str(ctx.out(step.id).resolve())))
+        results = json.loads(json.dumps(results).replace(str(out), str(ctx.out(step.id))))
+        write_json_atomic(out / "results.json", results)
+        return {
+            v["name"]: {"perplexity": v["perplexity"], "tokens_per_s": v.get("tokens_per_s")}
+            for v in results["variants"]
+        }
+
+
+def _session(path: Path):
+    from export.session import ort_session
+
+    return ort_session(path, 2)
+
+
+def decoder_feeds(gen, ids: np.ndarray) -> dict:
+    """The feeds of one forward pass over `ids` (B, T) with an empty cache: calibration and sensitivity inputs."""
+    b, t = ids.shape
+    feeds = {"input_ids": np.asarray(ids, dtype=np.int64)}
+    if "attention_mask" in gen.input_names:
+        feeds["attention_mask"] = np.ones((b, t), dtype=np.int64)
+    if "position_ids" in gen.input_names:
+        feeds["position_ids"] = np.broadcast_to(np.arange(t, dtype=np.int64), (b, t)).copy()
+    feeds.update(gen.empty_cache(b))
+    return feeds
+
+
+def onnx_nll(gen, blocks, batch_size: int = 4) -> tuple[float, int]:
+    """Summed NLL and predicted-token count of an ONNX decoder over `blocks` (blocks of one length batched)."""
+    total, count = 0.0, 0
+    by_length: dict[int, list[np.ndarray]] = {}
+    for b in blocks:
+        by_length.setdefault(len(b), []).append(b)
+    for same in by_length.values():
+        for k in range(0, len(same), batch_size):
+            ids = np.stack(same[k : k + batch_size])
+            logits, _ = gen.forward(ids)
+            total += float(-_log_softmax_at(logits[:, :-1], ids[:, 1:]).sum())
+            count += int(ids[:, 1:].size)
+    return total, count
+
+
+def _log_softmax_at(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64)
+    z -= z.max(-1, keepdims=True)
+    logz = np.log(np.exp(z).sum(-1))
+    return np.take_along_axis(z, targets[..., None], -1)[..., 0] - logz
+
+
+__all__ = ["CausalLMTask", "decoder_feeds", "onnx_nll"]
