@@ -299,6 +299,7 @@ def benchmark_lm(
             "dev_tokens": records[reference]["dev_tokens"],
             "test_tokens": records[reference].get("test_tokens"),
             "greedy_prompts": len(greedy_prompts),
+            "greedy_prompt_ids": greedy_prompts,
             "greedy_prompt_tokens": GREEDY_PROMPT_TOKENS,
             "greedy_tokens": s.greedy_tokens,
             "memory_context": s.memory_context,

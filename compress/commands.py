@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-COMMANDS = ("compare", "bundle", "predict")
+COMMANDS = ("compare", "bundle", "predict", "generate")
 
 
 class CommandError(ValueError):
@@ -53,16 +53,31 @@ def bundle_run(
     variant: str | None = None,
     *,
     max_accuracy_drop: float = 0.01,
+    max_perplexity_ratio: float = 1.1,
     out: Callable[[str], None] = print,
 ) -> dict:
     """Write a deployment bundle for `target` from a finished run (see `export.bundle.bundle`)."""
     from export.bundle import BundleError, bundle
 
     try:
-        meta = bundle(run_dir, target, out_dir, variant, max_accuracy_drop=max_accuracy_drop)
+        meta = bundle(
+            run_dir,
+            target,
+            out_dir,
+            variant,
+            max_accuracy_drop=max_accuracy_drop,
+            max_perplexity_ratio=max_perplexity_ratio,
+        )
     except BundleError as e:
         raise CommandError(str(e)) from None
     check = meta["check"]
+    if meta.get("task") == "causal-lm":
+        out(
+            f"{out_dir}: {meta['variant']} for target {target} ({meta['threads']} thread(s)); {meta['selection']}. "
+            f"Greedy tokens identical to the pipeline's on {check['prompts']} prompts.\n"
+            f'try: python {Path(out_dir) / "generate.py"} "The os module provides"'
+        )
+        return meta
     out(
         f"{out_dir}: {meta['variant']} for target {target} ({meta['threads']} thread(s)); {meta['selection']}. "
         f".ort vs .onnx label agreement {check['ort_vs_onnx_label_agreement']:.3f} on {check['texts']} texts.\n"
@@ -93,6 +108,21 @@ def predict_texts(
     return module.main(argv)
 
 
+def generate_texts(bundle_dir: Path, argv: list[str]) -> int:
+    """Generate with a language-model bundle exactly as `python BUNDLE/generate.py ...` does (runs its `main`).
+
+    Returns:
+        generate.py's exit status: 0 done, 1 some prompts gave an error line (--file), 2 unusable input.
+    """
+    from export.bundle_lm import LMBundleError, load_generate_module
+
+    try:
+        module = load_generate_module(Path(bundle_dir))
+    except LMBundleError as e:
+        raise CommandError(str(e)) from None
+    return module.main([*argv, "--bundle", str(bundle_dir)])
+
+
 def add_subparsers(sub: argparse._SubParsersAction) -> None:
     """Register `compare`, `bundle` and `predict` on the CLI's subparsers."""
     c = sub.add_parser(
@@ -117,6 +147,9 @@ def add_subparsers(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--out", type=Path, required=True, help="bundle directory to write")
     b.add_argument("--variant", default=None, help="variant to ship (default: chosen from the report)")
     b.add_argument("--max-accuracy-drop", type=float, default=0.01, help="vs the teacher's dev accuracy")
+    b.add_argument(
+        "--max-perplexity-ratio", type=float, default=1.1, help="causal LM: vs the teacher's dev perplexity"
+    )
 
     p = sub.add_parser(
         "predict",
@@ -130,6 +163,18 @@ def add_subparsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None)
 
 
+    g = sub.add_parser(
+        "generate",
+        help="continue a prompt with a language-model bundle (streams tokens)",
+        description='Same as `python BUNDLE/generate.py ...`. Example: edge-compress generate phone/ "The os module" '
+        "--max-new-tokens 40. Options: --max-new-tokens, --temperature, --top-k, --top-p, --seed, --stop, --file, "
+        "--json, --model, --threads.",
+        add_help=True,
+    )
+    g.add_argument("bundle_dir", type=Path)
+    g.add_argument("rest", nargs=argparse.REMAINDER, help="prompts and generate.py options")
+
+
 def dispatch(args: argparse.Namespace) -> int:
     """Run the command `args` names; returns the exit status. A `CommandError` becomes one line, status 2."""
     try:
@@ -137,10 +182,19 @@ def dispatch(args: argparse.Namespace) -> int:
             compare(args.run_a, args.run_b, as_json=args.json)
             return 0
         if args.command == "bundle":
-            bundle_run(args.run_dir, args.target, args.out, args.variant, max_accuracy_drop=args.max_accuracy_drop)
+            bundle_run(
+                args.run_dir,
+                args.target,
+                args.out,
+                args.variant,
+                max_accuracy_drop=args.max_accuracy_drop,
+                max_perplexity_ratio=args.max_perplexity_ratio,
+            )
             return 0
         if args.command == "predict":
             return predict_texts(args.bundle_dir, args.texts, file=args.file, model=args.model, threads=args.threads)
+        if args.command == "generate":
+            return generate_texts(args.bundle_dir, list(args.rest))
     except CommandError as e:
         print(f"edge-compress: error: {e}", file=sys.stderr)
         return 2

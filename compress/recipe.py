@@ -287,7 +287,10 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> An
     return _resolve_paths(recipe, path.parent)
 
 
-_DATA_FORMATS = {"classification": (".tsv", ".csv", ".jsonl"), "causal-lm": (".txt", ".jsonl")}
+_DATA_FORMATS = {
+    "classification": (".tsv", ".csv", ".jsonl"),
+    "causal-lm": (".txt", ".jsonl", ".txt.gz", ".jsonl.gz"),
+}
 
 
 def _resolve_paths(recipe: AnyRecipe, base: Path) -> AnyRecipe:
@@ -300,10 +303,8 @@ def _resolve_paths(recipe: AnyRecipe, base: Path) -> AnyRecipe:
         p = data[key]
         if p is not None and not p.is_file():
             raise RecipeError(f"data.{key} = {str(p)!r}: file not found")
-        if p is not None and p.suffix.lower() not in formats:
-            raise RecipeError(
-                f"data.{key} = {str(p)!r}: unsupported format '{p.suffix}'; use {', '.join(formats)}"
-            )
+        if p is not None and not p.name.lower().endswith(formats):
+            raise RecipeError(f"data.{key} = {str(p)!r}: unsupported format '{p.suffix}'; use {', '.join(formats)}")
     data_config = type(recipe.data)(**data)
     if recipe.task == "causal-lm":
         teacher = recipe.teacher

@@ -164,6 +164,7 @@ def bundle(
     variant: str | None = None,
     *,
     max_accuracy_drop: float = 0.01,
+    max_perplexity_ratio: float = 1.1,
 ) -> dict:
     """Write a deployment bundle for `target` from a finished run.
 
@@ -174,6 +175,8 @@ def bundle(
         out_dir: the bundle directory (replaced atomically if it exists).
         variant: the variant to ship; default: `select_variant` (fastest on the target within
             `max_accuracy_drop` of the teacher's accuracy).
+        max_perplexity_ratio: for a causal-LM run (`export.bundle_lm`): the default variant is the fastest
+            decoder whose dev perplexity is within this multiple of the teacher's.
 
     Returns:
         The bundle's metadata (also written to `out_dir/bundle.json`), including a check that model.ort and
@@ -186,6 +189,13 @@ def bundle(
     if not (run_dir / "report.json").is_file():
         raise BundleError(f"{run_dir}: no report.json (run the pipeline to the end first)")
     report = json.loads((run_dir / "report.json").read_text())
+    if report.get("task") == "causal-lm":
+        from export.bundle_lm import LMBundleError, bundle_lm
+
+        try:
+            return bundle_lm(run_dir, report, target, out_dir, variant, max_perplexity_ratio=max_perplexity_ratio)
+        except LMBundleError as e:
+            raise BundleError(str(e)) from None
     manifest = json.loads((run_dir / "manifest.json").read_text())
     measured = report.get("environment", {}).get("targets") or {}
     if target not in measured and target not in PRESETS:

@@ -229,3 +229,40 @@ def write_recipe(tmp_path, tiny_data_dir, tiny_base_dir):
         return write_tiny_recipe(tmp_path / "recipe.yaml", tiny_data_dir, tiny_base_dir, **overrides)
 
     return write
+
+
+# ---- causal LM (tests/lm_fixtures.py) ----
+
+
+@pytest.fixture(scope="session")
+def text_data_dir(tmp_path_factory) -> Path:
+    """train.txt, dev.txt, test.txt of the tiny synthetic corpus (one document per line)."""
+    from tests.lm_fixtures import write_text_data
+
+    return write_text_data(tmp_path_factory.mktemp("lm") / "data")
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_dirs(tmp_path_factory) -> dict[str, Path]:
+    """Tiny trained GPT-2, Llama and Qwen2 model directories (save_pretrained, with a tokenizer)."""
+    from tests.lm_fixtures import save_tiny_causal_lm
+
+    root = tmp_path_factory.mktemp("tiny_lms")
+    return {f: save_tiny_causal_lm(root / f, f) for f in ("gpt2", "llama", "qwen2")}
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_exports(tmp_path_factory, tiny_lm_dirs) -> dict[str, Path]:
+    """Each tiny decoder exported by `export_causal_lm` (its check passed), per family."""
+    from compress.lm_config import LMExportConfig
+    from compress.text import prompts_from
+    from export.lm_onnx import export_causal_lm
+    from tests.lm_fixtures import make_documents, tiny_tokenizer
+
+    root = tmp_path_factory.mktemp("lm_onnx")
+    prompts = prompts_from(tiny_tokenizer(), make_documents()["dev"], 3, 10)
+    out = {}
+    for family, d in tiny_lm_dirs.items():
+        out[family] = root / family
+        export_causal_lm(d, out[family], LMExportConfig(new_tokens=8), prompts)
+    return out

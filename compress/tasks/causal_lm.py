@@ -267,6 +267,9 @@ class CausalLMTask:
             work_dir=out,
             log=ctx.log,
         )
+        steps = {v.name: str(v.model_dir.relative_to(ctx.run_dir)) for v in variants if v.runtime == "onnxruntime"}
+        for v in results["variants"]:
+            v["artifact"] = steps.get(v["name"])  # the step directory, relative to the run directory
         results = json.loads(json.dumps(results).replace(str(out.resolve()), str(ctx.out(step.id).resolve())))
         results = json.loads(json.dumps(results).replace(str(out), str(ctx.out(step.id))))
         write_json_atomic(out / "results.json", results)

@@ -1,0 +1,139 @@
+"""Decoders: the architecture table, students of GPT-2 / Llama / Qwen2, LM losses, perplexity, loading errors."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from compress.architectures import FAMILIES, ONNX_LAYER, family_of, projection_modules
+from compress.errors import RecipeError
+from compress.lm import check_causal_lm_dir, evaluate_blocks, load_causal_lm
+from compress.losses import causal_lm_distillation_loss, next_token_loss, token_kl_loss
+from compress.modeling import build_student
+from compress.structured import macs_per_token
+from tests.lm_fixtures import tiny_causal_lm
+
+FAMILY_NAMES = ("gpt2", "llama", "qwen2")
+
+
+def test_one_table_covers_every_family_and_onnx_block_names():
+    assert {"bert", "distilbert", "albert", "gpt2", "llama", "qwen2", "mistral"} <= set(FAMILIES)
+    for name in ("/bert/encoder/layer.3/attention/MatMul", "/model/layers.0/mlp/MatMul", "/transformer/h.2/attn/Gemm"):
+        assert ONNX_LAYER.search(name) is not None
+    assert ONNX_LAYER.search("/lm_head/MatMul") is None
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_projections_include_conv1d_and_exclude_embeddings_and_head(family):
+    model = tiny_causal_lm(family, 100, 0)
+    names = [n for n, _ in projection_modules(model)]
+    per_layer = {"gpt2": 4, "llama": 7, "qwen2": 7}[family]  # GPT-2: c_attn, c_proj, c_fc, c_proj
+    assert len(names) == 4 * per_layer
+    assert not any("embed" in n or "wte" in n or "lm_head" in n for n in names)
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_a_layer_subset_student_generates_with_its_own_kv_cache(family):
+    teacher = tiny_causal_lm(family, 100, 0).eval()
+    student = build_student(teacher, [0, 3]).eval()
+    assert student.config.num_hidden_layers == 2
+    ids = torch.randint(0, 100, (1, 12), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        full = student(input_ids=ids).logits[0, -1]
+        out = student(input_ids=ids[:, :-1], use_cache=True)  # the cache must index the student's own layers
+        step = student(input_ids=ids[:, -1:], past_key_values=out.past_key_values, use_cache=True).logits[0, -1]
+        gen = student.generate(ids, max_new_tokens=5, min_new_tokens=5, do_sample=False, pad_token_id=0)
+    assert torch.allclose(full, step, atol=1e-5)
+    assert gen.shape == (1, 17)
+    # The teacher is untouched and the student's layers are copies of teacher layers 0 and 3.
+    assert teacher.config.num_hidden_layers == 4
+    t_layers = teacher.base_model.get_submodule(FAMILIES[family].layers)
+    s_layers = student.base_model.get_submodule(FAMILIES[family].layers)
+    for s, t in zip(s_layers, [t_layers[0], t_layers[3]], strict=True):
+        for (_, a), (_, b) in zip(s.named_parameters(), t.named_parameters(), strict=True):
+            assert torch.equal(a, b) and a.data_ptr() != b.data_ptr()
+
+
+def test_qwen2_layer_types_follow_the_kept_layers(tmp_path):
+    teacher = tiny_causal_lm("qwen2", 100, 0)
+    student = build_student(teacher, [1, 2])
+    assert len(student.config.layer_types) == 2
+    student.save_pretrained(tmp_path)  # a config whose per-layer list disagrees would not save or reload
+    from transformers import AutoModelForCausalLM
+
+    assert AutoModelForCausalLM.from_pretrained(tmp_path).config.num_hidden_layers == 2
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_a_narrower_ffn_keeps_gate_up_and_down_together(family):
+    teacher = tiny_causal_lm(family, 100, 0)
+    student = build_student(teacher, [0, 1], intermediate_size=16)
+    fam = FAMILIES[family]
+    layer = student.base_model.get_submodule(fam.layers)[0]
+    for path in (fam.ffn_in, fam.ffn_gate, fam.ffn_out):
+        if path:
+            w = layer.get_submodule(path).weight
+            assert 16 in w.shape
+    with torch.inference_mode():
+        student(input_ids=torch.tensor([[1, 2, 3]]))
+    assert macs_per_token(student.config, 10) < macs_per_token(teacher.config, 10)
+
+
+def test_macs_count_grouped_query_attention_the_gated_ffn_and_the_head():
+    cfg = tiny_causal_lm("llama", 100, 0).config  # d 32, 4 heads of 8, 2 kv heads, FFN 64, 4 layers, vocab 100
+    per_layer = 2 * 32 * 32 + 2 * 32 * 16 + 2 * 10 * 32 + 3 * 32 * 64
+    assert macs_per_token(cfg, 10) == 4 * per_layer + 32 * 100
+
+
+def test_lm_losses():
+    torch.manual_seed(0)
+    logits, other = torch.randn(2, 6, 11), torch.randn(2, 6, 11)
+    ids = torch.randint(0, 11, (2, 6))
+    hf = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 11), ids[:, 1:].reshape(-1))
+    assert torch.allclose(next_token_loss(logits, ids), hf)
+    assert token_kl_loss(logits, logits, 2.0).abs() < 1e-6 and token_kl_loss(logits, other, 2.0) > 0
+    assert torch.allclose(causal_lm_distillation_loss(logits, other, ids, 1.0, 0.0), hf)
+    mixed = causal_lm_distillation_loss(logits, other, ids, 1.0, 0.25)
+    assert torch.allclose(mixed, 0.25 * token_kl_loss(logits, other, 1.0) + 0.75 * hf)
+
+
+def test_perplexity_is_exp_of_the_models_own_loss():
+    model = tiny_causal_lm("llama", 100, 0).eval()
+    blocks = [np.random.default_rng(0).integers(0, 100, 16) for _ in range(3)] + [np.arange(5)]
+    ev = evaluate_blocks(model, blocks, batch_size=2)
+    with torch.inference_mode():
+        losses = [model(input_ids=torch.as_tensor(b)[None], labels=torch.as_tensor(b)[None]).loss for b in blocks]
+    total = sum(float(loss) * (len(b) - 1) for loss, b in zip(losses, blocks, strict=True))
+    assert ev.tokens == 3 * 15 + 4
+    assert ev.perplexity == pytest.approx(math.exp(total / ev.tokens), rel=1e-5)
+    assert [len(p) for p in ev.predictions] == [15, 15, 15, 4]
+
+
+def test_loading_a_directory_that_is_not_a_causal_lm_says_so(tmp_path, tiny_lm_dirs, tiny_classifier_dir):
+    with pytest.raises(RecipeError, match="not a decoder-only causal LM") as e:
+        check_causal_lm_dir(tiny_classifier_dir)
+    assert "model_type 'bert'" in str(e.value)
+    no_weights = tmp_path / "no_weights"
+    shutil.copytree(tiny_lm_dirs["llama"], no_weights)
+    for f in no_weights.glob("*.safetensors"):
+        f.unlink()
+    with pytest.raises(RecipeError, match="no weights"):
+        check_causal_lm_dir(no_weights)
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_lm_dirs["gpt2"], bad)
+    (bad / "config.json").write_text("{not json")
+    with pytest.raises(RecipeError, match="config.json is not valid JSON"):
+        check_causal_lm_dir(bad)
+    mismatch = tmp_path / "mismatch"
+    shutil.copytree(tiny_lm_dirs["llama"], mismatch)
+    cfg = json.loads((mismatch / "config.json").read_text())
+    (mismatch / "config.json").write_text(json.dumps({**cfg, "hidden_size": 48, "num_attention_heads": 4}))
+    with pytest.raises(RecipeError, match="cannot be loaded"):
+        load_causal_lm(mismatch)
+    model, tok = load_causal_lm(tiny_lm_dirs["qwen2"])
+    assert family_of(model).name == "llama" and tok.eos_token_id is not None

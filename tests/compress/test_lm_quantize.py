@@ -1,0 +1,130 @@
+"""Quantizing an exported decoder: weight-only MatMulNBits (int4/int8, RTN/HQQ/GPTQ, accuracy_level measured),
+dynamic int8, the tied head untied for it, the perplexity budget."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx
+import pytest
+
+from compress.lm_config import LMQuantizeConfig
+from compress.lm_quantize import PerplexityBudgetError, fold_constant_transposes, quantize_lm
+from compress.tasks.causal_lm import decoder_feeds, onnx_nll
+from export.lm_onnx import generator_for
+from tests.lm_fixtures import make_documents, tiny_tokenizer
+
+
+def _blocks():
+    from compress.text import pack_blocks, token_stream
+
+    return pack_blocks(token_stream(tiny_tokenizer(), make_documents()["dev"]), 32)[:6]
+
+
+def _nll_fn(artifact_dir):
+    blocks = _blocks()
+
+    def nll(path):
+        gen = generator_for(artifact_dir, str(path))
+        total, count = onnx_nll(gen, blocks)
+        return total / count
+
+    return nll
+
+
+def _ops(path) -> dict:
+    from collections import Counter
+
+    return Counter(n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node)
+
+
+def _attrs(path, op) -> list[dict]:
+    nodes = [n for n in onnx.load(str(path), load_external_data=False).graph.node if n.op_type == op]
+    return [{a.name: onnx.helper.get_attribute_value(a) for a in n.attribute} for n in nodes]
+
+
+def test_a_tied_head_gets_its_own_initializer(tiny_lm_exports):
+    model = onnx.load(str(tiny_lm_exports["llama"] / "model.onnx"))
+    head = next(n for n in model.graph.node if n.name == "/lm_head/MatMul")
+    inits = {t.name for t in model.graph.initializer}
+    assert head.input[1] not in inits  # the export reads the embedding through a Transpose
+    assert fold_constant_transposes(model) == 1
+    assert head.input[1] in {t.name for t in model.graph.initializer}
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "qwen2"])
+def test_int4_rtn_quantizes_every_projection_and_the_head(family, tiny_lm_exports, tmp_path):
+    src = tiny_lm_exports[family]
+    cfg = LMQuantizeConfig(block_size=16, accuracy_level=4)
+    prompt = list(range(1, 9))
+    m = quantize_lm(src, tmp_path, cfg, heldout_nll=_nll_fn(src), timing_prompt=prompt, log=lambda s: None)
+    ops = _ops(tmp_path / "model.onnx")
+    per_layer = 4 if family == "gpt2" else 7  # GPT-2's Gemm projections become MatMul first
+    assert ops["MatMulNBits"] == 4 * per_layer + 1  # + the LM head
+    attrs = _attrs(tmp_path / "model.onnx", "MatMulNBits")
+    assert {a["bits"] for a in attrs} == {4} and {a["block_size"] for a in attrs} == {16}
+    assert {a.get("accuracy_level", 0) for a in attrs} == {4}
+    assert m["accuracy_level"]["chosen"] == 4 and m["holdout_perplexity_ratio"] < 1.5
+    assert m["size_bytes"] < m["source_size_bytes"]
+    assert (tmp_path / "tokenizer.json").is_file() and (tmp_path / "artifact.json").is_file()
+    # the result still generates through the project's decoder loop
+    assert len(list(generator_for(tmp_path).stream(prompt, 5, ignore_eos=True))) == 5
+
+
+def test_measured_accuracy_level_records_both_and_a_reason(tiny_lm_exports, tmp_path):
+    src = tiny_lm_exports["llama"]
+    logs = []
+    m = quantize_lm(
+        src, tmp_path, LMQuantizeConfig(block_size=16), heldout_nll=_nll_fn(src), timing_prompt=[1, 2, 3, 4],
+        log=logs.append,
+    )  # fmt: skip
+    level = m["accuracy_level"]
+    assert [r["accuracy_level"] for r in level["table"]] == [0, 4]
+    assert all(r["decode_ms_per_token_p50"] > 0 for r in level["table"])
+    assert level["chosen"] in (0, 4) and "ms/token" in level["reason"] and logs
+    chosen = {a.get("accuracy_level", 0) for a in _attrs(tmp_path / "model.onnx", "MatMulNBits")}
+    assert chosen == {level["chosen"]}
+
+
+@pytest.mark.parametrize(
+    ("cfg", "op"),
+    [
+        (LMQuantizeConfig(block_size=16, algorithm="hqq", accuracy_level=0), "MatMulNBits"),
+        (LMQuantizeConfig(block_size=16, bits=8, accuracy_level=0), "MatMulNBits"),
+        (LMQuantizeConfig(block_size=16, accuracy_level=0, embeddings=True), "GatherBlockQuantized"),
+        (LMQuantizeConfig(name="int8", method="dynamic"), "MatMulInteger"),
+    ],
+)
+def test_other_schemes(cfg, op, tiny_lm_exports, tmp_path):
+    src = tiny_lm_exports["llama"]
+    m = quantize_lm(src, tmp_path, cfg, heldout_nll=_nll_fn(src), timing_prompt=[1, 2, 3], log=lambda s: None)
+    assert _ops(tmp_path / "model.onnx")[op] >= 1
+    assert m["holdout_perplexity_ratio"] < 1.5
+
+
+def test_gptq_calibrates_on_train_blocks(tiny_lm_exports, tmp_path):
+    src = tiny_lm_exports["llama"]
+    gen = generator_for(src)
+    calibration = [decoder_feeds(gen, b[None, :]) for b in _blocks()[:2]]
+    cfg = LMQuantizeConfig(block_size=16, algorithm="gptq", accuracy_level=0)
+    m = quantize_lm(src, tmp_path, cfg, heldout_nll=_nll_fn(src), timing_prompt=[1, 2], calibration=calibration)
+    assert _ops(tmp_path / "model.onnx")["MatMulNBits"] >= 28 and math.isfinite(m["holdout_perplexity"])
+
+
+def test_a_perplexity_budget_no_model_meets_ships_nothing(tiny_lm_exports, tmp_path):
+    src = tiny_lm_exports["llama"]
+    cfg = LMQuantizeConfig(block_size=16, accuracy_level=0, bits=4, max_perplexity_ratio=1.0)
+    nll = _nll_fn(src)
+    bumped = lambda p: nll(p) + (0.0 if p.name == "model.onnx" and p.parent == src else 0.01)  # noqa: E731
+    with pytest.raises(PerplexityBudgetError, match="max_perplexity_ratio 1.0"):
+        quantize_lm(src, tmp_path / "q", cfg, heldout_nll=bumped, timing_prompt=[1, 2])
+    assert not (tmp_path / "q" / "model.onnx").exists()
+
+
+def test_config_rejects_keys_of_the_other_method():
+    with pytest.raises(ValueError, match="quantize.bits does not apply to method 'dynamic'"):
+        LMQuantizeConfig(method="dynamic", bits=8)
+    with pytest.raises(ValueError, match="power of two"):
+        LMQuantizeConfig(block_size=48)
+    assert np.isfinite(LMQuantizeConfig().block_size)

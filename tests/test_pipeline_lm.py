@@ -1,0 +1,221 @@
+"""The causal-LM path end to end on tiny decoders: every stage, the report, caching, user models, the bundle."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+
+from compress.pipeline import plan, run_pipeline
+from compress.recipe import load_recipe
+from tests.lm_fixtures import write_lm_recipe, write_text_data
+
+VARIANTS = ["teacher-torch", "teacher-onnx", "teacher-int8-optimum", "student", "pruned", "int4", "int8"]
+STEPS = [
+    "teacher",
+    "distill/student",
+    "prune/pruned",
+    "export/teacher",
+    "export/student",
+    "export/pruned",
+    "quantize/int4",
+    "quantize/int8",
+    "benchmark",
+]
+RUNTIME_PINS = ["onnxruntime==1.32.0", "tokenizers==0.22.2", "numpy==2.4.6"]
+
+
+def _ran(logs: list[str]) -> list[str]:
+    return [line.split("] ")[1].split(": ")[0] for line in logs if line.endswith(": running")]
+
+
+@pytest.fixture(scope="module")
+def lm_run(tmp_path_factory):
+    work = tmp_path_factory.mktemp("lm_pipeline")
+    data = write_text_data(work / "data")
+    recipe = load_recipe(write_lm_recipe(work / "recipe.yaml", data, benchmark={"memory": True}))
+    out = work / "run"
+    logs: list[str] = []
+    report = run_pipeline(recipe, out, log=logs.append)
+    return recipe, out, report, logs
+
+
+def test_every_stage_runs_and_the_report_has_every_variant(lm_run):
+    recipe, out, report, logs = lm_run
+    assert [s.id for s in plan(recipe)] == STEPS == _ran(logs)
+    on_disk = json.loads((out / "report.json").read_text())
+    assert on_disk["task"] == "causal-lm" and [v["name"] for v in on_disk["variants"]] == VARIANTS
+    for v in on_disk["variants"]:
+        assert v["perplexity"] > 1 and v["perplexity_test"] > 1
+        assert 0 <= v["agreement_with_teacher"] <= 1 and v["tokens_per_s"] > 0
+        host = v["targets"]["host"]
+        assert set(host["ttft_ms"]) == {"8", "16"} and host["ttft_ms"]["8"]["p50"] > 0
+        assert host["decode_ms_per_token"]["n"] == 2 * 7  # 2 prompt lengths x (8 new tokens - 1) gaps
+        assert v["peak_rss_bytes"] > v["baseline_rss_bytes"] > 0
+        assert v["size_bytes"] > v["size_gzip_bytes"] > 0
+    by = {v["name"]: v for v in on_disk["variants"]}
+    assert by["teacher-torch"]["agreement_with_teacher"] == 1.0 and by["teacher-torch"]["greedy_prefix_match"] == 1.0
+    md = (out / "report.md").read_text()
+    for name in VARIANTS:
+        assert f"| {name}" in md
+    assert "accuracy_level" in md and "Time to first token" in md
+    assert {p.name for p in (out / "report_plots").iterdir()} >= {"quality_vs_speed.png", "ttft_by_length.png"}
+
+
+def test_onnx_perplexity_equals_the_pytorch_models_and_quantized_graphs_hold_their_ops(lm_run):
+    _, out, report, _ = lm_run
+    manifest = json.loads((out / "manifest.json").read_text())
+    by = {v["name"]: v for v in report["variants"]}
+    student_torch = manifest["stages"]["distill/student"]["metrics"]["dev_perplexity_torch"]
+    assert by["student"]["perplexity"] == pytest.approx(student_torch, rel=1e-4)
+    teacher_torch = manifest["stages"]["teacher"]["metrics"]["dev_perplexity_torch"]
+    assert by["teacher-onnx"]["perplexity"] == pytest.approx(teacher_torch, rel=1e-4)
+    assert by["teacher-torch"]["perplexity"] == pytest.approx(teacher_torch, rel=1e-6)
+
+    def ops(step):
+        return {n.op_type for n in onnx.load(str(out / step / "model.onnx")).graph.node}
+
+    assert "MatMulNBits" in ops("quantize/int4") and "MatMulInteger" in ops("quantize/int8")
+    pruned = manifest["stages"]["prune/pruned"]["metrics"]
+    assert pruned["sparsity_prunable"] == pytest.approx(0.5, abs=1e-3)
+    assert by["pruned"]["size_gzip_bytes"] < by["student"]["size_gzip_bytes"]  # zeros compress
+
+
+def test_a_second_run_skips_every_step(lm_run):
+    recipe, out, _, _ = lm_run
+    logs: list[str] = []
+    run_pipeline(recipe, out, log=logs.append)
+    assert _ran(logs) == []
+
+
+@pytest.mark.parametrize("family", ["gpt2", "qwen2"])
+def test_a_users_model_directory_runs_through_with_teacher_path(family, tiny_lm_dirs, text_data_dir, tmp_path):
+    path = write_lm_recipe(
+        tmp_path / "recipe.yaml",
+        text_data_dir,
+        teacher={"path": str(tiny_lm_dirs[family])},
+        prune=[],
+        quantize=[{"name": "int4", "block_size": 16, "accuracy_level": 0}],
+    )
+    report = run_pipeline(load_recipe(path), tmp_path / "run", log=lambda s: None)
+    assert [v["name"] for v in report["variants"]][-2:] == ["student", "int4"]
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["stages"]["teacher"]["metrics"]["trained"] is False
+    assert json.loads((tmp_path / "run" / "distill" / "student" / "config.json").read_text())["model_type"] == family
+
+
+@pytest.fixture(scope="module")
+def lm_bundle(lm_run, tmp_path_factory):
+    from export.bundle import bundle
+
+    _, out, _, _ = lm_run
+    target = tmp_path_factory.mktemp("lm_bundle") / "b"
+    return target, bundle(out, "host", target, max_perplexity_ratio=100.0)
+
+
+def test_the_bundle_holds_what_a_device_needs_and_reproduces_the_measured_tokens(lm_bundle, lm_run):
+    d, meta = lm_bundle
+    names = {p.name for p in d.iterdir()}
+    assert {"model.onnx", "model.ort", "tokenizer.json", "generate.py", "bundle.json", "manifest.json"} <= names
+    assert meta["task"] == "causal-lm" and meta["context_window"] == 256 and meta["eos_token_ids"]
+    assert meta["check"]["greedy_identical_ort"] == 1.0 and meta["check"]["greedy_identical_onnx"] == 1.0
+    assert meta["check"]["prompts"] == 3
+    tree = ast.parse((d / "generate.py").read_text())
+    top = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    top |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    assert top - set(sys.stdlib_module_names) == {"numpy", "onnxruntime", "tokenizers"}
+
+
+def test_generate_command_streams_and_refuses_bad_prompts(lm_bundle, capsys):
+    from compress.cli import main
+
+    d, _ = lm_bundle
+    with pytest.raises(SystemExit) as e:
+        main(["generate", str(d), "The parser reads", "--max-new-tokens", "6"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip()
+    with pytest.raises(SystemExit) as e:
+        main(["generate", str(d), ""])
+    assert e.value.code == 2 and "empty prompt" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["generate", str(d), "the list " * 400])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "context window is 256" in err and "Traceback" not in err
+
+
+def test_a_fresh_venv_with_only_the_three_runtime_packages_generates_the_measured_tokens(lm_bundle, lm_run, tmp_path):
+    d, meta = lm_bundle
+    _, _, report, _ = lm_run
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    py = venv / "bin" / "python"
+    pip = subprocess.run(
+        [str(py), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *RUNTIME_PINS],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert pip.returncode == 0, pip.stderr[-2000:]
+    assert subprocess.run([str(py), "-c", "import torch"], capture_output=True).returncode != 0
+    # generate.py from the command line, on text: prompts decoded from the recorded token ids.
+    check = (
+        "import json, sys; sys.path.insert(0, sys.argv[1]); import generate; "
+        "g = generate.Generator.from_bundle(sys.argv[1]); "
+        "p = json.loads(sys.argv[2]); "
+        "print(json.dumps([list(g.stream(x, int(sys.argv[3]), ignore_eos=True)) for x in p]))"
+    )
+    prompts = report["settings"]["greedy_prompt_ids"]
+    chosen = next(v for v in report["variants"] if v["name"] == meta["variant"])
+    proc = subprocess.run(
+        [str(py), "-c", check, str(d), json.dumps(prompts), str(chosen["greedy"]["new_tokens"])],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout) == chosen["greedy"]["tokens"]
+    cli = subprocess.run(
+        [str(py), str(d / "generate.py"), "Each thread", "--json", "--max-new-tokens", "5", "--seed", "1",
+         "--temperature", "0.7"], capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert cli.returncode == 0, cli.stderr
+    row = json.loads(cli.stdout)
+    assert len(row["tokens"]) <= 5 and row["finish_reason"] in ("length", "end_of_text")
+    assert np.isfinite(row["seconds"])
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"distill": {"layers": [0, 7]}}, "distill.layers = [0, 7]: the teacher has layers 0..3"),
+        ({"benchmark": {"prompt_lengths": [8, 250]}}, "benchmark.prompt_lengths = [8, 250]"),
+        ({"data": {"block_size": 512}}, "data.block_size = 512"),
+        ({"prune": {"method": "structured", "heads": 0.5}}, "prune.0.method = 'structured'"),
+        ({"task": "translation"}, "task = 'translation'"),
+    ],
+)
+def test_check_rejects_what_run_would_reject_before_any_training(change, message, text_data_dir, tmp_path):
+    path = write_lm_recipe(tmp_path / "r.yaml", text_data_dir, **change)
+    proc = subprocess.run(
+        [sys.executable, "-m", "compress", "check", str(path)], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_check_names_a_bad_corpus_and_a_teacher_that_is_not_a_causal_lm(text_data_dir, tiny_classifier_dir, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train.txt").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
+    for s in ("dev", "test"):
+        (data / f"{s}.txt").write_text((text_data_dir / f"{s}.txt").read_text())
+    bad = write_lm_recipe(tmp_path / "bad.yaml", data)
+    proc = subprocess.run([sys.executable, "-m", "compress", "check", str(bad)], capture_output=True, text=True)
+    assert proc.returncode == 2 and "train.txt" in proc.stderr and "binary file" in proc.stderr
+    not_lm = write_lm_recipe(tmp_path / "bert.yaml", text_data_dir, teacher={"path": str(tiny_classifier_dir)})
+    proc = subprocess.run([sys.executable, "-m", "compress", "check", str(not_lm)], capture_output=True, text=True)
+    assert proc.returncode == 2 and "not a decoder-only causal LM" in proc.stderr
