@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 RECIPE ?= configs/default.yaml
 
-.PHONY: setup run quick test test-slow lint clean
+.PHONY: setup run quick run-lm quick-lm test test-slow lint clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,12 @@ run: setup
 
 quick: setup
 	HF_HUB_OFFLINE=1 $(BIN)/edge-compress run configs/quick.yaml
+
+run-lm: setup    # the causal-LM default: a Llama-style teacher pretrained here, a student, int4/int8, ~45 min
+	HF_HUB_OFFLINE=1 $(BIN)/edge-compress run configs/lm.yaml
+
+quick-lm: setup
+	HF_HUB_OFFLINE=1 $(BIN)/edge-compress run configs/lm-quick.yaml
 
 test: setup
 	$(BIN)/ruff check compress export benchmarks tests

@@ -455,11 +455,27 @@ def compare_reports(a: dict, b: dict) -> dict:
         {"a", "b", "delta", "ratio"} or None; plus per-target p50 under "targets"], "only_in_a", "only_in_b",
         "warnings": reasons the latency figures may not be comparable (another CPU, other settings)}.
     """
+    task_a, task_b = a.get("task", "classification"), b.get("task", "classification")
+    if task_a != task_b:
+        raise ValueError(f"the runs are of different tasks ({task_a} vs {task_b}): nothing to compare")
     va, vb = {v["name"]: v for v in a["variants"]}, {v["name"]: v for v in b["variants"]}
     rows = []
     for name in [n for n in va if n in vb]:
         x, y = va[name], vb[name]
         row = {"name": name}
+        if task_a == "causal-lm":
+            row["perplexity"] = _delta(x.get("perplexity"), y.get("perplexity"))
+            row["tokens_per_s"] = _delta(x.get("tokens_per_s"), y.get("tokens_per_s"))
+            row["ttft_ms"] = _delta((x.get("ttft_ms") or {}).get("p50"), (y.get("ttft_ms") or {}).get("p50"))
+            for k in ("size_bytes", "size_gzip_bytes", "peak_rss_bytes"):
+                row[k] = _delta(x.get(k), y.get(k))
+            row["targets"] = {
+                t: {"tokens_per_s": _delta(x["targets"][t].get("tokens_per_s"), y["targets"][t].get("tokens_per_s"))}
+                for t in x.get("targets", {})
+                if t in y.get("targets", {})
+            }
+            rows.append(row)
+            continue
         row["accuracy"] = _delta(x.get("accuracy"), y.get("accuracy"))
         row["p50_ms"] = _delta(x["latency_ms"]["p50"], y["latency_ms"]["p50"])
         for k in ("size_bytes", "size_gzip_bytes", "peak_rss_bytes"):
@@ -482,6 +498,7 @@ def compare_reports(a: dict, b: dict) -> dict:
     if pa != pb:
         warnings.append("different benchmark settings")
     return {
+        "task": task_a,
         "run_a": a.get("run"),
         "run_b": b.get("run"),
         "variants": rows,
@@ -500,9 +517,24 @@ def render_comparison(cmp: dict) -> str:
     def rel(d: dict) -> str:
         return f"{(d['ratio'] - 1) * 100:+.1f}%" if "ratio" in d else f"{d['delta']:+g}"
 
-    header = ["variant", "dev acc", "p50 ms", "size MB", "gzip MB", "peak RSS MB"]
+    lm = cmp.get("task") == "causal-lm"
+    header = ["variant", "dev ppl", "tokens/s", "TTFT ms"] if lm else ["variant", "dev acc", "p50 ms"]
+    header += ["size MB", "gzip MB", "peak RSS MB"]
     rows = []
     for r in cmp["variants"]:
+        if lm:
+            rows.append(
+                [
+                    r["name"],
+                    cell(r["perplexity"], lambda x: f"{x:.3f}", rel),
+                    cell(r["tokens_per_s"], lambda x: f"{x:.0f}", rel),
+                    cell(r["ttft_ms"], lambda x: f"{x:.2f}", rel),
+                    cell(r["size_bytes"], lambda x: f"{x / 1e6:.1f}", rel),
+                    cell(r["size_gzip_bytes"], lambda x: f"{x / 1e6:.1f}", rel),
+                    cell(r["peak_rss_bytes"], lambda x: f"{x / 1e6:.0f}", rel),
+                ]
+            )
+            continue
         rows.append(
             [
                 r["name"],
@@ -520,7 +552,10 @@ def render_comparison(cmp: dict) -> str:
     per_target = [
         (r["name"], t, k, d) for r in cmp["variants"] for t, ks in r["targets"].items() for k, d in ks.items()
     ]
-    if per_target:
+    if per_target and lm:
+        lines += ["", "decode tokens/s per target:"]
+        lines += [f"  {n:<24} {t:<8}  {cell(d, lambda x: f'{x:.0f}', rel)}" for n, t, _, d in per_target]
+    elif per_target:
         lines += ["", "p50 ms per target and length:"]
         lines += [f"  {n:<24} {t:<8} {k:>5}  {cell(d, lambda x: f'{x:.2f}', rel)}" for n, t, k, d in per_target]
     for key, label in (("only_in_a", "only in a"), ("only_in_b", "only in b")):

@@ -1,16 +1,20 @@
-"""edge-compress: teacher -> distilled student -> pruned -> ONNX -> int8 -> benchmark report."""
+"""edge-compress: teacher -> distilled student -> pruned -> ONNX -> int8/int4 -> benchmark report, for encoder
+classifiers and decoder-only language models."""
 
 from __future__ import annotations
 
-from compress.recipe import Recipe, RecipeError, load_recipe
+from pathlib import Path
 
-__all__ = ["Recipe", "RecipeError", "load_recipe", "run_pipeline"]
+from compress.recipe import CausalLMRecipe, Recipe, RecipeError, load_recipe
+
+__all__ = ["CausalLMRecipe", "Recipe", "RecipeError", "load_recipe", "run_pipeline"]
 
 
 def run_pipeline(recipe, out_dir=None, **kwargs):
-    """Run a recipe (a `Recipe` or a path to its YAML file); see `compress.pipeline.run_pipeline`."""
+    """Run a recipe (a `Recipe`, a `CausalLMRecipe`, or a path to its YAML file); see
+    `compress.pipeline.run_pipeline`."""
     from compress.pipeline import run_pipeline as _run
 
-    if not isinstance(recipe, Recipe):
+    if isinstance(recipe, str | Path):
         recipe = load_recipe(recipe)
     return _run(recipe, out_dir, **kwargs)

@@ -11,7 +11,8 @@ Families:
 - encoders: BERT (also RoBERTa, ELECTRA, XLM-R), DistilBERT, ALBERT (one layer's weights shared by every
   application; only `num_hidden_groups == inner_group_num == 1`);
 - decoders: GPT-2 (fused QKV in one `Conv1D`, whose weight is stored (in, out)), and the Llama family (Llama,
-  Mistral, Qwen2, Qwen3: grouped-query attention, RoPE, gated FFN, RMSNorm).
+  Mistral, Qwen2, Qwen3, Gemma, Gemma 2, Granite, OLMo, OLMo 2, StableLM: grouped-query attention, RoPE, a gated
+  FFN, each with its own norms and scalings, and the same projection names).
 """
 
 from __future__ import annotations
@@ -146,6 +147,12 @@ FAMILIES: dict[str, Family] = {
     "mistral": _LLAMA,
     "qwen2": _LLAMA,
     "qwen3": _LLAMA,
+    "gemma": _LLAMA,
+    "gemma2": _LLAMA,
+    "granite": _LLAMA,
+    "olmo": _LLAMA,
+    "olmo2": _LLAMA,
+    "stablelm": _LLAMA,
 }
 
 # ONNX node names follow module paths (`/bert/encoder/layer.3/...`, `/model/layers.0/...`, `/transformer/h.2/...`):

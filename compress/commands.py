@@ -41,7 +41,10 @@ def compare(run_a: Path, run_b: Path, *, as_json: bool = False, out: Callable[[s
     """
     from benchmarks.report import compare_reports, render_comparison
 
-    cmp = compare_reports(_report(run_a), _report(run_b))
+    try:
+        cmp = compare_reports(_report(run_a), _report(run_b))
+    except ValueError as e:
+        raise CommandError(str(e)) from None
     out(json.dumps(cmp, indent=2) if as_json else render_comparison(cmp).rstrip("\n"))
     return cmp
 

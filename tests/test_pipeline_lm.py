@@ -219,3 +219,24 @@ def test_check_names_a_bad_corpus_and_a_teacher_that_is_not_a_causal_lm(text_dat
     not_lm = write_lm_recipe(tmp_path / "bert.yaml", text_data_dir, teacher={"path": str(tiny_classifier_dir)})
     proc = subprocess.run([sys.executable, "-m", "compress", "check", str(not_lm)], capture_output=True, text=True)
     assert proc.returncode == 2 and "not a decoder-only causal LM" in proc.stderr
+
+
+def test_bundle_refuses_an_unmeasured_target_and_a_loose_choice_names_the_candidates(lm_run, tmp_path):
+    from export.bundle import BundleError, bundle
+
+    _, out, _, _ = lm_run
+    with pytest.raises(BundleError, match="target 'iot' was not measured by this run; measured: host"):
+        bundle(out, "iot", tmp_path / "b")
+    with pytest.raises(BundleError, match=r"no variant within 0.5x the teacher's dev perplexity"):
+        bundle(out, "host", tmp_path / "c", max_perplexity_ratio=0.5)
+    assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
+
+
+def test_compare_two_lm_runs(lm_run, capsys):
+    from compress.cli import main
+
+    _, out, _, _ = lm_run
+    with pytest.raises(SystemExit) as e:
+        main(["compare", str(out), str(out)])
+    text = capsys.readouterr().out
+    assert e.value.code == 0 and "dev ppl" in text and "tokens/s" in text and "(+0.0%)" in text

@@ -10,11 +10,40 @@ optimum's export task name, how a shipped artifact is evaluated, and what the be
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from compress.pipeline import RunContext, Step
+
+class RunContext(Protocol):
+    """What a stage may use of the run it is part of (`compress.pipeline.RunContext` is the one)."""
+
+    recipe: Any
+    run_dir: Path
+    log: Callable[[str], None]
+
+    @property
+    def data(self) -> Any: ...
+
+    def out(self, step_id: str) -> Path: ...
+
+    def model_dir(self, variant: str) -> Path: ...
+
+    def load(self, variant: str) -> tuple[Any, Any]: ...
+
+    def metrics(self, step_id: str) -> dict: ...
+
+
+class Step(Protocol):
+    """One step of the plan (`compress.pipeline.Step`): its stage, variant, config and input step ids."""
+
+    stage: str
+    name: str
+    config: Any
+    inputs: tuple[str, ...]
+
+    @property
+    def id(self) -> str: ...
 
 
 class Task(Protocol):

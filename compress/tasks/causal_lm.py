@@ -13,15 +13,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from compress.errors import RecipeError
 from compress.recipe import CausalLMRecipe
-
-if TYPE_CHECKING:
-    from compress.pipeline import RunContext, Step
+from compress.tasks import RunContext, Step
 
 _PREDICTIONS = "dev_predictions.npz"  # the teacher's greedy next tokens on the dev blocks
 _HELDOUT_BLOCKS = 16  # held-out blocks scored by quantization choices

@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from compress.errors import RecipeError
 from compress.manifest import write_json_atomic
 from compress.recipe import Recipe
-
-if TYPE_CHECKING:
-    from compress.pipeline import RunContext, Step
+from compress.tasks import RunContext, Step
 
 
 class ClassificationTask:

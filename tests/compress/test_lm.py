@@ -59,6 +59,26 @@ def test_a_layer_subset_student_generates_with_its_own_kv_cache(family):
             assert torch.equal(a, b) and a.data_ptr() != b.data_ptr()
 
 
+@pytest.mark.parametrize("model_type", ["mistral", "qwen3", "gemma", "gemma2", "granite", "olmo", "olmo2", "stablelm"])
+def test_other_llama_style_families_share_the_table_entry(model_type):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg = AutoConfig.for_model(
+        model_type, vocab_size=100, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=2, intermediate_size=64, max_position_embeddings=128, head_dim=8,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    teacher = AutoModelForCausalLM.from_config(cfg).eval()
+    assert len(projection_modules(teacher)) == 4 * 7
+    student = build_student(teacher, [1, 3], intermediate_size=32).eval()
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    with torch.inference_mode():
+        full = student(input_ids=ids).logits[0, -1]
+        out = student(input_ids=ids[:, :-1], use_cache=True)
+        step = student(input_ids=ids[:, -1:], past_key_values=out.past_key_values, use_cache=True).logits[0, -1]
+    assert torch.allclose(full, step, atol=1e-4)
+
+
 def test_qwen2_layer_types_follow_the_kept_layers(tmp_path):
     teacher = tiny_causal_lm("qwen2", 100, 0)
     student = build_student(teacher, [1, 2])
