@@ -334,9 +334,10 @@ def _ort_format(v: LMVariant, work_dir: Path, dev_blocks, prompts, s: LMBenchmar
     out = Path(work_dir) / v.name
     try:
         conv = convert_to_ort(v.path, out)
-    except Exception as e:  # noqa: BLE001 - a model the converter refuses is a finding, not a crash
+        q_ort = _Quality(v, threads, Path(conv["ort_path"]).resolve())
+    except Exception as e:  # noqa: BLE001 - a model the converter refuses, or a .ort that will not load, is a finding
         return {"error": f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}"}
-    q_ort, q_onnx = _Quality(v, threads, Path(conv["ort_path"]).resolve()), _Quality(v, threads)
+    q_onnx = _Quality(v, threads)
     blocks = dev_blocks[:8]
     ppl_ort, _, _ = _evaluate(q_ort, blocks)
     ppl_onnx, _, _ = _evaluate(q_onnx, blocks)

@@ -157,7 +157,11 @@ class LMQuantizeConfig(_Config):
         description="weight-only: MatMulNBits compute type (0: dequantize to fp32, 4: int8); 'measure': both, "
         "keep the faster unless it costs perplexity",
     )
-    embeddings: bool = Field(default=False, description="also quantize the token embedding (GatherBlockQuantized)")
+    embeddings: Literal["fp32", "int8", "int4"] = Field(
+        default="fp32",
+        description="weight-only: the token embedding too; int8 (a uint8 table, dequantized per token) or int4 "
+        "(GatherBlockQuantized; ONNX Runtime 1.32's .ort format cannot hold 4-bit tensors: ships as .onnx only)",
+    )
     calibration_blocks: int = Field(default=8, ge=1, le=10_000, description="gptq: train blocks")
     max_perplexity_ratio: float | None = Field(
         default=None, ge=1, le=100, description="ship nothing whose held-out perplexity exceeds this x float32"

@@ -4,7 +4,9 @@
   through `compress.int8.quantize_model` as for the classifier, with the same 7-bit rule for x86 without VNNI.
 - weight-only: ONNX Runtime's `MatMulNBitsQuantizer` (int4 or int8 weights in blocks of `block_size` along the
   input dimension, a scale and optionally a zero point per block: `MatMulNBits`). Rounding is RTN (ONNX
-  Runtime's default quantizer), HQQ (half-quadratic, no calibration) or GPTQ (calibrated on train blocks).
+  Runtime's default quantizer), HQQ (half-quadratic, no calibration; its float zero points take a slow
+  ONNX Runtime kernel on CPU) or GPTQ (calibrated on train blocks). The token embedding stays fp32, or becomes
+  int4 blocks (`GatherBlockQuantized`) or an int8 table.
   `accuracy_level` is the kernel's compute type: 0 dequantizes the weights to fp32 per call, 4 quantizes the
   activations to int8 and multiplies in int8 (ONNX Runtime issue 23004 reports int4 about 10x slower than
   int8 without it on some CPUs). With `accuracy_level: measure` both are built (the same weights, the attribute
@@ -104,7 +106,7 @@ def weight_only(src: Path, dst: Path, config: LMQuantizeConfig, accuracy_level: 
     mnq = _nbits_quantizer()
     model = onnx.load(str(src))
     take, skip = _weight_matmuls(model, config.block_size)
-    ops = ("MatMul", "Gather") if config.embeddings else ("MatMul",)
+    ops = ("MatMul", "Gather") if config.embeddings == "int4" else ("MatMul",)
     if config.algorithm == "hqq":
         algo = mnq.HQQWeightOnlyQuantConfig(block_size=config.block_size, bits=4, op_types_to_quantize=ops)
     elif config.algorithm == "gptq":
@@ -134,7 +136,14 @@ def weight_only(src: Path, dst: Path, config: LMQuantizeConfig, accuracy_level: 
     out = quantizer.model.model
     set_accuracy_level(out, accuracy_level)
     onnx.save(out, str(dst))
-    return {"quantized_matmuls": len(take), "kept_float_matmuls": skip}
+    if config.embeddings == "int8":
+        # MatMulNBitsQuantizer quantizes a Gather to 4 bits only; ONNX Runtime's dynamic quantizer gives the
+        # embedding table 8 bits (a uint8 table and a DequantizeLinear of the gathered rows), which .ort holds.
+        tmp = dst.with_name(dst.stem + ".gather.onnx")
+        spec = Int8Spec("dynamic", "uint8", "uint8", reduce_range=False, op_types=("Gather",))
+        quantize_model(dst, tmp, spec)
+        shutil.move(tmp, dst)
+    return {"quantized_matmuls": len(take), "kept_float_matmuls": skip, "embeddings": config.embeddings}
 
 
 def _nbits_quantizer():

@@ -31,9 +31,13 @@ def _tokens_per_s(v: dict, target: str) -> float | None:
     return v.get("targets", {}).get(target, {}).get("tokens_per_s")
 
 
+SPEED_TIE = 0.05  # decode speeds this close to the fastest are one speed on a shared machine
+
+
 def select_lm_variant(report: dict, target: str, *, max_perplexity_ratio: float = 1.1) -> tuple[dict, str]:
-    """The variant to ship to `target`: the fastest decoder there (tokens/s) among the deployable ONNX variants
-    whose dev perplexity is within `max_perplexity_ratio` of the teacher's.
+    """The variant to ship to `target`: among the deployable ONNX variants whose dev perplexity is within
+    `max_perplexity_ratio` of the teacher's, the fastest decoder there (tokens/s); speeds within 5% of the fastest
+    count as ties, and among them the smallest download (gzip size) wins.
 
     Raises:
         LMBundleError: no deployable variant, or none within the bound (names the candidates).
@@ -52,11 +56,14 @@ def select_lm_variant(report: dict, target: str, *, max_perplexity_ratio: float 
             f"no variant within {max_perplexity_ratio:g}x the teacher's dev perplexity {ref['perplexity']:.3f}: "
             f"{listed}; name one with --variant, or allow a larger ratio (--max-perplexity-ratio)"
         )
-    best = max(ok, key=lambda v: _tokens_per_s(v, target) or 0.0)
+    fastest = max(_tokens_per_s(v, target) or 0.0 for v in ok)
+    ties = [v for v in ok if (_tokens_per_s(v, target) or 0.0) >= fastest * (1 - SPEED_TIE)]
+    best = min(ties, key=lambda v: v["size_gzip_bytes"])
     why = (
-        f"fastest decoder on target {target} ({_tokens_per_s(best, target):.0f} tokens/s) among the {len(ok)} "
-        f"deployable variant(s) within {max_perplexity_ratio:g}x the teacher's dev perplexity "
-        f"({best['perplexity']:.3f} vs {ref['perplexity']:.3f})"
+        f"fastest decoder on target {target} ({_tokens_per_s(best, target):.0f} tokens/s"
+        + (f"; {len(ties)} within {SPEED_TIE:.0%} of the fastest, the smallest of them" if len(ties) > 1 else "")
+        + f") among the {len(ok)} deployable variant(s) within {max_perplexity_ratio:g}x the teacher's dev "
+        f"perplexity ({best['perplexity']:.3f} vs {ref['perplexity']:.3f})"
     )
     return best, why
 

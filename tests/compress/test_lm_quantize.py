@@ -92,7 +92,8 @@ def test_measured_accuracy_level_records_both_and_a_reason(tiny_lm_exports, tmp_
     [
         (LMQuantizeConfig(block_size=16, algorithm="hqq", accuracy_level=0), "MatMulNBits"),
         (LMQuantizeConfig(block_size=16, bits=8, accuracy_level=0), "MatMulNBits"),
-        (LMQuantizeConfig(block_size=16, accuracy_level=0, embeddings=True), "GatherBlockQuantized"),
+        (LMQuantizeConfig(block_size=16, accuracy_level=0, embeddings="int4"), "GatherBlockQuantized"),
+        (LMQuantizeConfig(block_size=16, accuracy_level=0, embeddings="int8"), "DequantizeLinear"),
         (LMQuantizeConfig(name="int8", method="dynamic"), "MatMulInteger"),
     ],
 )
