@@ -179,3 +179,53 @@ def write_atomic(path: Path, data: bytes | str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_bytes(data.encode() if isinstance(data, str) else data)
     os.replace(tmp, path)
+
+
+# ---- quality gates (compress.gate) ----
+
+
+def gated_variants(manifest: dict) -> list[dict]:
+    """Variants that failed their quality gate, or were not built because a model they come from did."""
+    out = []
+    for step, rec in manifest["stages"].items():
+        if not rec or rec.get("status") not in ("failed-gate", "skipped-gate") or step.startswith("export/"):
+            continue
+        gate = (rec.get("metrics") or {}).get("gate") or {}
+        out.append(
+            {
+                "name": step.split("/", 1)[-1],
+                "step": step,
+                "stage": step.split("/")[0],
+                "status": rec["status"],
+                "metric": gate.get("metric"),
+                "value": gate.get("value"),
+                "parent": gate.get("parent"),
+                "parent_value": gate.get("parent_value"),
+                "bound": gate.get("bound"),
+                "reason": "; ".join(gate.get("reasons", [])) or rec.get("reason", ""),
+            }
+        )
+    return out
+
+
+def gated_rows(report: dict, columns: int) -> list[list[str]]:
+    """Rows for the main table: each gated variant with its held-out figure in the gate column, dashes elsewhere."""
+    rows = []
+    for g in report.get("gated", []):
+        if g["status"] == "failed-gate":
+            figure = f"{g['value']:.4g}" if isinstance(g.get("value"), float) else "–"
+            cell = f"**failed**: held-out {g['metric']} {figure}" + (f" ({g['bound']})" if g.get("bound") else "")
+        else:
+            cell = "**not built**"
+        rows.append([f"{g['name']} ⛔", g["stage"]] + ["–"] * (columns - 3) + [cell])
+    return rows
+
+
+def gated_note(report: dict) -> str:
+    gated = report.get("gated", [])
+    if not gated:
+        return "Quality gate: every variant passed (held-out figures against its parent and the collapse checks)."
+    return (
+        "⛔ failed its quality gate or was not built from one that did; nothing was measured, built or shipped "
+        "from it: " + "; ".join(f"**{g['name']}**: {g['reason']}" for g in gated) + "."
+    )

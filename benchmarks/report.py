@@ -43,6 +43,9 @@ from pathlib import Path
 from benchmarks.document import (
     Section,
     cpu_line,
+    gated_note,
+    gated_rows,
+    gated_variants,
     mb,
     ms,
     pct,
@@ -176,6 +179,7 @@ def build_report(results: dict, manifest: dict) -> dict:
         "schema_version": SCHEMA_VERSION,
         "run": manifest["recipe"]["name"],
         "not_shipped": not_shipped,
+        "gated": gated_variants(manifest),
         "steps": {
             name: _step_summary(name, rec.get("metrics") or {}) for name, rec in manifest["stages"].items() if rec
         },
@@ -232,6 +236,7 @@ def _main_table(report: dict) -> Section:
             "size ratio",
             "peak RSS MB",
             "model RSS MB",
+            "gate",
         ],  # fmt: skip
         right=set(range(3, 18)),
     )
@@ -259,8 +264,11 @@ def _main_table(report: dict) -> Section:
                 f"{r.get('size_ratio', 1):.2f}",
                 mb(v.get("peak_rss_bytes")),
                 mb(v.get("model_rss_bytes")),
+                "pass" if v["name"] not in BASELINES else "",
             ]
         )
+    sec.rows += gated_rows(report, len(sec.header))
+    sec.paragraphs.append(gated_note(report))
     if front:
         sec.paragraphs.append(f"★ on the accuracy/latency Pareto front of target {primary} (not dominated).")
     return sec

@@ -25,6 +25,9 @@ from __future__ import annotations
 from benchmarks.document import (
     Section,
     cpu_line,
+    gated_note,
+    gated_rows,
+    gated_variants,
     mb,
     ms,
     pct,
@@ -130,6 +133,7 @@ def build_lm_report(results: dict, manifest: dict) -> dict:
         "task": "causal-lm",
         "run": manifest["recipe"]["name"],
         "not_shipped": not_shipped,
+        "gated": gated_variants(manifest),
         "accuracy_levels": accuracy_levels,
         "steps": {
             name: lm_step_summary(name, rec.get("metrics") or {}) for name, rec in manifest["stages"].items() if rec
@@ -183,6 +187,7 @@ def _main_table(report: dict) -> Section:
             "gzip MB",
             "peak RSS MB",
             "model RSS MB",
+            "gate",
         ],  # fmt: skip
         right=set(range(3, 19)),
     )
@@ -211,8 +216,11 @@ def _main_table(report: dict) -> Section:
                 mb(v["size_gzip_bytes"]),
                 mb(v.get("peak_rss_bytes")),
                 mb(v.get("model_rss_bytes")),
+                "pass" if v["name"] not in BASELINES else "",
             ]
         )
+    sec.rows += gated_rows(report, len(sec.header))
+    sec.paragraphs.append(gated_note(report))
     if front:
         sec.paragraphs.append(f"★ on the perplexity / decode-latency Pareto front of target {primary}.")
     return sec

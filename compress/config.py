@@ -103,6 +103,9 @@ class DistillConfig(_Config):
     )
     # model selection, on the recipe's held-out slice of train (data.holdout_fraction)
     eval_steps: int | None = Field(default=None, ge=1, description="evaluate every N steps; default each epoch")
+    max_drop: float | None = Field(
+        default=0.10, ge=0, le=1, description="quality gate: held-out accuracy at most this below the teacher's"
+    )
     # more inputs, labelled by the teacher
     augment: AugmentConfig = AugmentConfig()
     # vocabulary
@@ -178,6 +181,12 @@ class PruneConfig(_Config):
     hidden_weight: float = Field(
         default=0.0, ge=0, le=1000, description="hidden-state MSE to the unpruned source model, layer by layer"
     )
+    max_drop: float | None = Field(
+        default=0.10, ge=0, le=1, description="quality gate (classification): held-out accuracy drop from the source"
+    )
+    max_perplexity_ratio: float | None = Field(
+        default=1.25, ge=1, le=100, description="quality gate (causal LM): held-out perplexity over the source's"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> PruneConfig:
@@ -246,6 +255,13 @@ class QuantizeConfig(_Config):
         default=None, ge=0, le=1, description="keep the most sensitive nodes in float until the drop fits"
     )
     budget_granularity: Literal["node", "block"] = "node"
+    max_drop: float | None = Field(
+        default=0.05,
+        ge=0,
+        le=1,
+        description="quality gate: held-out accuracy drop from the float32 source (max_accuracy_drop, when set, "
+        "is the gate instead)",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> QuantizeConfig:

@@ -109,6 +109,9 @@ class LMDistillConfig(_Config):
         default=None, description="(student, teacher) hidden-state indices, 0 = embeddings; default from layers"
     )
     eval_steps: int | None = Field(default=None, ge=1, description="held-out evaluation every N steps")
+    max_perplexity_ratio: float | None = Field(
+        default=1.5, ge=1, le=100, description="quality gate: held-out perplexity at most this times the teacher's"
+    )
     epochs: float = Field(default=1.0, gt=0, le=100)
     max_steps: int | None = Field(default=None, ge=1)
     batch_size: int = Field(default=16, ge=1, le=4096)
@@ -164,7 +167,11 @@ class LMQuantizeConfig(_Config):
     )
     calibration_blocks: int = Field(default=8, ge=1, le=10_000, description="gptq: train blocks")
     max_perplexity_ratio: float | None = Field(
-        default=None, ge=1, le=100, description="ship nothing whose held-out perplexity exceeds this x float32"
+        default=1.25,
+        ge=1,
+        le=100,
+        description="quality gate: held-out perplexity at most this times the float32 source's (dynamic: also "
+        "the budget of the search that keeps the most sensitive nodes in float)",
     )
 
     @field_validator("block_size")

@@ -18,9 +18,10 @@ quantizers skip (its weight is not an initializer), so the transpose is folded i
 and GPT-2's projections export as `Gemm`, which `MatMulNBits` does not take, so they become MatMul + Add
 (ONNX Runtime's own `ONNXModel.replace_gemm_with_matmul`).
 
-With `max_perplexity_ratio`, a quantized model whose held-out perplexity exceeds that multiple of the float32
-model's is not shipped (dynamic int8 first keeps its most sensitive nodes in float, as the classifier's
-budget does; `compress.sensitivity`).
+The held-out perplexities of the float32 source and of the result are returned; the task's quality gate
+(`compress.gate`) compares them with `max_perplexity_ratio`. For dynamic int8 the same bound drives a search that
+keeps the most sensitive nodes in float until it fits, as the classifier's budget does (`compress.sensitivity`);
+when nothing fits, `PerplexityBudgetError` and no model.
 """
 
 from __future__ import annotations
@@ -218,7 +219,7 @@ def quantize_lm(
         measurements and choice, sizes.
 
     Raises:
-        PerplexityBudgetError: the quantized model misses `max_perplexity_ratio`; nothing is written.
+        PerplexityBudgetError: dynamic int8's search found no node set within `max_perplexity_ratio`.
     """
     onnx_dir, out_dir = Path(onnx_dir), Path(out_dir)
     src_artifact = Artifact.read(onnx_dir)
@@ -240,7 +241,7 @@ def quantize_lm(
                 per_channel=config.per_channel,
                 op_types=("MatMul", "Gather"),
             )
-            if config.max_perplexity_ratio is not None:
+            if config.max_perplexity_ratio is not None and calibration:
                 from compress.sensitivity import AccuracyBudgetError, quantize_within_budget
 
                 try:

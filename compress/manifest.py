@@ -115,7 +115,7 @@ class Manifest:
         rec = self.stage(name)
         return bool(
             rec
-            and rec.get("status") == "done"
+            and rec.get("status") in ("done", "failed-gate")  # a failed gate is a finished, reproducible verdict
             and rec.get("key") == key
             and output.exists()
             and rec.get("output_hash") == hash_path(output)

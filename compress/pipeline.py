@@ -86,6 +86,11 @@ class RunContext:
     def metrics(self, step_id: str) -> dict:
         return self.manifest.stage(step_id)["metrics"]
 
+    def ok(self, step_id: str) -> bool:
+        """Whether a step finished, passed its quality gate and produced an artifact to build on or ship."""
+        rec = self.manifest.stage(step_id) or {}
+        return rec.get("status") == "done" and (rec.get("metrics") or {}).get("shipped", True) is not False
+
 
 def plan(recipe: AnyRecipe) -> list[Step]:
     """The ordered steps of a run."""
@@ -109,7 +114,11 @@ def plan(recipe: AnyRecipe) -> list[Step]:
 
 def _step_key(ctx: RunContext, step: Step) -> tuple[str, dict]:
     r = ctx.recipe
-    inputs: dict[str, Any] = {s: ctx.manifest.stage(s)["output_hash"] for s in step.inputs}
+    # A step not built (after a failed quality gate) has no output: its status stands in for the hash.
+    inputs: dict[str, Any] = {
+        s: (ctx.manifest.stage(s) or {}).get("output_hash") or (ctx.manifest.stage(s) or {}).get("status")
+        for s in step.inputs
+    }
     inputs["data"] = ctx.data_hashes
     if step.stage in ("quantize", "benchmark"):
         # Their results depend on the machine: int8 kernels (VNNI or not) and the timings themselves.
@@ -152,11 +161,25 @@ def run_pipeline(recipe: AnyRecipe, out_dir: Path | None = None, *, log: Callabl
     manifest.data["plan"] = [s.id for s in steps]
     manifest.save()
     for i, step in enumerate(steps, 1):
-        key, basis = _step_key(ctx, step)
         out = ctx.out(step.id)
         tag = f"[{i}/{len(steps)}] {step.id}"
+        if step.stage == "benchmark":
+            _require_a_passing_variant(ctx, steps)
+        else:
+            blocked = [s for s in step.inputs if (manifest.stage(s) or {}).get("status") in GATED]
+            if blocked:
+                # Nothing is built from a model that failed its quality gate (or from one built from such a model).
+                reason = f"not built: {', '.join(blocked)} failed its quality gate or was not built"
+                manifest.record(step.id, {"status": "skipped-gate", "stage": step.stage, "reason": reason})
+                log(f"{tag}: {reason}")
+                continue
+        key, basis = _step_key(ctx, step)
         if manifest.is_fresh(step.id, key, out):
-            log(f"{tag}: inputs and config unchanged, skipped")
+            status = manifest.stage(step.id)["status"]
+            log(
+                f"{tag}: inputs and config unchanged, skipped"
+                + (" (it failed its quality gate)" if status in GATED else "")
+            )
             continue
         log(f"{tag}: running")
         started = time.time()
@@ -165,10 +188,11 @@ def run_pipeline(recipe: AnyRecipe, out_dir: Path | None = None, *, log: Callabl
             metrics = step.run(ctx, step, tmp)
             shutil.rmtree(tmp / "_trainer", ignore_errors=True)
         ended = time.time()
+        gate = (metrics or {}).get("gate") or {}
         manifest.record(
             step.id,
             {
-                "status": "done",
+                "status": "failed-gate" if gate.get("passed") is False else "done",
                 "stage": step.stage,
                 "key": key,
                 "config": basis["config"],
@@ -183,13 +207,40 @@ def run_pipeline(recipe: AnyRecipe, out_dir: Path | None = None, *, log: Callabl
                 "wall_s": round(ended - started, 2),
             },
         )
+        if gate.get("passed") is False:
+            log(f"{tag}: FAILED its quality gate ({'; '.join(gate.get('reasons', []))}); nothing is built from it")
         log(f"{tag}: done in {ended - started:.1f}s")
     results = json.loads((ctx.out("benchmark") / "results.json").read_text())
     # Only this plan's steps: records of variants since removed from the recipe stay in the manifest only.
     planned = {**manifest.data, "stages": {s.id: manifest.stage(s.id) for s in steps}}
     report = write_report(results, planned, run_dir)
+    for step_id, why in gate_failures(manifest, [s.id for s in steps]).items():
+        log(f"quality gate: {step_id} failed ({why}); nothing was built from it and it is not in the report's figures")
     log(f"report: {run_dir / 'report.md'}")
     return report
+
+
+GATED = ("failed-gate", "skipped-gate")
+
+
+def gate_failures(manifest: Manifest, step_ids: list[str]) -> dict[str, str]:
+    """Step id -> why, for the planned steps that failed their quality gate (not those merely skipped after one)."""
+    out = {}
+    for s in step_ids:
+        rec = manifest.stage(s) or {}
+        if rec.get("status") == "failed-gate":
+            out[s] = "; ".join((rec.get("metrics") or {}).get("gate", {}).get("reasons", [])) or "failed"
+    return out
+
+
+def _require_a_passing_variant(ctx: RunContext, steps: list[Step]) -> None:
+    """Before the benchmark: the run must have made at least one model that passed every gate on its way."""
+    made = [s for s in steps if s.stage in ("distill", "prune", "quantize")]
+    passing = [s for s in made if ctx.ok(s.id) and (s.stage == "quantize" or ctx.ok(f"export/{s.name}"))]
+    if not passing:
+        failures = gate_failures(ctx.manifest, [s.id for s in steps])
+        listed = " | ".join(f"{k}: {v}" for k, v in failures.items()) or "no model variant was built"
+        raise StageError(f"no variant passed its quality gate: {listed}")
 
 
 def _iso(t: float) -> str:

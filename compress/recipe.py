@@ -122,6 +122,13 @@ class Recipe(_RecipeBase):
     quantize: list[QuantizeConfig] = Field(default=[QuantizeConfig()], min_length=0)
     benchmark: BenchmarkConfig = BenchmarkConfig()
 
+    @model_validator(mode="after")
+    def _classifier_gates(self) -> Recipe:
+        for i, p in enumerate(self.prune):
+            if "max_perplexity_ratio" in p.model_fields_set:
+                raise ValueError(f"prune.{i}.max_perplexity_ratio is a causal LM's gate; a classifier's is max_drop")
+        return self
+
 
 class CausalLMRecipe(_RecipeBase):
     """A causal language-model run (`task: causal-lm`): a decoder that continues a text."""
@@ -145,6 +152,8 @@ class CausalLMRecipe(_RecipeBase):
                 )
             if p.hidden_weight:
                 raise ValueError(f"prune.{i}.hidden_weight: not supported for a causal LM (leave it at 0)")
+            if "max_drop" in p.model_fields_set:
+                raise ValueError(f"prune.{i}.max_drop is the classifier's gate; a causal LM's is max_perplexity_ratio")
         return self
 
     def default_quantize_source(self) -> str:

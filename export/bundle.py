@@ -189,6 +189,11 @@ def bundle(
     if not (run_dir / "report.json").is_file():
         raise BundleError(f"{run_dir}: no report.json (run the pipeline to the end first)")
     report = json.loads((run_dir / "report.json").read_text())
+    gated = {g["name"]: g for g in report.get("gated", [])}
+    if variant in gated:
+        g = gated[variant]
+        why = g["reason"] or g["status"]
+        raise BundleError(f"variant {variant!r} failed its quality gate and is never shipped: {why}")
     if report.get("task") == "causal-lm":
         from export.bundle_lm import LMBundleError, bundle_lm
 

@@ -21,6 +21,7 @@ from compress.recipe import CausalLMRecipe
 from compress.tasks import RunContext, Step
 
 _PREDICTIONS = "dev_predictions.npz"  # the teacher's greedy next tokens on the dev blocks
+_UNIGRAM = "unigram_log_probs.npy"  # the train split's unigram model: the collapse bound of every gate
 _HELDOUT_BLOCKS = 16  # held-out blocks scored by quantization choices
 
 
@@ -116,6 +117,14 @@ class CausalLMTask:
         res.model.save_pretrained(out)
         res.tokenizer.save_pretrained(out)
         np.savez(out / _PREDICTIONS, *res.dev_predictions)
+        from compress.gate import unigram_log_probs
+        from compress.text import token_stream
+
+        log_probs = unigram_log_probs(
+            token_stream(res.tokenizer, ctx.data.train, r.data.max_train_tokens), len(res.tokenizer)
+        )
+        np.save(out / _UNIGRAM, log_probs)
+        res.metrics["gate"] = self._gate(ctx, res.metrics, log_probs, res.tokenizer)
         ctx.log(
             f"    teacher: dev perplexity {res.metrics['dev_perplexity_torch']:.3f} "
             f"({res.metrics['params']:,} params, {res.metrics['train_tokens']:,} training tokens)"
@@ -146,6 +155,9 @@ class CausalLMTask:
         res.model.generation_config = teacher.generation_config
         res.model.save_pretrained(out)
         tokenizer.save_pretrained(out)
+        res.metrics["gate"] = self._gate(
+            ctx, res.metrics, None, tokenizer, "teacher", ctx.metrics("teacher"), step.config.max_perplexity_ratio
+        )
         ctx.log(
             f"    {step.name}: dev perplexity {res.metrics['dev_perplexity_torch']:.3f}, agreement with the teacher "
             f"{res.metrics['dev_agreement_with_teacher_torch']:.1%}"
@@ -171,7 +183,36 @@ class CausalLMTask:
         )
         res.model.save_pretrained(out)
         tokenizer.save_pretrained(out)
+        source = r.source_of(step.config)
+        res.metrics["gate"] = self._gate(
+            ctx,
+            res.metrics,
+            None,
+            tokenizer,
+            source,
+            ctx.metrics(r.model_step(source)),
+            step.config.max_perplexity_ratio,
+        )
         return res.metrics
+
+    def _gate(self, ctx: RunContext, metrics: dict, log_probs, tokenizer, parent=None, parent_metrics=None, ratio=None):
+        """The LM gate on the held-out slice (dev when the recipe holds nothing out): collapse against the unigram
+        model of train, and the perplexity ratio to the parent (`compress.gate.lm_gate`)."""
+        from compress.gate import lm_gate, unigram_perplexity
+        from compress.text import eval_blocks
+
+        key = "holdout" if ctx.data.holdout else "dev"
+        if log_probs is None:
+            log_probs = np.load(ctx.out("teacher") / _UNIGRAM)
+        blocks = eval_blocks(tokenizer, getattr(ctx.data, key), ctx.recipe.data, key)
+        parent_value = (parent_metrics or {}).get(f"{key}_perplexity_torch")
+        return lm_gate(
+            metrics[f"{key}_perplexity_torch"],
+            unigram=unigram_perplexity(log_probs, blocks),
+            parent=parent,
+            parent_perplexity=parent_value,
+            max_ratio=ratio,
+        ).to_dict()
 
     def export(self, ctx: RunContext, step: Step, out: Path) -> dict:
         from compress.text import prompts_from
@@ -202,7 +243,7 @@ class CausalLMTask:
         from compress.lm_quantize import PerplexityBudgetError, quantize_lm
         from compress.text import prompts_from
 
-        q, src = step.config, ctx.out(step.inputs[0])
+        q, src, r = step.config, ctx.out(step.inputs[0]), ctx.recipe
         nll, blocks = self.heldout_nll(ctx, src)
         _, tokenizer = ctx.load("teacher")
         prompt = prompts_from(tokenizer, ctx.data.dev, 1, 32, ctx.recipe.data.max_eval_tokens)[0]
@@ -212,11 +253,34 @@ class CausalLMTask:
 
             gen = generator_for(src)
             calibration = [decoder_feeds(gen, b[None, :]) for b in blocks[: q.calibration_blocks]]
+        from compress.gate import lm_gate, unigram_perplexity
+
         try:
-            return quantize_lm(src, out, q, heldout_nll=nll, timing_prompt=prompt, calibration=calibration, log=ctx.log)
+            metrics = quantize_lm(
+                src, out, q, heldout_nll=nll, timing_prompt=prompt, calibration=calibration, log=ctx.log
+            )
         except PerplexityBudgetError as e:
             ctx.log(f"    {step.id}: not within quantize.max_perplexity_ratio = {q.max_perplexity_ratio}; not shipped")
-            return {"shipped": False, "reason": str(e), "max_perplexity_ratio": q.max_perplexity_ratio}
+            return {
+                "shipped": False,
+                "reason": str(e),
+                "max_perplexity_ratio": q.max_perplexity_ratio,
+                "gate": {
+                    "passed": False,
+                    "metric": "perplexity",
+                    "bound": f"max_perplexity_ratio {q.max_perplexity_ratio}",
+                    "reasons": [str(e)],
+                },  # fmt: skip
+            }
+        unigram = unigram_perplexity(np.load(ctx.out("teacher") / _UNIGRAM), blocks)
+        metrics["gate"] = lm_gate(
+            metrics["holdout_perplexity"],
+            unigram=unigram,
+            parent=r.source_of(q),
+            parent_perplexity=metrics["holdout_perplexity_fp32"],
+            max_ratio=q.max_perplexity_ratio,
+        ).to_dict()
+        return metrics
 
     def benchmark(self, ctx: RunContext, step: Step, out: Path) -> dict:
         from benchmarks.baselines import optimum_dynamic_int8
@@ -250,10 +314,18 @@ class CausalLMTask:
                 t["layers"],
             ),
         ]
-        variants += [ours(d.name, "distill", "teacher-onnx", f"export/{d.name}", d.name) for d in r.distill]
-        variants += [ours(p.name, "prune", r.source_of(p), f"export/{p.name}", p.name) for p in r.prune]
+        # Only what passed its quality gate (and was built): a gated model is reported, never measured or shipped.
+        built = lambda stage, name: ctx.ok(f"{stage}/{name}") and ctx.ok(f"export/{name}")  # noqa: E731
+        variants += [
+            ours(d.name, "distill", "teacher-onnx", f"export/{d.name}", d.name)
+            for d in r.distill
+            if built("distill", d.name)
+        ]
+        variants += [
+            ours(p.name, "prune", r.source_of(p), f"export/{p.name}", p.name) for p in r.prune if built("prune", p.name)
+        ]
         for q in r.quantize:
-            if ctx.metrics(f"quantize/{q.name}").get("shipped", True):
+            if ctx.ok(f"quantize/{q.name}"):
                 variants.append(ours(q.name, "quantize", r.source_of(q), f"quantize/{q.name}", r.source_of(q)))
         results = benchmark_lm(
             variants,

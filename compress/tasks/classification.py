@@ -64,6 +64,8 @@ class ClassificationTask:
         res.model.save_pretrained(out)
         res.tokenizer.save_pretrained(out)
         np.save(out / "train_logits.npy", res.train_logits)
+        split = _holdout(ctx)
+        res.metrics["gate"] = _gate(split, _torch_predictions(res.model, res.tokenizer, split, r.data.max_length))
         return res.metrics
 
     def distill(self, ctx: RunContext, step: Step, out: Path) -> dict:
@@ -84,6 +86,14 @@ class ClassificationTask:
         )
         res.model.save_pretrained(out)
         res.tokenizer.save_pretrained(out)  # the trimmed tokenizer when trim_vocab is on
+        split, n = _holdout(ctx), r.data.max_length
+        res.metrics["gate"] = _gate(
+            split,
+            _torch_predictions(res.model, res.tokenizer, split, n),
+            "teacher",
+            _torch_predictions(teacher, tokenizer, split, n),
+            step.config.max_drop,
+        )
         return res.metrics
 
     def prune(self, ctx: RunContext, step: Step, out: Path) -> dict:
@@ -103,6 +113,14 @@ class ClassificationTask:
         )
         res.model.save_pretrained(out)
         tokenizer.save_pretrained(out)
+        split, n, source = _holdout(ctx), r.data.max_length, r.source_of(step.config)
+        res.metrics["gate"] = _gate(
+            split,
+            _torch_predictions(res.model, tokenizer, split, n),
+            source,
+            _torch_predictions(student, tokenizer, split, n),
+            step.config.max_drop,
+        )
         return res.metrics
 
     def export(self, ctx: RunContext, step: Step, out: Path) -> dict:
@@ -122,6 +140,7 @@ class ClassificationTask:
         tokenizer = AutoTokenizer.from_pretrained(src, local_files_only=True)
         holdout = ctx.data.holdout or ctx.data.dev  # dev only when the recipe holds nothing out of train
         evaluate = accuracy_evaluator(tokenizer, holdout.texts, holdout.labels, r.data.max_length)
+        gate_split = _holdout(ctx)
 
         calibration = None
         if q.method == "static" or q.max_accuracy_drop is not None:
@@ -130,7 +149,7 @@ class ClassificationTask:
         from compress.sensitivity import AccuracyBudgetError
 
         try:
-            return quantize(
+            metrics = quantize(
                 src,
                 out,
                 q,
@@ -150,7 +169,22 @@ class ClassificationTask:
                 "reason": str(e),
                 "max_accuracy_drop": q.max_accuracy_drop,
                 "source": step.inputs[0],
+                "gate": {
+                    "passed": False,
+                    "metric": "accuracy",
+                    "bound": f"max_accuracy_drop {q.max_accuracy_drop}",
+                    "reasons": [f"no int8 model within the budget: {e}"],
+                },  # fmt: skip
             }
+        n = r.data.max_length
+        metrics["gate"] = _gate(
+            gate_split,
+            _onnx_predictions(out / "model.onnx", tokenizer, gate_split, n),
+            r.source_of(q),
+            _onnx_predictions(src / "model.onnx", tokenizer, gate_split, n),
+            q.max_accuracy_drop if q.max_accuracy_drop is not None else q.max_drop,
+        )
+        return metrics
 
     def benchmark(self, ctx: RunContext, step: Step, out: Path) -> dict:
         from benchmarks.baselines import optimum_dynamic_int8
@@ -190,9 +224,21 @@ class ClassificationTask:
                 t["layers"],
             ),
         ]
-        variants += [onnx(d.name, "distill", "teacher-onnx", f"export/{d.name}", d.name) for d in r.distill]
-        variants += [onnx(p.name, "prune", r.source_of(p), f"export/{p.name}", p.name) for p in r.prune]
-        variants += [onnx(q.name, "quantize", r.source_of(q), f"quantize/{q.name}", r.source_of(q)) for q in r.quantize]
+        # Only what passed its quality gate (and was built): a gated model is reported, never measured or shipped.
+        built = lambda stage, name: ctx.ok(f"{stage}/{name}") and ctx.ok(f"export/{name}")  # noqa: E731
+        variants += [
+            onnx(d.name, "distill", "teacher-onnx", f"export/{d.name}", d.name)
+            for d in r.distill
+            if built("distill", d.name)
+        ]
+        variants += [
+            onnx(p.name, "prune", r.source_of(p), f"export/{p.name}", p.name) for p in r.prune if built("prune", p.name)
+        ]
+        variants += [
+            onnx(q.name, "quantize", r.source_of(q), f"quantize/{q.name}", r.source_of(q))
+            for q in r.quantize
+            if ctx.ok(f"quantize/{q.name}")
+        ]
         results = benchmark(
             variants,
             ctx.data,
@@ -208,3 +254,48 @@ class ClassificationTask:
         results = json.loads(json.dumps(results).replace(str(out), str(ctx.out(step.id))))
         write_json_atomic(out / "results.json", results)
         return {v["name"]: {"accuracy": v["accuracy"], "p50_ms": v["latency_ms"]["p50"]} for v in results["variants"]}
+
+
+# ---- quality gates (compress.gate), on the held-out slice of train ----
+
+
+MIN_GATE_EXAMPLES = 32  # below this, one or two examples decide "collapsed": the gate reads train examples too
+
+
+def _holdout(ctx: RunContext):
+    """The split the gates read: the held-out slice of train (dev only when the recipe holds nothing out), topped
+    up with train examples when it is too small to tell a collapse from chance (a collapsed model gives one label
+    to those as well)."""
+    from compress.data import Split
+
+    split = ctx.data.holdout or ctx.data.dev
+    if len(split.labels) >= MIN_GATE_EXAMPLES:
+        return split
+    train, k = ctx.data.train, MIN_GATE_EXAMPLES * 4
+    return Split(split.texts + train.texts[:k], split.labels + train.labels[:k])
+
+
+def _torch_predictions(model, tokenizer, split, max_length: int) -> np.ndarray:
+    from compress.data import encode
+    from compress.training import predict_logits
+
+    return predict_logits(model, tokenizer, encode(tokenizer, split, max_length), desc="held-out").argmax(-1)
+
+
+def _onnx_predictions(path: Path, tokenizer, split, max_length: int) -> np.ndarray:
+    """One sentence per call, as the benchmark and a device run it (dynamic int8 scales each call)."""
+    from export.runtime import OrtClassifier, tokenize_each
+
+    clf = OrtClassifier(path, threads=2)
+    return np.array([int(clf(r)[0].argmax()) for r in tokenize_each(tokenizer, split.texts, max_length)])
+
+
+def _gate(split, predictions, parent=None, parent_predictions=None, max_drop=None) -> dict:
+    from compress.gate import classifier_gate
+
+    labels = np.asarray(split.labels)
+    parent_accuracy = (
+        float((np.asarray(parent_predictions) == labels).mean()) if parent_predictions is not None else None
+    )
+    verdict = classifier_gate(predictions, labels, parent=parent, parent_accuracy=parent_accuracy, max_drop=max_drop)
+    return {**verdict.to_dict(), "examples": len(labels)}
