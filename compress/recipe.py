@@ -125,7 +125,7 @@ class Recipe(_RecipeBase):
     @model_validator(mode="after")
     def _classifier_gates(self) -> Recipe:
         for i, p in enumerate(self.prune):
-            if "max_perplexity_ratio" in p.model_fields_set:
+            if p.max_perplexity_ratio != PruneConfig.model_fields["max_perplexity_ratio"].default:
                 raise ValueError(f"prune.{i}.max_perplexity_ratio is a causal LM's gate; a classifier's is max_drop")
         return self
 
@@ -152,7 +152,7 @@ class CausalLMRecipe(_RecipeBase):
                 )
             if p.hidden_weight:
                 raise ValueError(f"prune.{i}.hidden_weight: not supported for a causal LM (leave it at 0)")
-            if "max_drop" in p.model_fields_set:
+            if p.max_drop != PruneConfig.model_fields["max_drop"].default:
                 raise ValueError(f"prune.{i}.max_drop is the classifier's gate; a causal LM's is max_perplexity_ratio")
         return self
 

@@ -211,7 +211,8 @@ def test_a_trimmed_vocabulary_flows_through_export_quantize_and_benchmark(first_
     teacher_tok = AutoTokenizer.from_pretrained(run / "teacher", local_files_only=True)
     counts = token_counts(teacher_tok, load_task_data(recipe.data).train.texts)
     trim = {"enabled": True, "keep_chars": False, "min_frequency": int(np.median(counts[counts > 0])) + 1}
-    trimmed = load_recipe(recipe_path(recipe, tmp_path, distill={"trim_vocab": trim}))
+    # The cut is harsh on purpose (it must remove pieces): the accuracy budget is off, the collapse checks stay.
+    trimmed = load_recipe(recipe_path(recipe, tmp_path, distill={"trim_vocab": trim, "max_drop": None}))
     logs: list[str] = []
     report = run_pipeline(trimmed, run, log=logs.append)
     assert _ran(logs) == STEPS[1:3] + STEPS[4:]  # the teacher and its export are unchanged

@@ -132,6 +132,20 @@ class CausalLMTask:
         return res.metrics
 
     @staticmethod
+    def unigram(ctx: RunContext, tokenizer) -> np.ndarray:
+        """The train split's unigram log probabilities (saved by the teacher step; computed when a teacher step
+        from before the gates existed lacks them)."""
+        path = ctx.out("teacher") / _UNIGRAM
+        if path.is_file():
+            return np.load(path)
+        from compress.gate import unigram_log_probs
+        from compress.text import token_stream
+
+        return unigram_log_probs(
+            token_stream(tokenizer, ctx.data.train, ctx.recipe.data.max_train_tokens), len(tokenizer)
+        )
+
+    @staticmethod
     def teacher_predictions(ctx: RunContext) -> list[np.ndarray]:
         with np.load(ctx.out("teacher") / _PREDICTIONS) as z:
             return [z[f"arr_{i}"] for i in range(len(z.files))]
@@ -203,7 +217,7 @@ class CausalLMTask:
 
         key = "holdout" if ctx.data.holdout else "dev"
         if log_probs is None:
-            log_probs = np.load(ctx.out("teacher") / _UNIGRAM)
+            log_probs = self.unigram(ctx, tokenizer)
         blocks = eval_blocks(tokenizer, getattr(ctx.data, key), ctx.recipe.data, key)
         parent_value = (parent_metrics or {}).get(f"{key}_perplexity_torch")
         return lm_gate(
@@ -272,7 +286,8 @@ class CausalLMTask:
                     "reasons": [str(e)],
                 },  # fmt: skip
             }
-        unigram = unigram_perplexity(np.load(ctx.out("teacher") / _UNIGRAM), blocks)
+        _, tokenizer = ctx.load("teacher")
+        unigram = unigram_perplexity(self.unigram(ctx, tokenizer), blocks)
         metrics["gate"] = lm_gate(
             metrics["holdout_perplexity"],
             unigram=unigram,
