@@ -182,7 +182,7 @@ class PruneConfig(_Config):
         default=0.0, ge=0, le=1000, description="hidden-state MSE to the unpruned source model, layer by layer"
     )
     max_drop: float | None = Field(
-        default=0.10, ge=0, le=1, description="quality gate (classification): held-out accuracy drop from the source"
+        default=0.15, ge=0, le=1, description="quality gate (classification): held-out accuracy drop from the source"
     )
     max_perplexity_ratio: float | None = Field(
         default=1.25, ge=1, le=100, description="quality gate (causal LM): held-out perplexity over the source's"
