@@ -81,6 +81,12 @@ def main(argv: list[str] | None = None) -> None:
     except StageError as e:
         print(f"edge-compress: stage failed: {e}", file=sys.stderr)
         sys.exit(1)
+    except OSError as e:
+        # A full disk, a directory made read-only under a running step: the step's temporary is gone (atomic_dir)
+        # and the finished steps are kept; the user needs the cause, not a traceback.
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"edge-compress: stage failed: {e.strerror or e}{where}; finished steps are kept", file=sys.stderr)
+        sys.exit(1)
     except KeyboardInterrupt:
         print("edge-compress: interrupted; finished stages are kept, run again to resume", file=sys.stderr)
         sys.exit(130)

@@ -57,6 +57,7 @@ def bundle_run(
     *,
     max_accuracy_drop: float = 0.01,
     max_perplexity_ratio: float = 1.1,
+    force: bool = False,
     out: Callable[[str], None] = print,
 ) -> dict:
     """Write a deployment bundle for `target` from a finished run (see `export.bundle.bundle`)."""
@@ -70,6 +71,7 @@ def bundle_run(
             variant,
             max_accuracy_drop=max_accuracy_drop,
             max_perplexity_ratio=max_perplexity_ratio,
+            force=force,
         )
     except BundleError as e:
         raise CommandError(str(e)) from None
@@ -153,6 +155,7 @@ def add_subparsers(sub: argparse._SubParsersAction) -> None:
     b.add_argument(
         "--max-perplexity-ratio", type=float, default=1.1, help="causal LM: vs the teacher's dev perplexity"
     )
+    b.add_argument("--force", action="store_true", help="replace a bundle already at --out (never anything else)")
 
     p = sub.add_parser(
         "predict",
@@ -192,6 +195,7 @@ def dispatch(args: argparse.Namespace) -> int:
                 args.variant,
                 max_accuracy_drop=args.max_accuracy_drop,
                 max_perplexity_ratio=args.max_perplexity_ratio,
+                force=args.force,
             )
             return 0
         if args.command == "predict":

@@ -23,13 +23,22 @@ class _Config(BaseModel):
 class DataConfig(_Config):
     """Where the task data lives and how to read it. Paths are relative to the recipe file."""
 
+    @field_validator("labels")
+    @classmethod
+    def _distinct(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None:
+            seen = [x for i, x in enumerate(v) if x in v[:i]]
+            if seen:
+                raise ValueError(f"labels must be distinct; {seen[0]!r} is listed twice")
+        return v
+
     train: Path
     dev: Path
     test: Path | None = None
     text_column: str = "sentence"
     label_column: str = "label"
     labels: list[str] | None = Field(
-        default=None, description="label values in id order; default: sorted distinct values of train"
+        default=None, min_length=2, description="label values in id order; default: sorted distinct values of train"
     )
     max_length: int = Field(default=128, ge=8, le=512)
     max_train_examples: int | None = Field(default=None, ge=1, description="use a slice of train (trying out)")

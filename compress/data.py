@@ -38,40 +38,98 @@ class TaskData:
     holdout: Split | None = None  # carved from train, for choices (model selection, int8 settings): never dev/test
 
 
+# csv's default field limit (131,072 characters) turns one long review into a traceback; texts are cut to
+# max_length tokens anyway, so a long field is read, not refused.
+_FIELD_LIMIT = 1 << 24
+
+
+def _read_text(path: Path, key: str) -> str:
+    """The file as text: UTF-8, a byte-order mark (Excel writes one) dropped; one-line errors otherwise."""
+    where = f"data.{key} = {str(path)!r}"
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise RecipeError(f"{where}: cannot be read ({e.strerror})") from None
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise RecipeError(f"{where}: UTF-16 text; save it as UTF-8")
+    nul = raw.find(b"\0")
+    if nul >= 0:
+        raise RecipeError(f"{where}: a binary file (NUL byte at offset {nul}), expected UTF-8 text")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise RecipeError(f"{where}: not UTF-8 text (byte {e.start}, line {line}); save it as UTF-8") from None
+
+
 def _read_rows(path: Path, text_col: str, label_col: str, key: str) -> list[tuple[str, str]]:
+    import io
+
     suffix = path.suffix.lower()
+    where = f"data.{key} = {str(path)!r}"
     rows: list[tuple[str, str]] = []
-    with path.open(encoding="utf-8", newline="") as f:
-        if suffix == ".jsonl":
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise RecipeError(f"data.{key} = {str(path)!r}: line {n} is not JSON ({e.msg})") from None
-                if not isinstance(rec, dict):
-                    raise RecipeError(f"data.{key} = {str(path)!r}: line {n} is not a JSON object")
-                _check_columns(rec.keys(), path, text_col, label_col, key)
-                rows.append((str(rec[text_col]), _label_str(rec[label_col])))
-        else:
-            # TSV files of GLUE are unquoted: a quote character is part of the text.
-            reader = (
-                csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE) if suffix == ".tsv" else csv.DictReader(f)
-            )
+    text = _read_text(path, key)
+    if suffix == ".jsonl":
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise RecipeError(f"{where}: line {n} is not JSON ({e.msg})") from None
+            if not isinstance(rec, dict):
+                raise RecipeError(f"{where}: line {n} is not a JSON object")
+            _check_columns(rec.keys(), path, text_col, label_col, key)
+            value = rec[text_col]
+            if not isinstance(value, str):
+                raise RecipeError(f"{where}: line {n}: {text_col!r} is {_show(value)}, expected a string")
+            rows.append((value, _label_str(rec[label_col], where, n)))
+    else:
+        csv.field_size_limit(_FIELD_LIMIT)
+        f = io.StringIO(text, newline="")
+        # TSV files of GLUE are unquoted: a quote character is part of the text.
+        reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE) if suffix == ".tsv" else csv.DictReader(f)
+        try:
             _check_columns(reader.fieldnames or [], path, text_col, label_col, key)
             for rec in reader:
                 if rec[text_col] is None or rec[label_col] is None:
-                    raise RecipeError(f"data.{key} = {str(path)!r}: line {reader.line_num} has too few columns")
-                rows.append((rec[text_col], rec[label_col].strip()))
+                    raise RecipeError(f"{where}: line {reader.line_num} has too few columns")
+                rows.append((rec[text_col], _label_str(rec[label_col].strip(), where, reader.line_num)))
+        except csv.Error as e:
+            raise RecipeError(f"{where}: line {reader.line_num} cannot be parsed ({e})") from None
     if not rows:
-        raise RecipeError(f"data.{key} = {str(path)!r}: no rows")
+        raise RecipeError(f"{where}: no rows")
+    if not any(t.strip() for t, _ in rows):
+        raise RecipeError(f"{where}: every text in column {text_col!r} is empty")
     return rows
 
 
-def _label_str(value) -> str:
-    # JSON labels 0, 0.0 and "0" are one label; TSV/CSV labels are strings already.
-    if isinstance(value, float) and value.is_integer():
+def _show(value) -> str:
+    return json.dumps(value)[:40] if not isinstance(value, float) else repr(value)
+
+
+def _label_str(value, where: str = "", line: int = 0) -> str:
+    """A label as its class name. Whole numbers are one class however written (0, 0.0, "0", "0.0"); a label that
+    is null, a list, an object, a boolean, NaN or a fraction is an error naming the line and value."""
+    if isinstance(value, str):
+        stripped = value.strip()
+        try:
+            number = float(stripped)
+        except ValueError:
+            if not stripped:
+                raise RecipeError(f"{where}: line {line}: the label is empty") from None
+            return stripped
+        value = number if stripped.lower() not in ("nan", "inf", "-inf", "infinity") else float("nan")
+        if value == value and value.is_integer():
+            return str(int(value))
+        if value != value:
+            raise RecipeError(f"{where}: line {line}: label {stripped!r} is not a class")
+        return stripped
+    if isinstance(value, bool) or value is None or isinstance(value, list | dict):
+        raise RecipeError(f"{where}: line {line}: label {_show(value)} is not a class (a string or a whole number)")
+    if isinstance(value, float):
+        if value != value or not value.is_integer():
+            raise RecipeError(f"{where}: line {line}: label {_show(value)} is not a class (a string or a whole number)")
         value = int(value)
     return str(value)
 
@@ -92,7 +150,12 @@ def load_task_data(cfg: DataConfig) -> TaskData:
     raw = {k: _read_rows(getattr(cfg, k), cfg.text_column, cfg.label_column, k) for k in ("train", "dev")}
     if cfg.test is not None:
         raw["test"] = _read_rows(cfg.test, cfg.text_column, cfg.label_column, "test")
-    names = list(cfg.labels) if cfg.labels else sorted({lab for _, lab in raw["train"]}, key=_label_sort_key)
+    if cfg.labels:
+        names = [_label_str(x, "data.labels", i + 1) for i, x in enumerate(cfg.labels)]
+        if len(set(names)) != len(names):
+            raise RecipeError(f"data.labels = {list(cfg.labels)}: two entries name one class ({names})")
+    else:
+        names = sorted({lab for _, lab in raw["train"]}, key=_label_sort_key)
     if len(names) < 2:
         raise RecipeError(f"data.label_column = {cfg.label_column!r}: train has fewer than 2 distinct labels")
     index = {n: i for i, n in enumerate(names)}

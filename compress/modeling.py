@@ -41,6 +41,65 @@ def base_model_dir(base: str) -> Path:
     return Path(base)
 
 
+def check_model_dir(model_dir: Path, auto_class, what: str) -> object:
+    """Check, without loading the weights, that a model directory holds a readable config and weights of that
+    config's shapes; returns the config.
+
+    The model is built on PyTorch's `meta` device (shapes, no memory) and its tensors compared with the shapes
+    in the safetensors headers. (A `pytorch_model.bin` cannot be read without loading it: only its presence is
+    checked.)
+
+    Raises:
+        RecipeError: no or invalid config.json, no weights, or weights whose shapes disagree with the config.
+    """
+    import json
+
+    from transformers import AutoConfig
+
+    model_dir = Path(model_dir)
+    where = f"{what} = {str(model_dir)!r}"
+    try:
+        json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+        config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
+    except FileNotFoundError:
+        raise RecipeError(f"{where}: not a Hugging Face model directory (no config.json)") from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise RecipeError(f"{where}: config.json is not a valid config ({first})") from None
+    shards = sorted(model_dir.glob("*.safetensors"))
+    if not shards and not any(model_dir.glob("pytorch_model*.bin")):
+        raise RecipeError(f"{where}: no weights (*.safetensors or pytorch_model.bin)")
+    if not shards:
+        return config
+    from safetensors import safe_open
+
+    stored: dict[str, tuple[int, ...]] = {}
+    try:
+        for shard in shards:
+            with safe_open(str(shard), "pt") as f:
+                stored.update({k: tuple(f.get_slice(k).get_shape()) for k in f.keys()})
+    except Exception as e:  # noqa: BLE001 - a damaged file is a user's problem to hear about, in one line
+        raise RecipeError(f"{where}: {shard.name} is not a readable safetensors file ({type(e).__name__})") from None
+    with torch.device("meta"):
+        model = auto_class.from_config(config)
+    prefix = f"{model.base_model_prefix}."
+    matched = mismatched = 0
+    for name, tensor in model.state_dict().items():
+        shape = stored.get(name, stored.get(name.removeprefix(prefix), stored.get(prefix + name)))
+        if shape is None:
+            continue
+        matched += 1
+        if shape != tuple(tensor.shape):
+            mismatched += 1
+            if mismatched == 1:
+                first = f"{name}: config says {tuple(tensor.shape)}, weights hold {shape}"
+    if mismatched:
+        raise RecipeError(f"{where}: the weights do not fit config.json ({mismatched} tensors; {first})")
+    if matched == 0:
+        raise RecipeError(f"{where}: none of the weights' tensors belongs to the model config.json describes")
+    return config
+
+
 def load_classifier(model_dir: Path, label_names: list[str] | None = None):
     """A sequence classifier and its tokenizer from a local directory (never from a hub).
 

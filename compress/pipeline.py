@@ -11,6 +11,7 @@ each step calls its task's function for that stage.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -19,14 +20,16 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from compress.errors import StageError
+from compress.errors import RecipeError, StageError
 from compress.manifest import (
     Manifest,
+    RunLockedError,
     atomic_dir,
     clean_stale_temporaries,
     hash_json,
     hash_path,
     library_versions,
+    run_lock,
 )
 from compress.recipe import AnyRecipe
 from compress.tasks import Task, task_for
@@ -144,7 +147,6 @@ def run_pipeline(recipe: AnyRecipe, out_dir: Path | None = None, *, log: Callabl
     Returns:
         The report (also written to `out_dir/report.json` and `report.md`).
     """
-    from benchmarks.report import write_report
     from compress.distributed import world_size
 
     if world_size() > 1:
@@ -153,9 +155,35 @@ def run_pipeline(recipe: AnyRecipe, out_dir: Path | None = None, *, log: Callabl
         raise StageError("run the pipeline as one process; torchrun applies to compress.training.train, not to run")
     task_for(recipe.task).preflight(recipe)
     run_dir = Path(out_dir) if out_dir is not None else Path("runs") / recipe.name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    clean_stale_temporaries(run_dir)
+    _make_run_dir(run_dir)
+    try:
+        with run_lock(run_dir):
+            return _run_locked(recipe, run_dir, log)
+    except RunLockedError as e:
+        raise RecipeError(str(e)) from None
+
+
+def _make_run_dir(run_dir: Path) -> None:
+    """Create the run directory, or say in one line why it cannot be (a file, read-only, no space)."""
+    for p in [run_dir, *run_dir.parents]:
+        if p.exists() and not p.is_dir():
+            raise RecipeError(f"--out {run_dir}: {p} is a file, not a directory")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise RecipeError(f"--out {run_dir}: cannot write there ({e.strerror})") from None
+
+
+def _run_locked(recipe: AnyRecipe, run_dir: Path, log: Callable[[str], None]) -> dict:
+    from benchmarks.report import write_report
+
+    clean_stale_temporaries(run_dir)  # the lock is held: no live run owns a temporary here
     manifest = Manifest(run_dir / "manifest.json", recipe.model_dump(mode="json"))
+    if manifest.problem:
+        log(f"warning: {manifest.problem}")
     ctx = RunContext(recipe, run_dir, manifest, log)
     steps = plan(recipe)
     manifest.data["plan"] = [s.id for s in steps]

@@ -249,7 +249,42 @@ def _format_error(
         return f"{source}: missing required key '{key}'"
     if not loc:  # a check across keys: its message names them
         return f"{source}: {err['msg'].removeprefix('Value error, ')}"
-    return f"{source}: {key} = {err.get('input')!r}: {err['msg']}"
+    return f"{source}: {key} = {_short(err.get('input'))}: {err['msg']}"
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """A value as the error shows it: its repr, cut so that one line stays one short line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+MAX_ALIASES = 100  # YAML aliases resolved per recipe: a few are handy, thousands are a "billion laughs"
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with a bound on alias resolutions: nested aliases can expand a 1 KB file into
+    gigabytes of structure (and a gigabyte error message)."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            self._aliases = getattr(self, "_aliases", 0) + 1
+            if self._aliases > MAX_ALIASES:
+                mark = self.peek_event().start_mark
+                raise yaml.YAMLError(f"more than {MAX_ALIASES} aliases (*name) at line {mark.line + 1}: refused")
+        return super().compose_node(parent, index)
+
+
+def _nested_size(value: Any, limit: int = 100_000) -> int:
+    """Nodes in a parsed recipe, counted up to `limit` (aliases share nodes: the count is what a walk visits)."""
+    count, stack = 0, [value]
+    while stack and count < limit:
+        v = stack.pop()
+        count += 1
+        if isinstance(v, dict):
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+    return count
 
 
 def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> AnyRecipe:
@@ -276,13 +311,15 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> An
     except OSError as e:
         raise RecipeError(f"{path}: cannot be read ({e.strerror})") from None
     try:
-        tree = yaml.safe_load(text) or {}
+        tree = yaml.load(text, Loader=_BoundedLoader) or {}  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as e:
         where = getattr(e, "problem_mark", None)
         at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
         raise RecipeError(f"{path}: not valid YAML{at}: {getattr(e, 'problem', None) or e}") from None
     if not isinstance(tree, dict):
         raise RecipeError(f"{path}: expected a mapping of sections at the top level, got {type(tree).__name__}")
+    if _nested_size(tree) >= 100_000:
+        raise RecipeError(f"{path}: the recipe expands to more than 100,000 values; refused")
     singles = {s for s in ("distill", "prune", "quantize") if isinstance(tree.get(s), dict) or s not in tree}
     for section in singles & set(tree):
         tree[section] = [tree[section]]

@@ -19,7 +19,7 @@ from pathlib import Path
 from types import ModuleType
 
 from compress.manifest import atomic_dir, library_versions
-from compress.targets import BASELINES, PRESETS, resolve_target
+from compress.targets import BASELINES, PRESETS
 
 TEMPLATE = Path(__file__).resolve().parent / "bundle_template" / "predict.py"
 SAMPLE_TEXTS = [
@@ -34,17 +34,60 @@ class BundleError(ValueError):
     """A run directory that cannot be bundled as asked (missing report, unknown variant or target)."""
 
 
-def _resolve(stored: str, run_dir: Path) -> Path:
-    """A path recorded in the report, or the same path under `run_dir` when the run directory was moved."""
-    p = Path(stored)
-    if p.exists():
-        return p
-    parts = p.parts
-    for i in range(len(parts)):
-        candidate = run_dir.joinpath(*parts[i:])
-        if candidate.exists():
-            return candidate
-    raise BundleError(f"{stored}: not found (nor under {run_dir})")
+def _legacy_step(variant: dict, run_dir: Path) -> str:
+    """The step directory of a variant in a report written before reports named it: the last two parts of its
+    recorded path's directory (`export/<name>` or `quantize/<name>`), looked up inside `run_dir`."""
+    parent = Path(variant["path"]).parent
+    step = "/".join(parent.parts[-2:])
+    if not (Path(run_dir) / step).is_dir():
+        raise BundleError(f"{variant['path']}: no {step} in {run_dir}")
+    return step
+
+
+def check_out_dir(run_dir: Path, out_dir: Path, force: bool) -> None:
+    """Refuse to write a bundle over the run directory (or a directory holding it), over anything that is not a
+    bundle this tool wrote, and over a bundle unless `force`."""
+    run, out = Path(run_dir).resolve(), Path(out_dir).resolve()
+    if out == run or out in run.parents:
+        raise BundleError(f"--out {out_dir}: that would replace the run directory {run_dir}; choose another path")
+    if not out.exists():
+        return
+    meta = out / "bundle.json"
+    ours = False
+    if out.is_dir() and meta.is_file():
+        try:
+            ours = {"format", "variant", "files"} <= set(json.loads(meta.read_text()))
+        except (OSError, ValueError):
+            ours = False
+    if not ours:
+        kind = "a file" if not out.is_dir() else "a directory that is not a bundle written by edge-compress"
+        raise BundleError(f"--out {out_dir}: {kind} is there; choose a new path (nothing was changed)")
+    if not force:
+        raise BundleError(f"--out {out_dir}: a bundle is there already; add --force to replace it")
+
+
+def measured_artifact(run_dir: Path, manifest: dict, step_id: str) -> Path:
+    """The artifact directory of `step_id` inside `run_dir`, checked to be the one the finished benchmark measured.
+
+    Raises:
+        BundleError: no finished benchmark, or the artifact's content hash differs from the one the benchmark
+            recorded (a later run rebuilt it and did not finish its benchmark).
+    """
+    from compress.manifest import hash_path
+
+    bench = (manifest.get("stages") or {}).get("benchmark") or {}
+    recorded = (bench.get("inputs") or {}).get(step_id)
+    if bench.get("status") != "done" or recorded is None:
+        raise BundleError(f"{run_dir}: the benchmark did not finish measuring {step_id}; run the pipeline to the end")
+    path = Path(run_dir) / step_id
+    if not path.is_dir():
+        raise BundleError(f"{path}: not found in the run directory")
+    if hash_path(path) != recorded:
+        raise BundleError(
+            f"{path} is not what the benchmark measured (its content changed after the last finished benchmark); "
+            "run the pipeline to the end, then bundle"
+        )
+    return path
 
 
 def _target_p50(v: dict, target: str) -> float:
@@ -165,6 +208,7 @@ def bundle(
     *,
     max_accuracy_drop: float = 0.01,
     max_perplexity_ratio: float = 1.1,
+    force: bool = False,
 ) -> dict:
     """Write a deployment bundle for `target` from a finished run.
 
@@ -188,6 +232,7 @@ def bundle(
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if not (run_dir / "report.json").is_file():
         raise BundleError(f"{run_dir}: no report.json (run the pipeline to the end first)")
+    check_out_dir(run_dir, out_dir, force)
     report = json.loads((run_dir / "report.json").read_text())
     gated = {g["name"]: g for g in report.get("gated", [])}
     if variant in gated:
@@ -203,9 +248,13 @@ def bundle(
             raise BundleError(str(e)) from None
     manifest = json.loads((run_dir / "manifest.json").read_text())
     measured = report.get("environment", {}).get("targets") or {}
-    if target not in measured and target not in PRESETS:
-        raise BundleError(f"unknown target {target!r}; choose from {sorted(set(measured) | set(PRESETS))}")
-    threads = measured[target]["threads"] if target in measured else resolve_target(PRESETS[target]).threads
+    if target not in measured:
+        known = "" if target in PRESETS else " (nor is it a named target)"
+        raise BundleError(
+            f"target {target!r} was not measured by this run{known}; measured: {', '.join(measured) or 'none'} "
+            "(add it to benchmark.targets and run again)"
+        )
+    threads = measured[target]["threads"]
     by = {v["name"]: v for v in report["variants"]}
     if variant is None:
         chosen, why = select_variant(report, target, max_accuracy_drop=max_accuracy_drop)
@@ -215,8 +264,9 @@ def bundle(
         raise BundleError(f"variant {variant!r} runs on {by[variant]['runtime']}; a bundle needs an ONNX variant")
     else:
         chosen, why = by[variant], "named explicitly"
-    model = _resolve(chosen["path"], run_dir)
-    model_dir = _resolve(chosen["tokenizer_dir"], run_dir)
+    step_id = chosen.get("artifact") or _legacy_step(chosen, run_dir)
+    model_dir = measured_artifact(run_dir, manifest, step_id)  # inside the run directory given, as measured
+    model = model_dir / "model.onnx"
     max_length = int(manifest.get("recipe", {}).get("data", {}).get("max_length", 128))
 
     from export.mobile import convert_to_ort

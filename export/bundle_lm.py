@@ -135,9 +135,13 @@ def bundle_lm(
         chosen, why = by[variant], "named explicitly"
     if not chosen.get("artifact"):
         raise LMBundleError(f"variant {chosen['name']!r}: the report does not name its artifact directory")
-    artifact_dir = run_dir / chosen["artifact"]  # inside the run directory given, never a stored absolute path
-    if not (artifact_dir / "model.onnx").is_file():
-        raise LMBundleError(f"{artifact_dir / 'model.onnx'}: not found in the run directory")
+    from export.bundle import BundleError, measured_artifact
+
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    try:  # inside the run directory given, never a stored absolute path, and as the benchmark measured it
+        artifact_dir = measured_artifact(run_dir, manifest, chosen["artifact"])
+    except BundleError as e:
+        raise LMBundleError(str(e)) from None
     config = json.loads((artifact_dir / "config.json").read_text())
     window = int(config.get("max_position_embeddings") or config.get("n_positions"))
     gen_cfg = artifact_dir / "generation_config.json"

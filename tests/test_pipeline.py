@@ -231,3 +231,31 @@ def test_a_trimmed_vocabulary_flows_through_export_quantize_and_benchmark(first_
     student = json.loads((run / "manifest.json").read_text())["stages"]["distill/student"]["metrics"]
     acc = {v["name"]: v["accuracy"] for v in report["variants"]}
     assert acc["student"] == pytest.approx(student["dev_accuracy_torch"], abs=1 / 32)
+
+
+def test_a_second_run_on_the_same_directory_exits_2_naming_the_first(tmp_path, tiny_base_dir, capsys):
+    import subprocess
+    import sys
+    import time
+
+    from compress.cli import main
+
+    data = write_tiny_data(tmp_path / "data")
+    recipe = write_tiny_recipe(tmp_path / "recipe.yaml", data, tiny_base_dir, prune=[], quantize=[])
+    run = tmp_path / "run"
+    first = subprocess.Popen(
+        [sys.executable, "-m", "compress", "run", str(recipe), "--out", str(run)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 120
+    while not ((run / ".lock").is_file() and (run / ".lock").read_text()) and time.time() < deadline:
+        time.sleep(0.05)
+    with pytest.raises(SystemExit) as e:
+        main(["run", str(recipe), "--out", str(run)])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and f"is in use by process {first.pid} " in err and len(err.splitlines()) == 1
+    assert first.wait(timeout=300) == 0, first.stderr.read()[-2000:]
+    report = json.loads((run / "report.json").read_text())
+    assert [v["name"] for v in report["variants"]][-1] == "student"

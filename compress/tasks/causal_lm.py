@@ -55,20 +55,19 @@ class CausalLMTask:
 
     def preflight(self, recipe: CausalLMRecipe) -> None:
         """Everything that depends on the teacher's shape, from its config alone (no weights loaded)."""
-        from transformers import AutoConfig
-
         from compress.architectures import family_of, ffn_width
         from compress.lm import check_causal_lm_dir, context_window
 
         t = recipe.teacher
         source = t.path or t.base
         if source is not None:
+            from transformers import AutoModelForCausalLM
+
+            from compress.modeling import check_model_dir
+
             key = "teacher.path" if t.path is not None else "teacher.base"
             check_causal_lm_dir(source, key)
-            try:
-                config = AutoConfig.from_pretrained(source, local_files_only=True)
-            except (OSError, ValueError) as e:
-                raise RecipeError(f"{key} = {str(source)!r}: config.json is not a valid config ({e})") from None
+            config = check_model_dir(source, AutoModelForCausalLM, key)
             family_of(config, key)
             layers, hidden, ffn = int(config.num_hidden_layers), int(config.hidden_size), ffn_width(config)
             window = context_window(config)

@@ -45,16 +45,58 @@ class ClassificationTask:
         return np.load(ctx.out("teacher") / "train_logits.npy")
 
     def preflight(self, recipe: Recipe) -> None:
-        """Checks that need the teacher's config, done before any step runs (not 20 minutes into one)."""
-        from compress.modeling import base_model_dir
+        """Checks that need the teacher's config, done before any step runs (not 20 minutes into one): its
+        directory (config, weights of its shapes), and every student, prune pattern and benchmark length
+        against it."""
+        from transformers import AutoModel, AutoModelForSequenceClassification
 
-        teacher_dir = recipe.teacher.path or base_model_dir(recipe.teacher.base)
-        cfg = json.loads((Path(teacher_dir) / "config.json").read_text())
-        n = cfg.get("num_hidden_layers", cfg.get("n_layers"))
+        from compress.architectures import family_of, ffn_width
+        from compress.modeling import base_model_dir, check_model_dir
+
+        t = recipe.teacher
+        key = "teacher.path" if t.path is not None else "teacher.base"
+        teacher_dir = t.path or base_model_dir(t.base)
+        auto = AutoModelForSequenceClassification if t.path is not None else AutoModel
+        config = check_model_dir(teacher_dir, auto, key)
+        family_of(config, key)
+        n, hidden = int(config.num_hidden_layers), int(config.hidden_size)
+        heads, ffn = int(config.num_attention_heads), ffn_width(config)
+        widths = {}
         for i, d in enumerate(recipe.distill):
-            if n is not None and any(layer >= n for layer in d.layers):
-                key = "distill.layers" if len(recipe.distill) == 1 else f"distill.{i}.layers"
-                raise RecipeError(f"{key} = {list(d.layers)}: the teacher has layers 0..{n - 1}")
+            k = "distill" if len(recipe.distill) == 1 else f"distill.{i}"
+            if any(layer >= n for layer in d.layers):
+                raise RecipeError(f"{k}.layers = {list(d.layers)}: the teacher has layers 0..{n - 1}")
+            if d.heads is not None and d.hidden_size is None and d.heads > heads:
+                raise RecipeError(f"{k}.heads = {d.heads}: the teacher has {heads} heads per layer")
+            if d.intermediate_size is not None and d.intermediate_size > ffn:
+                raise RecipeError(f"{k}.intermediate_size = {d.intermediate_size}: the teacher's FFN is {ffn} wide")
+            if d.hidden_size is not None:
+                if d.hidden_size > hidden:
+                    raise RecipeError(f"{k}.hidden_size = {d.hidden_size}: the teacher's hidden size is {hidden}")
+                h = d.heads or heads
+                if d.hidden_size % h:
+                    raise RecipeError(f"{k}.hidden_size = {d.hidden_size}: not a multiple of its {h} attention heads")
+            widths[d.name] = (d.hidden_size or hidden, d.intermediate_size or ffn)
+        for i, p in enumerate(recipe.prune):
+            if p.method != "n:m":
+                continue
+            m = p.nm[1]
+            src = recipe.source_of(p)
+            bad = [w for w in widths.get(src, (hidden, ffn)) if w % m]
+            if bad:
+                raise RecipeError(
+                    f"prune.{i}.nm = {list(p.nm)}: groups of {m} must divide the layer widths of {src} "
+                    f"{list(widths.get(src, (hidden, ffn)))}; {bad[0]} is not a multiple of {m}"
+                )
+        limit = getattr(config, "max_position_embeddings", None)
+        too_long = [x for x in recipe.benchmark.lengths if isinstance(x, int) and limit and x > limit]
+        if too_long:
+            raise RecipeError(
+                f"benchmark.lengths = {list(recipe.benchmark.lengths)}: {too_long} exceed the teacher's "
+                f"{limit} positions"
+            )
+        if limit and recipe.data.max_length > limit:
+            raise RecipeError(f"data.max_length = {recipe.data.max_length}: the teacher has {limit} positions")
 
     def teacher(self, ctx: RunContext, step: Step, out: Path) -> dict:
         from compress.teacher import train_teacher
@@ -250,6 +292,9 @@ class ClassificationTask:
         )
         # Artifacts written here (the optimum baseline, .ort files) are recorded under their final path, not the
         # temporary directory this step writes into.
+        steps = {v.name: str(v.tokenizer_dir.relative_to(ctx.run_dir)) for v in variants if v.runtime == "onnxruntime"}
+        for v in results["variants"]:
+            v["artifact"] = steps.get(v["name"])  # the step directory, relative to the run directory
         results = json.loads(json.dumps(results).replace(str(out.resolve()), str(ctx.out(step.id).resolve())))
         results = json.loads(json.dumps(results).replace(str(out), str(ctx.out(step.id))))
         write_json_atomic(out / "results.json", results)

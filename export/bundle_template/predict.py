@@ -25,6 +25,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 MAX_CHARS = 1_000_000  # a longer line is cut before tokenization; the model sees max_length tokens anyway
 CHUNK = 64  # lines read and classified at a time in --file mode
+WORD_TOKENS = 128  # more pieces than one word can split into (WordPiece makes [UNK] of words over 100 characters)
 
 try:
     import numpy as np
@@ -69,10 +70,26 @@ class Classifier:
             return None, f"not valid UTF-8 (undecodable byte at character {e.start})"
         if not text.strip():
             return None, "empty text"
-        enc = self.tokenizer.encode(text[:MAX_CHARS])
+        enc = self._encode_prefix(text[:MAX_CHARS])
         if sum(1 for s in enc.special_tokens_mask if not s) == 0:
             return None, "nothing to classify: no tokens left after normalization (only control characters?)"
         return enc, None
+
+    def _encode_prefix(self, text: str):
+        """The encoding of `text` cut to max_length tokens, tokenizing only as much of it as that needs.
+
+        The first window is 64 characters per token. The window's cut can change only the tokens of the word it
+        falls in; once the window yields over WORD_TOKENS more tokens than are kept, that word lies wholly in the
+        cut-off part and the kept tokens are those of the whole text. Otherwise (long whitespace runs, say) the
+        window doubles. The cost no longer grows with the text.
+        """
+        window = 64 * self.max_length
+        while True:
+            enc = self.tokenizer.encode(text[:window])
+            beyond = sum(len(o.ids) for o in enc.overflowing)
+            if window >= len(text) or beyond > WORD_TOKENS:
+                return enc
+            window *= 2
 
     def _run(self, encs: list) -> np.ndarray:
         # (B, T) padded to the longest; the attention mask hides the padding.

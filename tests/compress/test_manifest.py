@@ -149,3 +149,56 @@ def test_write_json_atomic(tmp_path):
     write_json_atomic(path, {"a": 2})
     assert json.loads(path.read_text()) == {"a": 2}
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        ('{"recipe": {}, "stages": {"teacher": {"status": "do', "not valid JSON"),  # truncated
+        ("[]", "holds a JSON list, not an object"),
+        ('{"stages": null}', '"stages" is null, not an object'),
+        ('{"stages": {"teacher": 3}}', "the records of ['teacher'] are not objects"),
+    ],
+)
+def test_a_broken_manifest_is_set_aside_and_the_backup_read(tmp_path, content, problem):
+    out = tmp_path / "teacher"
+    out.mkdir()
+    (out / "w.bin").write_text("weights")
+    m = Manifest(tmp_path / "manifest.json", {"name": "r"})
+    m.record("teacher", {"status": "done", "key": "k1", "output_hash": hash_path(out)})
+    m.record("distill/s", {"status": "done", "key": "k2", "output_hash": "gone"})  # a second save: a backup exists
+    (tmp_path / "manifest.json").write_text(content)
+    again = Manifest(tmp_path / "manifest.json", {"name": "r"})
+    assert problem in again.problem and "read the previous save (manifest.json.bak)" in again.problem
+    assert again.is_fresh("teacher", "k1", out)  # what still matches its recorded hash is kept
+    assert list(tmp_path.glob("manifest.json.corrupt-*"))  # the broken file is kept for the user to look at
+
+
+def test_a_broken_manifest_without_backup_says_every_step_runs_again(tmp_path):
+    (tmp_path / "manifest.json").write_text("{oops")
+    m = Manifest(tmp_path / "manifest.json", {"name": "r"})
+    assert "not valid JSON" in m.problem and "every step runs again" in m.problem and m.data["stages"] == {}
+
+
+def test_the_run_lock_names_its_holder_and_is_released(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from compress.manifest import RunLockedError, run_lock
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from compress.manifest import run_lock\n"
+         "with run_lock(sys.argv[1]):\n print('held', flush=True); time.sleep(30)", str(tmp_path)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunLockedError, match=rf"is in use by process {holder.pid} "):
+            with run_lock(tmp_path):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with run_lock(tmp_path):  # a killed holder leaves no lock behind
+        assert f"process {os.getpid()}" in (tmp_path / ".lock").read_text()

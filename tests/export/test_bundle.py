@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import hashlib
 import json
 import shutil
 import subprocess
@@ -22,6 +23,7 @@ def _variant(name, path, accuracy, p50, runtime="onnxruntime"):
     return {
         "name": name,
         "runtime": runtime,
+        "artifact": f"export/{name}" if runtime == "onnxruntime" else None,
         "path": str(path),
         "tokenizer_dir": str(path.parent if path.suffix == ".onnx" else path),
         "accuracy": accuracy,
@@ -54,7 +56,11 @@ def fake_run(tmp_path_factory, tiny_onnx_dir, trained_classifier_dir):
         "name": "tiny",
         "data": {k: str(data / f"{k}.tsv") for k in ("train", "dev", "test")} | {"max_length": 32},
     }
-    (run / "manifest.json").write_text(json.dumps({"recipe": recipe, "stages": {}}))
+    from compress.manifest import hash_path
+
+    measured = {f"export/{n}": hash_path(run / "export" / n) for n in ("teacher", "student", "fast")}
+    bench = {"status": "done", "inputs": measured}
+    (run / "manifest.json").write_text(json.dumps({"recipe": recipe, "stages": {"benchmark": bench}}))
     return run
 
 
@@ -195,8 +201,10 @@ def test_variant_choice_and_errors(fake_run, tmp_path):
         bundle(fake_run, "mobile", tmp_path / "b", variant="nope")
     with pytest.raises(BundleError, match="runs on torch"):
         bundle(fake_run, "mobile", tmp_path / "b", variant="teacher-torch")
-    with pytest.raises(BundleError, match="unknown target 'watch'"):
+    with pytest.raises(BundleError, match="target 'watch' was not measured by this run .nor is it a named target."):
         bundle(fake_run, "watch", tmp_path / "b")
+    with pytest.raises(BundleError, match="target 'iot' was not measured by this run; measured: mobile"):
+        bundle(fake_run, "iot", tmp_path / "b")
     with pytest.raises(BundleError, match="no report.json"):
         bundle(tmp_path, "mobile", tmp_path / "b")
     assert not (tmp_path / "b").exists()
@@ -206,10 +214,10 @@ def test_bundle_and_predict_commands(fake_run, made, tmp_path, capsys):
     from compress.cli import main
 
     with pytest.raises(SystemExit) as e:
-        main(["bundle", str(fake_run), "--target", "iot", "--out", str(tmp_path / "iot")])
+        main(["bundle", str(fake_run), "--target", "mobile", "--out", str(tmp_path / "m")])
     assert e.value.code == 0
-    assert "student for target iot (1 thread(s))" in capsys.readouterr().out
-    assert json.loads((tmp_path / "iot" / "bundle.json").read_text())["threads"] == 1
+    assert "student for target mobile (2 thread(s))" in capsys.readouterr().out
+    assert json.loads((tmp_path / "m" / "bundle.json").read_text())["threads"] == 2
 
     with pytest.raises(SystemExit) as e:
         main(["predict", str(made[0]), "the plot was very good", ""])
@@ -226,3 +234,56 @@ def test_bundle_and_predict_commands(fake_run, made, tmp_path, capsys):
             main(argv)
         err = capsys.readouterr().err.strip()
         assert e.value.code == 2 and expected in err and len(err.splitlines()) == 1
+
+
+def test_bundle_out_never_replaces_the_run_or_a_users_files(fake_run, made, tmp_path):
+    with pytest.raises(BundleError, match="would replace the run directory"):
+        bundle(fake_run, "mobile", fake_run)
+    with pytest.raises(BundleError, match="would replace the run directory"):
+        bundle(fake_run, "mobile", fake_run.parent)
+    mine = tmp_path / "my-folder"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("months of work")
+    with pytest.raises(BundleError, match="not a bundle written by edge-compress is there"):
+        bundle(fake_run, "mobile", mine)
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("keep me")
+    with pytest.raises(BundleError, match="a file is there"):
+        bundle(fake_run, "mobile", a_file)
+    assert (mine / "thesis.tex").read_text() == "months of work" and a_file.read_text() == "keep me"
+    out = tmp_path / "b"
+    shutil.copytree(made[0], out)
+    with pytest.raises(BundleError, match="a bundle is there already; add --force"):
+        bundle(fake_run, "mobile", out)
+    assert bundle(fake_run, "mobile", out, force=True)["variant"] == "student"
+
+
+def test_bundle_ships_only_what_the_benchmark_measured_and_reads_the_run_it_is_given(fake_run, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(fake_run, copy)
+    marker = copy / "export" / "student" / "model.onnx"
+    meta = bundle(copy, "mobile", tmp_path / "from-copy")
+    # The copy's own model, not the one its report's absolute paths point to.
+    assert (tmp_path / "from-copy" / "model.onnx").read_bytes() == marker.read_bytes()
+    assert meta["files"]["model.onnx"] == hashlib.sha256(marker.read_bytes()).hexdigest()
+    # A re-run rebuilt the artifact and was killed before its benchmark: the old figures do not describe it.
+    marker.write_bytes(marker.read_bytes() + b"\0")
+    with pytest.raises(BundleError, match="not what the benchmark measured"):
+        bundle(copy, "mobile", tmp_path / "stale", variant="student")
+    assert not (tmp_path / "stale").exists()
+
+
+def test_a_huge_line_is_cut_before_tokenizing_and_classified_as_the_whole_text_would_be(made):
+    import time
+
+    mod_texts = ["good " * 20_000, "bad movie " + " " * 300_000 + "good", "x" * 99_999]
+    t0 = time.perf_counter()
+    rows = predict(made[0], mod_texts * 20)
+    assert time.perf_counter() - t0 < 20  # tokenizing 60 lines of 100k+ characters in full took minutes
+    from export.bundle import load_predict_module
+
+    clf = load_predict_module(made[0]).Classifier(made[0])
+    for text, row in zip(mod_texts, rows, strict=False):
+        full = clf.tokenizer.encode(text)  # the whole text, as before the cut existed
+        assert clf._encode_prefix(text).ids == full.ids
+        assert row["truncated"] is (len(full.overflowing) > 0)
