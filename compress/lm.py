@@ -176,10 +176,13 @@ def agreement(predictions: Sequence[np.ndarray], reference: Sequence[np.ndarray]
 
 @dataclass(frozen=True)
 class LMLossSpec:
-    """loss = alpha * KL(teacher_T || student_T) * T^2 + (1 - alpha) * next-token CE + hidden_weight * hidden MSE."""
+    """loss = alpha * divergence(teacher_T, student_T) * T^2 + (1 - alpha) * next-token CE + hidden_weight * hidden
+    MSE; the divergence is `kind` (`compress.losses.token_divergence`)."""
 
     temperature: float = 1.0
     alpha: float = 0.5
+    kind: str = "forward"
+    skew: float = 0.1
     hidden_weight: float = 0.0
     hidden_layer_map: tuple[tuple[int, int], ...] = ()
 
@@ -212,7 +215,9 @@ class CausalLMTrainer(Trainer):
         out = model(input_ids=ids, use_cache=False, output_hidden_states=want_hidden)
         with torch.no_grad():
             t_out = self.teacher(input_ids=ids, use_cache=False, output_hidden_states=want_hidden)
-        loss = causal_lm_distillation_loss(out.logits, t_out.logits, ids, spec.temperature, spec.alpha)
+        loss = causal_lm_distillation_loss(
+            out.logits, t_out.logits, ids, spec.temperature, spec.alpha, spec.kind, spec.skew
+        )
         if want_hidden:
             mask = torch.ones_like(ids)
             projected = out.get("projected_hidden_states")

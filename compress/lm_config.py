@@ -103,7 +103,11 @@ class LMDistillConfig(_Config):
     hidden_size: int | None = Field(default=None, ge=8, description="a smaller hidden size (new config)")
     hidden_init: Literal["truncate", "random"] = "truncate"
     temperature: float = Field(default=1.0, gt=0, le=100)
-    alpha: float = Field(default=0.5, ge=0, le=1, description="weight of the KL to the teacher; 1-alpha on tokens")
+    alpha: float = Field(default=0.5, ge=0, le=1, description="weight of the divergence; 1-alpha on the tokens")
+    loss: Literal["forward", "reverse", "skew", "skew-reverse"] = Field(
+        default="forward", description="the divergence to the teacher: KL(p||q), KL(q||p), or DistiLLM's skewed ones"
+    )
+    skew: float = Field(default=0.1, ge=0, lt=1, description="skew / skew-reverse: the share of the other mixed in")
     hidden_weight: float = Field(default=0.0, ge=0, le=1000, description="hidden-state MSE")
     hidden_layer_map: list[tuple[int, int]] | None = Field(
         default=None, description="(student, teacher) hidden-state indices, 0 = embeddings; default from layers"
@@ -127,6 +131,12 @@ class LMDistillConfig(_Config):
         if len(set(v)) != len(v):
             raise ValueError("layer indices must be distinct")
         return sorted(v)
+
+    @model_validator(mode="after")
+    def _skew_applies(self) -> LMDistillConfig:
+        if self.skew != 0.1 and not self.loss.startswith("skew"):
+            raise ValueError(f"distill.skew applies only to loss 'skew' or 'skew-reverse', not {self.loss!r}")
+        return self
 
 
 class LMExportConfig(_Config):

@@ -68,6 +68,8 @@ def distill_lm(
     spec = LMLossSpec(
         temperature=cfg.temperature,
         alpha=cfg.alpha,
+        kind=cfg.loss,
+        skew=cfg.skew,
         hidden_weight=cfg.hidden_weight,
         hidden_layer_map=tuple(_check_map("hidden_layer_map", hidden_map, n_s, n_t)),
     )
@@ -115,7 +117,8 @@ def distill_lm(
             "loss": {
                 "temperature": spec.temperature,
                 "alpha": spec.alpha,
-                "kind": "forward KL",
+                "kind": spec.kind,
+                "skew": spec.skew if spec.kind.startswith("skew") else None,
                 "hidden_weight": spec.hidden_weight,
                 "hidden_layer_map": [list(p) for p in spec.hidden_layer_map],
                 "teacher": "online (run on each batch)",

@@ -64,18 +64,61 @@ def token_kl_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, te
     return soft_target_loss(student_logits.reshape(-1, v).float(), teacher_logits.reshape(-1, v).float(), temperature)
 
 
+DIVERGENCES = ("forward", "reverse", "skew", "skew-reverse")
+
+
+def token_divergence(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    kind: str = "forward",
+    temperature: float = 1.0,
+    skew: float = 0.1,
+) -> torch.Tensor:
+    """A divergence between the teacher's (p) and the student's (q) next-token distributions, mean over
+    positions, times T^2 (distributions at temperature T).
+
+    - forward: KL(p || q), Hinton et al.'s soft targets; mass-covering, the student spreads over all the teacher's
+      modes;
+    - reverse: KL(q || p) (MiniLLM, Gu et al. 2024); mode-seeking, the student puts its mass where the teacher is
+      sure;
+    - skew: KL(p || skew * p + (1 - skew) * q) and skew-reverse: KL(q || skew * q + (1 - skew) * p) (DistiLLM,
+      Ko et al. 2024); mixing a share of the other distribution in keeps the gradient bounded where q or p is
+      near zero. skew 0 gives forward / reverse.
+
+    Shapes: (..., V) and (..., V).
+    """
+    if kind not in DIVERGENCES:
+        raise ValueError(f"kind must be one of {DIVERGENCES}, not {kind!r}")
+    if not 0 <= skew < 1:
+        raise ValueError(f"skew must be in [0, 1), got {skew}")
+    t = temperature
+    v = student_logits.shape[-1]
+    log_q = F.log_softmax(student_logits.reshape(-1, v).float() / t, dim=-1)
+    log_p = F.log_softmax(teacher_logits.reshape(-1, v).float() / t, dim=-1)
+    if kind in ("reverse", "skew-reverse"):
+        log_p, log_q = log_q, log_p  # the same formulas with the roles of the two distributions swapped
+    if kind.startswith("skew") and skew > 0:
+        # log(skew * p + (1 - skew) * q), computed in log space
+        log_q = torch.logaddexp(log_p + math.log(skew), log_q + math.log1p(-skew))
+    kl = (log_p.exp() * (log_p - log_q)).sum(-1)  # KL(p || q) per position
+    return kl.mean() * (t * t)
+
+
 def causal_lm_distillation_loss(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
     input_ids: torch.Tensor,
     temperature: float,
     alpha: float,
+    kind: str = "forward",
+    skew: float = 0.1,
 ) -> torch.Tensor:
-    """alpha * token KL to the teacher + (1 - alpha) * next-token cross-entropy on the corpus."""
+    """alpha * divergence to the teacher (`token_divergence`) + (1 - alpha) * next-token cross-entropy."""
     hard = next_token_loss(student_logits, input_ids)
     if alpha == 0:
         return hard
-    return alpha * token_kl_loss(student_logits, teacher_logits, temperature) + (1 - alpha) * hard
+    soft = token_divergence(student_logits, teacher_logits, kind, temperature, skew)
+    return alpha * soft + (1 - alpha) * hard
 
 
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -157,3 +157,57 @@ def test_loading_a_directory_that_is_not_a_causal_lm_says_so(tmp_path, tiny_lm_d
         load_causal_lm(mismatch)
     model, tok = load_causal_lm(tiny_lm_dirs["qwen2"])
     assert family_of(model).name == "llama" and tok.eos_token_id is not None
+
+
+def test_divergences_forward_reverse_and_skewed():
+    from compress.losses import token_divergence
+
+    torch.manual_seed(1)
+    s, t = torch.randn(2, 5, 13), torch.randn(2, 5, 13)
+    p, q = torch.softmax(t, -1), torch.softmax(s, -1)
+    forward = (p * (p.log() - q.log())).sum(-1).mean()
+    reverse = (q * (q.log() - p.log())).sum(-1).mean()
+    assert torch.allclose(token_divergence(s, t, "forward"), forward, atol=1e-6)
+    assert torch.allclose(token_divergence(s, t, "reverse"), reverse, atol=1e-6)
+    assert torch.allclose(token_divergence(s, t, "forward"), token_kl_loss(s, t, 1.0), atol=1e-6)
+    mix = 0.3 * p + 0.7 * q
+    skew = (p * (p.log() - mix.log())).sum(-1).mean()
+    assert torch.allclose(token_divergence(s, t, "skew", skew=0.3), skew, atol=1e-6)
+    mix_r = 0.3 * q + 0.7 * p
+    skew_r = (q * (q.log() - mix_r.log())).sum(-1).mean()
+    assert torch.allclose(token_divergence(s, t, "skew-reverse", skew=0.3), skew_r, atol=1e-6)
+    assert torch.allclose(token_divergence(s, t, "skew", skew=0.0), forward, atol=1e-6)
+    for kind in ("forward", "reverse", "skew", "skew-reverse"):
+        assert token_divergence(s, s, kind) < 1e-6  # zero at the teacher
+        assert token_divergence(s, t, kind) > 0
+    # Temperature scales the distributions and multiplies by T^2.
+    t2 = token_divergence(s, t, "reverse", temperature=2.0)
+    q2, p2 = torch.softmax(s / 2, -1), torch.softmax(t / 2, -1)
+    assert torch.allclose(t2, 4 * (q2 * (q2.log() - p2.log())).sum(-1).mean(), atol=1e-6)
+    # The skewed divergence stays bounded where the student gives a token almost no mass.
+    extreme = s.clone()
+    extreme[..., 0] = -1e4
+    g = torch.autograd.grad(token_divergence(extreme.requires_grad_(), t, "skew", skew=0.1), extreme)[0]
+    assert torch.isfinite(g).all()
+    with pytest.raises(ValueError, match="kind must be one of"):
+        token_divergence(s, t, "jensen")
+
+
+@pytest.mark.parametrize("kind", ["reverse", "skew-reverse"])
+def test_a_student_trains_on_each_divergence(kind, tiny_lm_dirs, text_data_dir, tmp_path):
+    from compress.lm_config import LMDistillConfig, TextDataConfig
+    from compress.lm_distill import distill_lm
+    from compress.text import load_text_data
+
+    teacher, tok = load_causal_lm(tiny_lm_dirs["llama"])
+    data_cfg = TextDataConfig(
+        train=text_data_dir / "train.txt", dev=text_data_dir / "dev.txt", documents="line", block_size=32
+    )
+    skew = {"skew": 0.2} if kind.startswith("skew") else {}
+    cfg = LMDistillConfig(layers=[0, 3], loss=kind, epochs=1, batch_size=8, learning_rate=3e-3, **skew)
+    data = load_text_data(data_cfg)
+    res = distill_lm(teacher, tok, cfg, data, data_cfg, seed=0, work_dir=tmp_path, log=lambda s: None)
+    assert res.metrics["loss"]["kind"] == kind and res.metrics["loss"]["skew"] == skew.get("skew")
+    with pytest.raises(ValueError, match="distill.skew applies only to loss 'skew'"):
+        LMDistillConfig(loss="reverse", skew=0.3)
+    assert 1 < res.metrics["dev_perplexity_torch"] < 300 and res.metrics["train_loss_final"] > 0
