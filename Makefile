@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 RECIPE ?= configs/default.yaml
 
-.PHONY: setup run quick run-lm quick-lm test test-slow lint clean
+.PHONY: setup anchors run quick run-lm quick-lm test test-slow lint clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,13 +16,32 @@ $(BIN)/.installed: pyproject.toml
 
 setup: $(BIN)/.installed
 
+# The tools a user would pick instead of a student, for the causal-LM benchmark's anchors (benchmarks/anchors.py):
+# ONNX Runtime GenAI and llama.cpp's runtimes in the venv (llama.cpp is compiled: several minutes), GenAI's model
+# builder in a venv of its own (it needs transformers >= 5), llama.cpp's converter from the same source archive.
+ANCHOR_VENV := .venv-anchor-builder
+anchors: $(BIN)/.anchors $(ANCHOR_VENV)/.installed .anchors/llama.cpp/SOURCE
+
+$(BIN)/.anchors: $(BIN)/.installed
+	$(BIN)/python -m pip install --quiet -e ".[dev,anchors]"
+	touch $@
+
+$(ANCHOR_VENV)/.installed: benchmarks/anchor-builder.txt
+	$(PYTHON) -m venv $(ANCHOR_VENV)
+	$(ANCHOR_VENV)/bin/python -m pip install --quiet torch==2.13.0
+	$(ANCHOR_VENV)/bin/python -m pip install --quiet -r benchmarks/anchor-builder.txt
+	touch $@
+
+.anchors/llama.cpp/SOURCE: $(BIN)/.installed
+	$(BIN)/python -m benchmarks.anchors fetch-llama-cpp .anchors/llama.cpp
+
 run: setup
 	HF_HUB_OFFLINE=1 $(BIN)/edge-compress run $(RECIPE)
 
 quick: setup
 	HF_HUB_OFFLINE=1 $(BIN)/edge-compress run configs/quick.yaml
 
-run-lm: setup    # the causal-LM default: a Llama-style teacher pretrained here, a student, int4/int8, ~45 min
+run-lm: setup anchors    # the causal-LM default: a teacher pretrained here, students, int4/int8, anchors
 	HF_HUB_OFFLINE=1 $(BIN)/edge-compress run configs/lm.yaml
 
 quick-lm: setup
@@ -39,4 +58,4 @@ lint: setup
 	$(BIN)/ruff check compress export benchmarks tests
 
 clean:
-	rm -rf runs $(VENV) *.egg-info
+	rm -rf runs $(VENV) $(ANCHOR_VENV) .anchors *.egg-info

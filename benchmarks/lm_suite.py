@@ -38,11 +38,13 @@ GREEDY_PROMPT_TOKENS = 32
 
 @dataclass(frozen=True)
 class LMVariant:
-    """One model to measure. `path`: model.onnx for onnxruntime, the model directory for torch and optimum."""
+    """One model to measure. `path`: model.onnx for onnxruntime, the model directory for torch, optimum and
+    genai, the .gguf file for llama.cpp."""
 
     name: str
     stage: str  # teacher, distill, prune, quantize or baseline
-    runtime: str  # torch (transformers), optimum (ORTModelForCausalLM) or onnxruntime (this project's decoder loop)
+    runtime: str  # torch (transformers), optimum (ORTModelForCausalLM), onnxruntime (this project's decoder loop),
+    # or an anchor's own runtime: genai (ONNX Runtime GenAI) or llama.cpp (`benchmarks.anchors`)
     parent: str | None
     path: Path
     model_dir: Path  # tokenizer and config
@@ -55,7 +57,11 @@ class _Quality:
 
     def __init__(self, v: LMVariant, threads: int, model_file: Path | None = None):
         self.v = v
-        if v.runtime == "onnxruntime":
+        if v.runtime in ("genai", "llama.cpp"):
+            from benchmarks.anchors import runner
+
+            self.anchor = runner(v.runtime, v.path, threads, all_logits=True)
+        elif v.runtime == "onnxruntime":
             from export.lm_onnx import generator_for
 
             # An .ort conversion lives apart from the artifact's tokenizer and config: name the file.
@@ -76,6 +82,8 @@ class _Quality:
                 self.model = ORTModelForCausalLM.from_pretrained(v.path, session_options=session_options(threads))
 
     def logits(self, ids: np.ndarray) -> np.ndarray:
+        if self.v.runtime in ("genai", "llama.cpp"):
+            return self.anchor.logits(ids)
         if self.v.runtime == "onnxruntime":
             return self.gen.forward(ids)[0]
         import torch
@@ -85,6 +93,8 @@ class _Quality:
             return self.model(input_ids=t, attention_mask=torch.ones_like(t), use_cache=False).logits.float().numpy()
 
     def greedy(self, prompt: list[int], n: int) -> list[int]:
+        if self.v.runtime in ("genai", "llama.cpp"):
+            return list(self.anchor.stream(prompt, n))
         if self.v.runtime == "onnxruntime":
             return list(self.gen.stream(prompt, n, ignore_eos=True))
         import torch
@@ -140,6 +150,7 @@ def benchmark_lm(
     reference: str,
     work_dir: Path,
     log: Callable[[str], None] = print,
+    anchors: dict | None = None,
 ) -> dict:
     """Perplexity, agreement, greedy continuations, TTFT, decode speed, peak RSS and size of each variant.
 
@@ -151,6 +162,8 @@ def benchmark_lm(
         reference: the variant whose greedy predictions the others' agreement is measured against.
         work_dir: where `.ort` conversions are kept.
         log: one line per measurement phase.
+        anchors: how the anchors among `variants` were built, and those that could not be
+            (`benchmarks.anchors.build_anchors`: {"built": {...}, "unavailable": [...]}), for the report.
 
     Returns:
         environment, settings and one record per variant (schema in `benchmarks/report.py`).
@@ -309,12 +322,17 @@ def benchmark_lm(
             "baselines": [b for b in BASELINES if b in records],
         },
         "reference": reference,
+        "anchors": anchors or {"built": {}, "unavailable": []},
         "variants": [records[v.name] for v in variants],
     }
 
 
 def _sizes(v: LMVariant) -> dict:
-    if v.runtime == "torch":
+    if v.runtime in ("genai", "llama.cpp"):
+        from benchmarks.anchors import weight_files
+
+        files = weight_files(v.runtime, v.path)
+    elif v.runtime == "torch":
         files = sorted(Path(v.path).glob("*.safetensors"))
     elif v.runtime == "optimum":
         files = Artifact.read(Path(v.path)).weight_files()

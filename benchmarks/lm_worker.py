@@ -8,7 +8,8 @@ then prints one JSON line of raw times.
 Each variant generates through what a user of it runs:
 - `torch`: transformers' `generate` (greedy, its KV cache);
 - `optimum`: optimum's `ORTModelForCausalLM.generate` on the exported decoder;
-- `onnxruntime`: this project's decoder loop, the bundle's `generate.py`.
+- `onnxruntime`: this project's decoder loop, the bundle's `generate.py`;
+- `genai`, `llama.cpp`: ONNX Runtime GenAI's `Generator` and llama.cpp's `Llama` (`benchmarks.anchors`).
 A streamer (or the loop itself) stamps each new token: the first stamp is the time to first token (the prompt's
 forward pass and the first choice), the gaps between the others are per-token decode latencies. Every
 generation produces exactly `new_tokens` tokens (end-of-text is ignored or suppressed), so all variants do
@@ -49,6 +50,17 @@ def _hf_streamer():
 def _runner(variant: dict, threads: int):
     """A callable (prompt ids, new tokens) -> (seconds to the first token, [seconds per later token])."""
     runtime = variant["runtime"]
+    if runtime in ("genai", "llama.cpp"):
+        from benchmarks.anchors import runner as anchor_runner
+
+        r = anchor_runner(runtime, variant["path"], threads)
+
+        def run(prompt: list[int], new_tokens: int):
+            t0 = time.perf_counter()
+            stamps = [time.perf_counter() for _ in r.stream(prompt, new_tokens)]
+            return stamps[0] - t0, [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+
+        return run
     if runtime == "onnxruntime":
         from export.lm_onnx import generator_for
 

@@ -82,6 +82,10 @@ def _child_lm(runtime: str, model: str, prompt: list[int], new_tokens: int, thre
 
     if runtime == "onnxruntime":
         from export.lm_onnx import generator_for
+    elif runtime in ("genai", "llama.cpp"):
+        from benchmarks.anchors import runner
+
+        __import__("onnxruntime_genai" if runtime == "genai" else "llama_cpp")
     else:
         import torch
 
@@ -101,6 +105,10 @@ def _child_lm(runtime: str, model: str, prompt: list[int], new_tokens: int, thre
         load_s = time.perf_counter() - t0
         n = sum(1 for _ in gen.stream(prompt, new_tokens, ignore_eos=True))
         return {"load_s": load_s, "generated": n}
+    if runtime in ("genai", "llama.cpp"):
+        r = runner(runtime, model, threads)
+        load_s = time.perf_counter() - t0
+        return {"load_s": load_s, "generated": sum(1 for _ in r.stream(prompt, new_tokens))}
     if runtime == "torch":
         m = model_class.from_pretrained(model, local_files_only=True).eval()
     else:
@@ -137,7 +145,7 @@ def measure_peak_rss(
     """Peak RSS of a fresh process loading `model` and running it on `texts`, and of one that loads none.
 
     For `task="causal-lm"`, `texts` is one prompt (its token ids, as strings) and the model generates
-    `new_tokens` after it; `runtime` is torch, optimum or onnxruntime.
+    `new_tokens` after it; `runtime` is torch, optimum, onnxruntime, or an anchor's (genai, llama.cpp).
 
     Args:
         cpus: cores to pin both processes to (a target's affinity).
@@ -194,7 +202,7 @@ def measure_peak_rss(
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--runtime", choices=["onnxruntime", "torch", "optimum"], required=True)
+    p.add_argument("--runtime", choices=["onnxruntime", "torch", "optimum", "genai", "llama.cpp"], required=True)
     p.add_argument("--task", choices=["classification", "causal-lm"], default="classification")
     p.add_argument("--new-tokens", type=int, default=0, help="causal-lm: tokens generated after the prompt")
     p.add_argument("--model", required=True, help="model.onnx, a HF model dir, or 'none' for the baseline")

@@ -6,7 +6,10 @@
     settings: primary_target, ttft_headline_length, prompt_lengths, new_tokens, prompts_per_length, runs, warmup,
         decoding, perplexity, dev_tokens, test_tokens, greedy_prompts, greedy_prompt_tokens, greedy_tokens,
         memory_context, eval_threads, quality_wall_s, protocol, baselines
-    variants: [{name, stage, runtime (torch | optimum | onnxruntime), parent, path, model_dir, params, layers,
+    mixed_precision {STEP: {budget, sensitivity_int4_alone, tried, assignment, perplexity_ratio, ...}}
+    anchors: {built: {NAME: {path, runtime, command, build_s, builder}}, unavailable: [{name, reason}]}
+    variants: [{name, stage, runtime (torch | optimum | onnxruntime | genai | llama.cpp), parent, path, model_dir,
+        params, layers,
         perplexity (dev), perplexity_test, dev_tokens, agreement_with_teacher (teacher-forced greedy next token),
         greedy_prefix_match, greedy_identical_with_teacher, greedy {prompts, new_tokens, tokens},
         size_bytes, size_gzip_bytes,
@@ -87,7 +90,15 @@ def lm_step_summary(step: str, m: dict) -> dict:
             "train_tokens",
             "train_wall_s",
         ),
-        "prune": ("method", "sparsity_prunable", "dev_perplexity_torch_before_finetune", "dev_perplexity_torch"),
+        "prune": (
+            "method",
+            "sparsity_prunable",
+            "cut",
+            "params",
+            "macs_per_token",
+            "dev_perplexity_torch_before_finetune",
+            "dev_perplexity_torch",
+        ),
         "export": ("max_abs_logit_diff", "greedy_identical", "check_prompts", "new_tokens"),
         "quantize": (
             "method",
@@ -123,6 +134,11 @@ def build_lm_report(results: dict, manifest: dict) -> dict:
         for name, rec in manifest["stages"].items()
         if rec and isinstance(rec.get("metrics"), dict) and rec["metrics"].get("shipped") is False
     }
+    mixed = {
+        name: rec["metrics"]["mixed_precision"]
+        for name, rec in manifest["stages"].items()
+        if rec and isinstance((rec.get("metrics") or {}).get("mixed_precision"), dict)
+    }
     accuracy_levels = {
         name: rec["metrics"]["accuracy_level"]
         for name, rec in manifest["stages"].items()
@@ -135,6 +151,7 @@ def build_lm_report(results: dict, manifest: dict) -> dict:
         "not_shipped": not_shipped,
         "gated": gated_variants(manifest),
         "accuracy_levels": accuracy_levels,
+        "mixed_precision": mixed,
         "steps": {
             name: lm_step_summary(name, rec.get("metrics") or {}) for name, rec in manifest["stages"].items() if rec
         },
@@ -142,9 +159,15 @@ def build_lm_report(results: dict, manifest: dict) -> dict:
         "settings": results["settings"],
         "reference": results.get("reference"),
         "variants": variants,
+        "anchors": results.get("anchors") or {"built": {}, "unavailable": []},
         "pareto": _pareto(variants),
         "stages": stages,
     }
+
+
+def _ours(v: dict) -> bool:
+    """A variant this project built (not a baseline, not an anchor)."""
+    return v["name"] not in BASELINES and v.get("stage") != "anchor"
 
 
 def _ppl(x: float | None) -> str:
@@ -165,7 +188,9 @@ def _main_table(report: dict) -> Section:
             f"teacher's. Greedy prefix: mean share of {s['greedy_tokens']} greedy tokens, from "
             f"{s['greedy_prompts']} dev prompts, identical to the teacher's before the first difference.",
             "Runtimes: `torch` is transformers' `generate`; `optimum` is optimum's `ORTModelForCausalLM`; "
-            "`onnxruntime` is this project's decoder loop (the bundle's `generate.py`).",
+            "`onnxruntime` is this project's decoder loop (the bundle's `generate.py`); `genai` and `llama.cpp` "
+            "run the anchors (the teacher as ONNX Runtime GenAI's builder and llama.cpp make it) through their own "
+            "generators.",
         ],
         header=[
             "variant",
@@ -197,7 +222,7 @@ def _main_table(report: dict) -> Section:
         d = v.get("decode_ms_per_token") or {}
         sec.rows.append(
             [
-                v["name"] + (" ★" if v["name"] in front and v["name"] not in BASELINES else ""),
+                v["name"] + (" ★" if v["name"] in front and _ours(v) else ""),
                 v["stage"],
                 v["runtime"],
                 str(v["layers"]),
@@ -216,7 +241,7 @@ def _main_table(report: dict) -> Section:
                 mb(v["size_gzip_bytes"]),
                 mb(v.get("peak_rss_bytes")),
                 mb(v.get("model_rss_bytes")),
-                "pass" if v["name"] not in BASELINES else "",
+                "pass" if _ours(v) else "",
             ]
         )
     sec.rows += gated_rows(report, len(sec.header))
@@ -266,6 +291,76 @@ def _target_sections(report: dict) -> list[Section]:
         out.append(sec)
     out.append(Section(plot="quality_vs_speed", caption="Perplexity against decode speed per target"))
     out.append(Section(plot="ttft_by_length", caption="Time to first token by prompt length"))
+    return out
+
+
+def _anchor_section(report: dict) -> list[Section]:
+    """How each anchor was made, which could not be, and the fastest shipped variant of ours against each."""
+    anchors = report.get("anchors") or {}
+    built, unavailable = anchors.get("built") or {}, anchors.get("unavailable") or []
+    if not built and not unavailable:
+        return []
+    by = {v["name"]: v for v in report["variants"]}
+    sec = Section(
+        "Against what a user would pick instead",
+        paragraphs=[
+            "The same teacher, compressed by the tools people use and run by their own runtimes, measured by the "
+            "same harness in the same run (same dev text, prompts, targets and interleaving)."
+        ],
+        header=["anchor", "made by", "build s", "dev ppl", "tokens/s", "TTFT ms", "peak RSS MB", "size MB"],
+        right={2, 3, 4, 5, 6, 7},
+    )
+    for name, b in built.items():
+        v = by.get(name, {})
+        sec.rows.append(
+            [
+                name,
+                f"`{b.get('command', '')}`",
+                f"{b['build_s']:.1f}" if b.get("build_s") is not None else "–",
+                _ppl(v.get("perplexity")),
+                f"{v['tokens_per_s']:.0f}" if v.get("tokens_per_s") else "–",
+                ms((v.get("ttft_ms") or {}).get("p50")),
+                mb(v.get("peak_rss_bytes")),
+                mb(v.get("size_bytes")),
+            ]
+        )
+    for u in unavailable:
+        sec.rows.append([u["name"], f"not measured: {u['reason']}", "–", "–", "–", "–", "–", "–"])
+    ours = [v for v in report["variants"] if _ours(v) and v.get("tokens_per_s")]
+    if ours and built:
+        best = max(ours, key=lambda v: v["tokens_per_s"])
+        parts = []
+        for name in built:
+            a = by.get(name)
+            if a and a.get("tokens_per_s"):
+                parts.append(
+                    f"{best['tokens_per_s'] / a['tokens_per_s']:.2f}x the tokens/s of {name} at "
+                    f"{best['perplexity'] / a['perplexity']:.3f}x its perplexity"
+                )
+        if parts:
+            sec.paragraphs.append(f"Fastest variant of ours, **{best['name']}**: " + "; ".join(parts) + ".")
+    return [sec]
+
+
+def _mixed_section(report: dict) -> list[Section]:
+    out = []
+    for name, mp in (report.get("mixed_precision") or {}).items():
+        sec = Section(
+            f"{name}: mixed precision",
+            level=3,
+            paragraphs=[
+                f"Each block quantized to int4 alone (the rest float32) and its held-out perplexity cost measured; "
+                f"from all int4, the most sensitive blocks raised to int8 (then float) until within "
+                f"{mp['budget']}x of float32. Chosen: {mp['perplexity_ratio']:.4f}x, "
+                f"{mp['mean_bits_per_projection_weight']:.2f} bits per projection weight on average; "
+                f"{len(mp['tried'])} assignment(s) tried. Its size and speed are the variant's rows above."
+            ],
+            header=["block", "perplexity ratio, int4 alone", "chosen"],
+            right={1},
+        )
+        for g, ratio in mp["sensitivity_int4_alone"].items():
+            sec.rows.append([g, f"{ratio:.4f}", mp["assignment"][g]])
+        out.append(sec)
     return out
 
 
@@ -333,9 +428,11 @@ def _ort_section(report: dict) -> list[Section]:
 def lm_sections(report: dict) -> list[Section]:
     """The causal-LM report's sections, in order."""
     out = [Section(f"edge-compress report: {report['run']} (causal LM)", level=1), _main_table(report)]
+    out += _anchor_section(report)
     out += _target_sections(report)
     out.append(Section("Size and memory", plot="size_and_memory", caption="Size on disk and peak memory"))
     out += _quantize_section(report)
+    out += _mixed_section(report)
     out += _ort_section(report)
     out += steps_section(
         report,

@@ -158,6 +158,8 @@ _PRUNE_APPLIES = {
     "end": ("schedule", ("cubic",)),
     "every": ("schedule", ("cubic",)),
     "taylor_batches": ("importance", ("taylor",)),
+    "hidden": ("method", ("structured",)),
+    "calibration_batches": ("importance", ("activation", "wanda")),
 }
 
 
@@ -172,16 +174,27 @@ class PruneConfig(_Config):
     sparsity: float = Field(default=0.5, ge=0, lt=1, description="unstructured: share of encoder weights zeroed")
     heads: float = Field(default=0.0, ge=0, lt=1, description="structured: share of attention heads removed")
     ffn: float = Field(default=0.0, ge=0, lt=1, description="structured: share of FFN neurons removed per layer")
+    hidden: float = Field(
+        default=0.0, ge=0, lt=1, description="structured, causal LM (Llama family): share of hidden channels removed"
+    )
     nm: tuple[int, int] = Field(default=(2, 4), description="n:m: keep n of every m consecutive weights in a row")
     scope: Literal["global", "layer"] = Field(
         default="global", description="rank across all matrices/layers, or within each (heads only, structured)"
     )
     schedule: Literal["oneshot", "cubic"] = "oneshot"
-    importance: Literal["magnitude", "taylor"] = "magnitude"
+    importance: Literal["magnitude", "taylor", "activation", "wanda"] = Field(
+        default="magnitude",
+        description="weight magnitude; taylor |w * dL/dw|; activation (structured, causal LM): mean squared "
+        "activations on calibration text, as Minitron; wanda (unstructured or n:m, causal LM): |w| times its "
+        "input's norm on calibration text, ranked within each output row",
+    )
     start: float = Field(default=0.0, ge=0, le=1, description="cubic: fraction of the fine-tune where pruning starts")
     end: float = Field(default=0.75, ge=0, le=1, description="cubic: fraction where the final targets are reached")
     every: int = Field(default=10, ge=1, le=100_000, description="cubic: optimizer steps between mask updates")
     taylor_batches: int = Field(default=8, ge=1, le=10_000, description="taylor: training batches scored")
+    calibration_batches: int = Field(
+        default=8, ge=1, le=10_000, description="activation, wanda: training batches run to measure activations"
+    )
     epochs: float = Field(default=0.5, ge=0, le=50, description="fine-tune epochs with the masks held")
     batch_size: int = Field(default=32, ge=1, le=4096)
     learning_rate: float = Field(default=5e-5, gt=0, lt=1)
@@ -215,8 +228,8 @@ class PruneConfig(_Config):
             raise ValueError("prune.schedule 'cubic' prunes during the fine-tune: prune.epochs must be > 0")
         if self.start > self.end:
             raise ValueError(f"prune.start = {self.start} is after prune.end = {self.end}")
-        if self.method == "structured" and self.heads == 0 and self.ffn == 0:
-            raise ValueError("prune.method 'structured' needs prune.heads or prune.ffn > 0")
+        if self.method == "structured" and self.heads == 0 and self.ffn == 0 and self.hidden == 0:
+            raise ValueError("prune.method 'structured' needs prune.heads, prune.ffn or prune.hidden > 0")
         return self
 
     @property
@@ -350,5 +363,3 @@ class BenchmarkConfig(_Config):
     def primary(self) -> str:
         names = [t.name for t in self.targets]
         return self.primary_target or ("mobile" if "mobile" in names else names[0])
-
-

@@ -99,6 +99,12 @@ class LMDistillConfig(_Config):
 
     name: str = Field(default="student", pattern=NAME)
     layers: list[int] = Field(default=[0, 2, 4], min_length=1, description="teacher layers the student keeps")
+    num_layers: int | None = Field(
+        default=None,
+        ge=1,
+        description="instead of `layers`: keep this many, chosen by measured importance (the layer whose removal "
+        "raises held-out perplexity least goes first, one at a time)",
+    )
     intermediate_size: int | None = Field(default=None, ge=1, description="FFN width kept per layer")
     hidden_size: int | None = Field(default=None, ge=8, description="a smaller hidden size (new config)")
     hidden_init: Literal["truncate", "random"] = "truncate"
@@ -131,6 +137,14 @@ class LMDistillConfig(_Config):
         if len(set(v)) != len(v):
             raise ValueError("layer indices must be distinct")
         return sorted(v)
+
+    @model_validator(mode="after")
+    def _one_layer_choice(self) -> LMDistillConfig:
+        if self.num_layers is not None and "layers" in self.model_fields_set:
+            raise ValueError(
+                "distill.layers (which layers) and distill.num_layers (how many, chosen by measure): choose one"
+            )
+        return self
 
     @model_validator(mode="after")
     def _skew_applies(self) -> LMDistillConfig:
@@ -176,6 +190,14 @@ class LMQuantizeConfig(_Config):
         "(GatherBlockQuantized; ONNX Runtime 1.32's .ort format cannot hold 4-bit tensors: ships as .onnx only)",
     )
     calibration_blocks: int = Field(default=8, ge=1, le=10_000, description="gptq: train blocks")
+    precision: Literal["uniform", "mixed"] = Field(
+        default="uniform",
+        description="weight-only: every projection at `bits`, or per layer int4 / int8 / float chosen by measured "
+        "perplexity sensitivity to meet mixed_max_perplexity_ratio",
+    )
+    mixed_max_perplexity_ratio: float = Field(
+        default=1.01, ge=1, le=100, description="mixed: held-out perplexity at most this times the float32 model's"
+    )
     max_perplexity_ratio: float | None = Field(
         default=1.25,
         ge=1,
@@ -193,12 +215,25 @@ class LMQuantizeConfig(_Config):
 
     @model_validator(mode="after")
     def _consistent(self) -> LMQuantizeConfig:
-        weight_only = ("bits", "block_size", "symmetric", "algorithm", "accuracy_level", "embeddings")
+        weight_only = (
+            "bits",
+            "block_size",
+            "symmetric",
+            "algorithm",
+            "accuracy_level",
+            "embeddings",
+            "precision",
+            "mixed_max_perplexity_ratio",
+        )
         dynamic = ("reduce_range", "per_channel")
         keys = dynamic if self.method == "weight-only" else weight_only
         for key in keys:
             if getattr(self, key) != type(self).model_fields[key].default:
                 raise ValueError(f"quantize.{key} does not apply to method {self.method!r}")
+        if self.precision == "uniform" and self.mixed_max_perplexity_ratio != 1.01:
+            raise ValueError("quantize.mixed_max_perplexity_ratio applies to precision 'mixed'")
+        if self.precision == "mixed" and (self.bits != 4 or self.algorithm != "rtn"):
+            raise ValueError("quantize.precision 'mixed' starts from 4-bit RTN (bits 4, algorithm rtn)")
         if self.algorithm == "hqq" and self.bits != 4:
             raise ValueError("quantize.algorithm 'hqq' quantizes to 4 bits only")
         if self.algorithm == "gptq" and (self.bits != 4 or self.symmetric):
@@ -222,6 +257,11 @@ class LMBenchmarkConfig(_Config):
     greedy_prompts: int = Field(default=20, ge=1, le=1000, description="dev prompts for greedy agreement")
     greedy_tokens: int = Field(default=32, ge=1, le=4096)
     eval_threads: int | None = Field(default=None, ge=1, description="perplexity runs; default every core")
+    anchors: list[Literal["genai-int4", "llama.cpp-q8_0", "llama.cpp-q4_k_m"]] = Field(
+        default=[],
+        description="the teacher through the tools a user would pick instead, each run by its own runtime: ONNX "
+        "Runtime GenAI's model builder (int4) and llama.cpp (GGUF Q8_0, Q4_K_M); `make anchors` installs them",
+    )
 
     @field_validator("targets", mode="before")
     @classmethod

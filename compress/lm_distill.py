@@ -54,17 +54,24 @@ def distill_lm(
     from compress.modeling import build_student
 
     cfg = config
+    layers, selection = list(cfg.layers), None
+    if cfg.num_layers is not None:
+        blocks = _selection_blocks(tokenizer, data, data_config)
+        layers, selection = select_layers(teacher, blocks, cfg.num_layers)
+        log(
+            f"    layers chosen by held-out perplexity: {layers} (dropped in order {[s['dropped'] for s in selection]})"
+        )
     torch.manual_seed(seed)
     student = build_student(
         teacher,
-        cfg.layers,
+        layers,
         intermediate_size=cfg.intermediate_size,
         hidden_size=cfg.hidden_size,
         hidden_init=cfg.hidden_init,
         seed=seed,
     )
     n_t, n_s = int(teacher.config.num_hidden_layers), int(student.config.num_hidden_layers)
-    hidden_map = cfg.hidden_layer_map or default_hidden_map(cfg.layers, n_t)
+    hidden_map = cfg.hidden_layer_map or default_hidden_map(layers, n_t)
     spec = LMLossSpec(
         temperature=cfg.temperature,
         alpha=cfg.alpha,
@@ -113,7 +120,8 @@ def distill_lm(
             **describe_decoder(student, data_config.block_size),
             "teacher_params": t_info["params"],
             "teacher_macs_per_token": t_info["macs_per_token"],
-            "layer_indices": list(cfg.layers),
+            "layer_indices": layers,
+            "layer_selection": selection,
             "loss": {
                 "temperature": spec.temperature,
                 "alpha": spec.alpha,
@@ -130,3 +138,53 @@ def distill_lm(
         }
     )
     return LMDistillResult(student, metrics)
+
+
+def _selection_blocks(tokenizer, data: TextData, data_config: TextDataConfig, n: int = 16) -> list[np.ndarray]:
+    """Up to `n` held-out blocks (the first train blocks when nothing is held out; never dev or test)."""
+    source = data.holdout or data.train
+    blocks = train_blocks(tokenizer, source, data_config)
+    return [np.asarray(blocks[i]["input_ids"]) for i in range(min(n, len(blocks)))]
+
+
+@torch.no_grad()
+def select_layers(teacher, blocks: list[np.ndarray], keep: int) -> tuple[list[int], list[dict]]:
+    """Which `keep` teacher layers a student should start from, by measurement.
+
+    Greedy: at each round every remaining layer is skipped in turn (the model of the others, built as the student
+    would be), and the one whose absence raises the perplexity of `blocks` least is dropped; repeated until
+    `keep` remain. ShortGPT (Men et al. 2024) ranks layers once by how little they change the hidden state; the
+    perplexity of the whole model is the quantity the student is judged by, and re-measuring after each drop
+    accounts for layers that stand in for each other.
+
+    Returns:
+        The kept layer indices (sorted) and one record per round: the layers present, the perplexity without each,
+        and the one dropped.
+    """
+    import math
+
+    from compress.architectures import num_layers
+    from compress.losses import next_token_loss
+    from compress.modeling import build_student
+
+    n = num_layers(teacher)
+    if not 1 <= keep < n:
+        raise ValueError(f"num_layers = {keep}: the teacher has {n} layers; keep between 1 and {n - 1}")
+    ids = torch.as_tensor(np.stack(blocks))
+
+    def perplexity(layers: list[int]) -> float:
+        model = build_student(teacher, layers).eval()
+        total = sum(
+            next_token_loss(model(input_ids=ids[k : k + 4], use_cache=False).logits, ids[k : k + 4]).item()
+            * len(ids[k : k + 4])
+            for k in range(0, len(ids), 4)
+        )
+        return math.exp(total / len(ids))
+
+    current, rounds = list(range(n)), []
+    while len(current) > keep:
+        without = {i: perplexity([j for j in current if j != i]) for i in current}
+        drop = min(without, key=without.get)
+        rounds.append({"layers": list(current), "perplexity_without": without, "dropped": drop})
+        current.remove(drop)
+    return current, rounds

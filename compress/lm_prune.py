@@ -1,4 +1,9 @@
-"""Prune stage of a causal LM: unstructured or n:m magnitude pruning of the decoder's projections.
+"""Prune stage of a causal LM: unstructured or n:m magnitude pruning of the decoder's projections, or a
+structured cut (whole key/value groups, FFN neurons, hidden channels; `compress.lm_structured`).
+
+Structured: the student is cut once by importance (calibration activations or magnitude), then distilled from
+the teacher: Minitron's order (prune, then distil), with the same fine-tune as the unstructured path. The cut
+model is an ordinary transformers model of a smaller config, and smaller matrices are what runs faster.
 
 The same pruners as the classifier's (`compress.prune.UnstructuredPruner`, torch.nn.utils.prune masks, the cubic
 schedule of `compress.schedule`), over the modules `compress.architectures.projection_modules` selects: every
@@ -35,6 +40,10 @@ class LMPruneResult:
     metrics: dict = field(default_factory=dict)
 
 
+def _lm_forward(model, batch: dict):
+    return model(input_ids=torch.as_tensor(batch["input_ids"]), use_cache=False)
+
+
 def _lm_loss(model, batch: dict) -> torch.Tensor:
     ids = torch.as_tensor(batch["input_ids"])
     return next_token_loss(model(input_ids=ids, use_cache=False).logits, ids)
@@ -62,14 +71,15 @@ def prune_lm(
     torch.manual_seed(seed)
     model = copy.deepcopy(model)
     train_set = train_blocks(tokenizer, data.train, data_config)
+    if s.method == "structured":
+        return _structured(
+            model, tokenizer, teacher, s, data, data_config, train_set, seed, work_dir, teacher_predictions
+        )
     batches = None
-    if s.importance == "taylor":
-        order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(seed)).tolist()
-        batches = [
-            {"input_ids": torch.as_tensor(np.stack([train_set[i]["input_ids"] for i in order[k : k + s.batch_size]]))}
-            for k in range(0, min(len(order), s.batch_size * s.taylor_batches), s.batch_size)
-        ]
-    common = dict(scope=s.scope, importance=s.importance, batches=batches, loss_fn=_lm_loss)
+    if s.importance in ("taylor", "wanda"):
+        n = s.taylor_batches if s.importance == "taylor" else s.calibration_batches
+        batches = [{"input_ids": ids} for ids in _sample_batches(train_set, s.batch_size, n, seed)]
+    common = dict(scope=s.scope, importance=s.importance, batches=batches, loss_fn=_lm_loss, forward=_lm_forward)
     pruner = (
         UnstructuredPruner(nm=s.nm, **common)
         if s.method == "n:m"
@@ -81,22 +91,7 @@ def prune_lm(
         before, _ = measure_lm(model, tokenizer, data, data_config, reference=teacher_predictions)
     else:
         callbacks = [GradualPruningCallback(pruner, start=s.start, end=s.end, every=s.every)]
-    history: list[dict] = []
-    if s.epochs > 0:
-        args = training_args(
-            work_dir,
-            epochs=s.epochs,
-            batch_size=s.batch_size,
-            learning_rate=s.learning_rate,
-            seed=seed,
-            warmup_ratio=0.0,
-            group_by_length=False,
-            prediction_loss_only=True,
-            logging_steps=50,
-        )
-        spec = LMLossSpec(temperature=s.temperature, alpha=s.alpha)
-        model.train()
-        history = train_lm(model, train_set, args, teacher=teacher, loss=spec, callbacks=callbacks)
+    history = _finetune(model, train_set, teacher, s, seed, work_dir, callbacks)
     if callbacks and (not callbacks[0].history or callbacks[0].history[-1][1] < 1.0):
         pruner.prune_to_(model, 1.0)
     remove_masks_(model)
@@ -118,4 +113,64 @@ def prune_lm(
     )
     if callbacks:
         metrics["schedule_history"] = [list(h) for h in callbacks[0].history]
+    return LMPruneResult(model, metrics)
+
+
+def _sample_batches(train_set, batch_size: int, n_batches: int, seed: int) -> list[torch.Tensor]:
+    """`n_batches` batches of token ids from the train blocks, in a seeded random order."""
+    order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(seed)).tolist()
+    return [
+        torch.as_tensor(np.stack([train_set[i]["input_ids"] for i in order[k : k + batch_size]]))
+        for k in range(0, min(len(order), batch_size * n_batches), batch_size)
+    ]
+
+
+def _finetune(model, train_set, teacher, s: PruneConfig, seed: int, work_dir: Path, callbacks=None) -> list[dict]:
+    """Distillation fine-tune against the teacher (its logits at `temperature`, weight `alpha`), `s.epochs`."""
+    if s.epochs <= 0:
+        return []
+    args = training_args(
+        work_dir,
+        epochs=s.epochs,
+        batch_size=s.batch_size,
+        learning_rate=s.learning_rate,
+        seed=seed,
+        warmup_ratio=0.0,
+        group_by_length=False,
+        prediction_loss_only=True,
+        logging_steps=50,
+    )
+    spec = LMLossSpec(temperature=s.temperature, alpha=s.alpha)
+    model.train()
+    return train_lm(model, train_set, args, teacher=teacher, loss=spec, callbacks=callbacks)
+
+
+def _structured(model, tokenizer, teacher, s, data, data_config, train_set, seed, work_dir, teacher_predictions):
+    """Cut the student once by importance, measure it, distil it from the teacher, measure it again."""
+    from compress.lm_structured import activation_importance, apply_cut, describe_cut, magnitude_importance, plan_cut
+
+    source = model.eval()
+    if s.importance == "activation":
+        importance = activation_importance(model, _sample_batches(train_set, s.batch_size, s.calibration_batches, seed))
+    else:
+        importance = magnitude_importance(model)
+    cut = plan_cut(model, importance, heads=s.heads, ffn=s.ffn, hidden=s.hidden)
+    model = apply_cut(model, cut)
+    before, _ = measure_lm(model, tokenizer, data, data_config, reference=teacher_predictions)
+    torch.manual_seed(seed)
+    history = _finetune(model, train_set, teacher, s, seed, work_dir)
+    model.eval()
+    metrics, _ = measure_lm(model, tokenizer, data, data_config, reference=teacher_predictions)
+    metrics.update(
+        {
+            "method": s.method,
+            "importance": s.importance,
+            "shares_removed": {"heads": s.heads, "ffn": s.ffn, "hidden": s.hidden},
+            "cut": describe_cut(source, model),
+            "kept_kv_groups": [list(g) for g in cut.groups],
+            **describe_decoder(model, data_config.block_size),
+            "dev_perplexity_torch_before_finetune": before.get("dev_perplexity_torch"),
+            "train_loss_final": final_train_loss(history),
+        }
+    )
     return LMPruneResult(model, metrics)

@@ -11,6 +11,7 @@
   activations to int8 and multiplies in int8 (ONNX Runtime issue 23004 reports int4 about 10x slower than
   int8 without it on some CPUs). With `accuracy_level: measure` both are built (the same weights, the attribute
   differs), timed on this CPU and scored on held-out perplexity, and the choice is recorded with its reason.
+  `precision: mixed` picks int4, int8 or float per block by measured sensitivity (`mixed_precision`).
 
 Before either, two graph rewrites that ONNX Runtime's quantizers need and do not do (hand-written because no
 library pass does exactly this): a tied LM head reads the embedding through a `Transpose` node, which the
@@ -102,39 +103,57 @@ def _weight_matmuls(model: onnx.ModelProto, min_dim: int) -> tuple[list[str], li
     return take, skip
 
 
-def weight_only(src: Path, dst: Path, config: LMQuantizeConfig, accuracy_level: int, calibration=None) -> dict:
-    """Quantize the MatMul weights (and optionally the embedding Gather) of `src` with `MatMulNBitsQuantizer`."""
+def weight_only(
+    src: Path,
+    dst: Path,
+    config: LMQuantizeConfig,
+    accuracy_level: int,
+    calibration=None,
+    bits_by_node: dict[str, int] | None = None,
+) -> dict:
+    """Quantize the MatMul weights (and optionally the embedding Gather) of `src` with `MatMulNBitsQuantizer`.
+
+    `bits_by_node` (mixed precision): each quantizable MatMul's bits, 4, 8 or 32 (left in float). ONNX Runtime's
+    quantizer takes one bit width per call, so the 4-bit nodes are quantized in one pass and the 8-bit ones in a
+    second over its result, each pass excluding the others.
+    """
     mnq = _nbits_quantizer()
     model = onnx.load(str(src))
     take, skip = _weight_matmuls(model, config.block_size)
     ops = ("MatMul", "Gather") if config.embeddings == "int4" else ("MatMul",)
-    if config.algorithm == "hqq":
-        algo = mnq.HQQWeightOnlyQuantConfig(block_size=config.block_size, bits=4, op_types_to_quantize=ops)
-    elif config.algorithm == "gptq":
-        algo = mnq.GPTQWeightOnlyQuantConfig(
-            calibration_data_reader=FeedReader(calibration or []),
-            block_size=config.block_size,
-            op_types_to_quantize=("MatMul",),
-        )
-    else:
-        algo = mnq.DefaultWeightOnlyQuantConfig(
+    passes = [(config.bits, skip)]
+    if bits_by_node is not None:
+        passes = [(b, skip + [n for n in take if bits_by_node.get(n, 32) != b]) for b in (4, 8)]
+        passes = [(b, ex) for b, ex in passes if any(bits_by_node.get(n) == b for n in take)]
+    for bits, exclude in passes:
+        if config.algorithm == "hqq":
+            algo = mnq.HQQWeightOnlyQuantConfig(block_size=config.block_size, bits=4, op_types_to_quantize=ops)
+        elif config.algorithm == "gptq":
+            algo = mnq.GPTQWeightOnlyQuantConfig(
+                calibration_data_reader=FeedReader(calibration or []),
+                block_size=config.block_size,
+                op_types_to_quantize=("MatMul",),
+            )
+        else:
+            algo = mnq.DefaultWeightOnlyQuantConfig(
+                block_size=config.block_size,
+                is_symmetric=config.symmetric,
+                accuracy_level=accuracy_level,
+                bits=bits,
+                op_types_to_quantize=ops if bits == 4 else ("MatMul",),
+                quant_axes=(("MatMul", 0), ("Gather", 1)),
+            )
+        quantizer = mnq.MatMulNBitsQuantizer(
+            model,
             block_size=config.block_size,
             is_symmetric=config.symmetric,
             accuracy_level=accuracy_level,
-            bits=config.bits,
-            op_types_to_quantize=ops,
-            quant_axes=(("MatMul", 0), ("Gather", 1)),
+            nodes_to_exclude=exclude,
+            algo_config=algo,
         )
-    quantizer = mnq.MatMulNBitsQuantizer(
-        model,
-        block_size=config.block_size,
-        is_symmetric=config.symmetric,
-        accuracy_level=accuracy_level,
-        nodes_to_exclude=skip,
-        algo_config=algo,
-    )
-    quantizer.process()
-    out = quantizer.model.model
+        quantizer.process()
+        model = quantizer.model.model
+    out = model
     set_accuracy_level(out, accuracy_level)
     onnx.save(out, str(dst))
     if config.embeddings == "int8":
@@ -144,7 +163,108 @@ def weight_only(src: Path, dst: Path, config: LMQuantizeConfig, accuracy_level: 
         spec = Int8Spec("dynamic", "uint8", "uint8", reduce_range=False, op_types=("Gather",))
         quantize_model(dst, tmp, spec)
         shutil.move(tmp, dst)
-    return {"quantized_matmuls": len(take), "kept_float_matmuls": skip, "embeddings": config.embeddings}
+    left = [n for n in take if bits_by_node is not None and bits_by_node.get(n, 32) == 32]
+    return {
+        "quantized_matmuls": len(take) - len(left),
+        "kept_float_matmuls": skip + left,
+        "embeddings": config.embeddings,
+    }
+
+
+def matmul_groups(src: Path, block_size: int) -> dict[str, list[str]]:
+    """The quantizable MatMul nodes of a decoder by block: "layer N" (ONNX node names follow module paths, read
+    through `compress.architectures.ONNX_LAYER`), "lm_head", or "other"."""
+    from compress.architectures import ONNX_LAYER
+
+    take, _ = _weight_matmuls(onnx.load(str(src), load_external_data=False), block_size)
+    groups: dict[str, list[str]] = {}
+    for name in take:
+        m = ONNX_LAYER.search(name)
+        key = f"layer {int(m.group(1))}" if m else ("lm_head" if "lm_head" in name else "other")
+        groups.setdefault(key, []).append(name)
+    return dict(sorted(groups.items(), key=lambda kv: (not kv[0].startswith("layer"), _layer_key(kv[0]))))
+
+
+def _layer_key(group: str) -> int:
+    return int(group.split()[1]) if group.startswith("layer ") else 0
+
+
+def mixed_precision(
+    src: Path, tmp: Path, config: LMQuantizeConfig, heldout_nll: HeldOutNLL, fp32_nll: float, log
+) -> tuple[Path, dict]:
+    """Per-block int4 / int8 / float under a perplexity budget, by measured sensitivity.
+
+    Each block (a layer's projections, the LM head) is quantized to int4 alone, everything else float, and its
+    held-out perplexity cost measured. Starting from all int4, the most sensitive block is raised to int8, then
+    the next, until the model is within `mixed_max_perplexity_ratio` of float32; if even all int8 misses it,
+    blocks go back to float in the same order. llama.cpp's `--target-bpw` trades bits for size alone; here the
+    measured perplexity decides, and the size follows.
+
+    Returns:
+        The model file (accuracy_level 0; the caller chooses the level) and the record: budget, per-block
+        sensitivity, every assignment tried with its perplexity ratio, the chosen assignment.
+    """
+    groups = matmul_groups(src, config.block_size)
+    budget = config.mixed_max_perplexity_ratio
+    counter = [0]
+
+    def build(assign: dict[str, int]) -> tuple[Path, float]:
+        counter[0] += 1
+        path = tmp / f"mixed-{counter[0]}.onnx"
+        bits = {n: assign[g] for g, nodes in groups.items() for n in nodes}
+        weight_only(src, path, config, 0, bits_by_node=bits)
+        return path, math.exp(heldout_nll(path) - fp32_nll)
+
+    sensitivity = {}
+    for g in groups:
+        path, ratio = build({h: 4 if h == g else 32 for h in groups})
+        sensitivity[g] = ratio
+        path.unlink()
+    order = sorted(groups, key=lambda g: sensitivity[g], reverse=True)
+    assign = {g: 4 for g in groups}
+    candidates = [dict(assign)]
+    for level in (8, 32):
+        for g in order:
+            assign[g] = level
+            candidates.append(dict(assign))
+    tried, chosen = [], None
+    for cand in candidates[:-1]:  # the last is all float: not a quantized model
+        path, ratio = build(cand)
+        tried.append({"assignment": cand, "perplexity_ratio": ratio})
+        if ratio <= budget:
+            chosen = (path, cand, ratio)
+            break
+        path.unlink()
+    if chosen is None:
+        raise PerplexityBudgetError(
+            f"mixed precision: no assignment of int4 / int8 / float blocks is within "
+            f"quantize.mixed_max_perplexity_ratio {budget} (best tried {min(t['perplexity_ratio'] for t in tried):.4f})"
+        )
+    path, cand, ratio = chosen
+    n_weights = _weights_per_node(src, groups)
+    bits = sum(cand[g] * n_weights[g] for g in groups) / max(1, sum(n_weights.values()))
+    log(
+        "    mixed precision: "
+        + ", ".join(f"{g} {'float' if b == 32 else f'int{b}'}" for g, b in cand.items())
+        + f"; held-out perplexity {ratio:.4f}x float32 (budget {budget})"
+    )
+    record = {
+        "budget": budget,
+        "sensitivity_int4_alone": sensitivity,
+        "tried": tried,
+        "assignment": {g: ("float" if b == 32 else f"int{b}") for g, b in cand.items()},
+        "perplexity_ratio": ratio,
+        "mean_bits_per_projection_weight": bits,
+    }
+    return path, record
+
+
+def _weights_per_node(src: Path, groups: dict[str, list[str]]) -> dict[str, int]:
+    """Weights of each block's quantizable MatMuls."""
+    model = onnx.load(str(src), load_external_data=False)
+    dims = {t.name: int(np.prod(t.dims)) for t in model.graph.initializer}
+    weight = {n.name: dims.get(n.input[1], 0) for n in model.graph.node if n.op_type == "MatMul" and len(n.input) > 1}
+    return {g: sum(weight.get(n, 0) for n in nodes) for g, nodes in groups.items()}
 
 
 def _nbits_quantizer():
@@ -263,7 +383,13 @@ def quantize_lm(
         else:
             level = config.accuracy_level
             base = tmp / ("level0.onnx" if level == "measure" else "model.onnx")
-            metrics.update(weight_only(prepared, base, config, 0 if level == "measure" else level, calibration))
+            if config.precision == "mixed":
+                mixed, metrics["mixed_precision"] = mixed_precision(prepared, tmp, config, heldout_nll, fp32_nll, log)
+                model = onnx.load(str(mixed))
+                set_accuracy_level(model, 0 if level == "measure" else level)
+                onnx.save(model, str(base))
+            else:
+                metrics.update(weight_only(prepared, base, config, 0 if level == "measure" else level, calibration))
             if level == "measure":
                 metrics["accuracy_level"] = _choose_accuracy_level(onnx_dir, base, tmp, heldout_nll, timing_prompt, log)
             else:

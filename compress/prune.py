@@ -160,16 +160,57 @@ def nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
     return keep.view_as(scores)
 
 
+@torch.no_grad()
+def input_norms(model, modules: list[nn.Module], batches, forward: Callable[[nn.Module, dict], object]):
+    """The L2 norm of each input feature of each module over every token of `batches` (Wanda's ||X_j||)."""
+    sums: list[torch.Tensor | None] = [None] * len(modules)
+
+    def hook_for(k: int):
+        def hook(_module, args):
+            x = args[0].detach().float()
+            x = x.reshape(-1, x.shape[-1]).pow(2).sum(0)
+            sums[k] = x if sums[k] is None else sums[k] + x
+
+        return hook
+
+    hooks = [m.register_forward_pre_hook(hook_for(k)) for k, m in enumerate(modules)]
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in batches:
+            forward(model, batch)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    if any(x is None for x in sums):
+        raise ValueError("input_norms: a module saw no input (no batches?)")
+    return [x.sqrt() for x in sums]
+
+
+def row_masks(scores_out_in: torch.Tensor, sparsity: float, pruned: torch.Tensor) -> torch.Tensor:
+    """Keep-mask of an (out, in) score matrix dropping the round(sparsity * in) lowest entries of each row (the
+    comparison group of Wanda: each output's own weights), pruned entries first."""
+    ranked = scores_out_in.detach().float().masked_fill(pruned, -1.0)
+    k = max(round(sparsity * ranked.shape[1]), int(pruned.sum(1).max()) if pruned.numel() else 0)
+    keep = torch.ones_like(ranked, dtype=torch.bool)
+    if k > 0:
+        keep.scatter_(1, torch.topk(ranked, k=k, dim=1, largest=False).indices, False)
+    return keep
+
+
 class UnstructuredPruner:
     """Tightens weight masks of the encoder's Linear layers to `level` times the target sparsity.
 
     Args:
         sparsity: final share of the encoder's Linear weights zeroed (ignored with `nm`).
-        scope: "global" or "layer" (see `magnitude_masks`).
-        importance: "magnitude" or "taylor".
+        scope: "global" or "layer" (see `magnitude_masks`); Wanda ranks within each output row.
+        importance: "magnitude", "taylor", or "wanda" (|w| times the norm of its input over calibration batches,
+            Sun et al. 2023: no gradient, no retraining needed).
         nm: (n, m) for the N:M pattern instead of a sparsity (applied in full at any level > 0).
-        batches: for Taylor: a re-iterable collection of batches.
+        batches: for Taylor and Wanda: a re-iterable collection of batches.
         loss_fn: for Taylor; see `compress.structured.taylor_scores`.
+        forward: for Wanda: runs the model on one batch.
     """
 
     def __init__(
@@ -177,19 +218,28 @@ class UnstructuredPruner:
         *,
         sparsity: float = 0.0,
         scope: Literal["global", "layer"] = "global",
-        importance: Literal["magnitude", "taylor"] = "magnitude",
+        importance: Literal["magnitude", "taylor", "wanda"] = "magnitude",
         nm: tuple[int, int] | None = None,
         batches: Sequence[dict] | None = None,
         loss_fn: Callable[[nn.Module, dict], torch.Tensor] | None = None,
+        forward: Callable[[nn.Module, dict], object] | None = None,
     ):
-        if importance == "taylor" and not batches:
-            raise ValueError("Taylor importance needs batches")
+        if importance in ("taylor", "wanda") and not batches:
+            raise ValueError(f"{importance} importance needs batches")
+        if importance == "wanda" and forward is None:
+            raise ValueError("wanda importance needs a forward function")
         self.sparsity, self.scope, self.importance, self.nm = sparsity, scope, importance, nm
-        self.batches, self.loss_fn = batches, loss_fn
+        self.batches, self.loss_fn, self.forward = batches, loss_fn, forward
 
     def _scores(self, model, modules: list[nn.Linear]) -> list[torch.Tensor]:
         if self.importance == "magnitude":
             return [effective(m).detach().abs() for m in modules]
+        if self.importance == "wanda":
+            norms = input_norms(model, modules, self.batches, self.forward)
+            return [
+                as_out_in(m, as_out_in(m, effective(m).detach().abs()) * n[None, :])
+                for m, n in zip(modules, norms, strict=True)
+            ]
         by_name = taylor_scores(model, self.batches, self.loss_fn)
         names = {m: n for n, m in model.named_modules()}
         return [by_name[names[m]] for m in modules]
@@ -203,6 +253,11 @@ class UnstructuredPruner:
             # n of every m consecutive weights along each output's inputs: a Conv1D stores (in, out).
             masks = [
                 as_out_in(m, nm_mask(as_out_in(m, s), *self.nm)) & ~p
+                for m, s, p in zip(modules, self._scores(model, modules), pruned, strict=True)
+            ]
+        elif self.importance == "wanda":
+            masks = [
+                as_out_in(m, row_masks(as_out_in(m, s), level * self.sparsity, as_out_in(m, p)))
                 for m, s, p in zip(modules, self._scores(model, modules), pruned, strict=True)
             ]
         else:

@@ -79,13 +79,15 @@ class _RecipeBase(_Config):
         for i, p in enumerate(self.prune):
             if p.source is not None and p.source not in students:
                 raise ValueError(f"prune.{i}.source = {p.source!r}: not a distill variant; choose from {students}")
-        models = students + [p.name for p in self.prune]
+        models = self.quantize_sources()
         for i, q in enumerate(self.quantize):
             if q.source is not None and q.source not in models:
-                raise ValueError(
-                    f"quantize.{i}.source = {q.source!r}: not a distill or prune variant; choose from {models}"
-                )
+                raise ValueError(f"quantize.{i}.source = {q.source!r}: not a model variant; choose from {models}")
         return self
+
+    def quantize_sources(self) -> list[str]:
+        """The model variants a quantize variant may start from."""
+        return [d.name for d in self.distill] + [p.name for p in self.prune]
 
     def source_of(self, variant) -> str:
         """The model variant a prune or quantize variant starts from (the documented defaults applied)."""
@@ -127,6 +129,12 @@ class Recipe(_RecipeBase):
         for i, p in enumerate(self.prune):
             if p.max_perplexity_ratio != PruneConfig.model_fields["max_perplexity_ratio"].default:
                 raise ValueError(f"prune.{i}.max_perplexity_ratio is a causal LM's gate; a classifier's is max_drop")
+            if p.hidden:
+                raise ValueError(f"prune.{i}.hidden: hidden-size pruning is implemented for causal LMs only")
+            if p.importance in ("activation", "wanda"):
+                raise ValueError(
+                    f"prune.{i}.importance = {p.importance!r}: implemented for causal LMs; use 'magnitude' or 'taylor'"
+                )
         return self
 
 
@@ -145,19 +153,34 @@ class CausalLMRecipe(_RecipeBase):
     @model_validator(mode="after")
     def _decoder_pruning(self) -> CausalLMRecipe:
         for i, p in enumerate(self.prune):
-            if p.method == "structured":
+            if p.method == "structured" and p.schedule != "oneshot":
                 raise ValueError(
-                    f"prune.{i}.method = 'structured': removing heads and FFN neurons is implemented for encoders; "
-                    "use 'unstructured' or 'n:m' for a causal LM"
+                    f"prune.{i}.schedule = {p.schedule!r}: a decoder is cut once, then distilled (Minitron's "
+                    "order); use 'oneshot'"
                 )
+            if p.method == "structured" and p.importance == "taylor":
+                raise ValueError(
+                    f"prune.{i}.importance = 'taylor': a decoder's structures are scored by 'activation' or 'magnitude'"
+                )
+            if p.importance == "activation" and p.method != "structured":
+                raise ValueError(f"prune.{i}.importance = 'activation' applies to method 'structured'")
+            if p.importance == "wanda" and p.method == "structured":
+                raise ValueError(f"prune.{i}.importance = 'wanda' scores single weights: method unstructured or n:m")
+            if p.importance == "wanda" and "scope" in p.model_fields_set and p.method != "n:m":
+                raise ValueError(f"prune.{i}.scope: wanda ranks the weights of each output row (leave scope out)")
             if p.hidden_weight:
                 raise ValueError(f"prune.{i}.hidden_weight: not supported for a causal LM (leave it at 0)")
             if p.max_drop != PruneConfig.model_fields["max_drop"].default:
                 raise ValueError(f"prune.{i}.max_drop is the classifier's gate; a causal LM's is max_perplexity_ratio")
         return self
 
+    def quantize_sources(self) -> list[str]:
+        # The teacher too: its int4 is what a user would ship without a student (the anchor to beat).
+        return ["teacher", *super().quantize_sources()]
+
     def default_quantize_source(self) -> str:
-        # The student, not a pruned copy: unstructured zeros make no decoder faster, int4 of the student does.
+        # The student, not a pruned copy: unstructured zeros make no decoder faster, int4 of the student does
+        # (a structured prune is quantized when a quantize variant names it as its source).
         return self.distill[0].name
 
 

@@ -15,14 +15,16 @@ from compress.pipeline import plan, run_pipeline
 from compress.recipe import load_recipe
 from tests.lm_fixtures import write_lm_recipe, write_text_data
 
-VARIANTS = ["teacher-torch", "teacher-onnx", "teacher-int8-optimum", "student", "pruned", "int4", "int8"]
+VARIANTS = ["teacher-torch", "teacher-onnx", "teacher-int8-optimum", "student", "pruned", "cut", "int4", "int8"]
 STEPS = [
     "teacher",
     "distill/student",
     "prune/pruned",
+    "prune/cut",
     "export/teacher",
     "export/student",
     "export/pruned",
+    "export/cut",
     "quantize/int4",
     "quantize/int8",
     "benchmark",
@@ -38,7 +40,30 @@ def _ran(logs: list[str]) -> list[str]:
 def lm_run(tmp_path_factory):
     work = tmp_path_factory.mktemp("lm_pipeline")
     data = write_text_data(work / "data")
-    recipe = load_recipe(write_lm_recipe(work / "recipe.yaml", data, benchmark={"memory": True}))
+    prune = [
+        {"name": "pruned", "sparsity": 0.5, "epochs": 0.5, "batch_size": 8},
+        {
+            "name": "cut",
+            "method": "structured",
+            "heads": 0.5,
+            "ffn": 0.5,
+            "hidden": 0.25,
+            "importance": "activation",
+            "calibration_batches": 2,
+            "epochs": 0.5,
+            "batch_size": 8,
+            "learning_rate": 3.0e-3,
+            "max_perplexity_ratio": 10,  # a tiny model cut this hard: the mechanism is under test, not quality
+        },
+    ]
+    recipe = load_recipe(
+        write_lm_recipe(
+            work / "recipe.yaml",
+            data,
+            prune=prune,
+            benchmark={"memory": True, "anchors": ["genai-int4", "llama.cpp-q8_0"]},
+        )
+    )
     out = work / "run"
     logs: list[str] = []
     report = run_pipeline(recipe, out, log=logs.append)
@@ -49,7 +74,8 @@ def test_every_stage_runs_and_the_report_has_every_variant(lm_run):
     recipe, out, report, logs = lm_run
     assert [s.id for s in plan(recipe)] == STEPS == _ran(logs)
     on_disk = json.loads((out / "report.json").read_text())
-    assert on_disk["task"] == "causal-lm" and [v["name"] for v in on_disk["variants"]] == VARIANTS
+    ours = [v["name"] for v in on_disk["variants"] if v["stage"] != "anchor"]
+    assert on_disk["task"] == "causal-lm" and ours == VARIANTS
     for v in on_disk["variants"]:
         assert v["perplexity"] > 1 and v["perplexity_test"] > 1
         assert 0 <= v["agreement_with_teacher"] <= 1 and v["tokens_per_s"] > 0
@@ -84,6 +110,33 @@ def test_onnx_perplexity_equals_the_pytorch_models_and_quantized_graphs_hold_the
     pruned = manifest["stages"]["prune/pruned"]["metrics"]
     assert pruned["sparsity_prunable"] == pytest.approx(0.5, abs=1e-3)
     assert by["pruned"]["size_gzip_bytes"] < by["student"]["size_gzip_bytes"]  # zeros compress
+    # the structured cut: smaller matrices in an ordinary config, exported with its KV cache like any other
+    cut = manifest["stages"]["prune/cut"]["metrics"]
+    assert cut["cut"] == {
+        "kv_groups": [2, 1],
+        "attention_heads": [4, 2],
+        "ffn_width": [64, 32],
+        "hidden_size": [32, 24],
+    }
+    student = manifest["stages"]["distill/student"]["metrics"]
+    assert cut["params"] < student["params"] and cut["macs_per_token"] < student["macs_per_token"]
+    assert by["cut"]["perplexity"] == pytest.approx(cut["dev_perplexity_torch"], rel=1e-4)
+    assert by["cut"]["size_bytes"] < 0.8 * by["student"]["size_bytes"]
+
+
+def test_every_anchor_is_measured_or_reported_with_its_reason(lm_run):
+    _, out, _, _ = lm_run
+    report = json.loads((out / "report.json").read_text())
+    measured = {v["name"]: v for v in report["variants"] if v["stage"] == "anchor"}
+    missing = {u["name"]: u["reason"] for u in report["anchors"]["unavailable"]}
+    assert set(measured) | set(missing) == {"genai-int4", "llama.cpp-q8_0"} and not set(measured) & set(missing)
+    md = (out / "report.md").read_text()
+    assert "Against what a user would pick instead" in md
+    for reason in missing.values():
+        assert reason and f"not measured: {reason}"[:60] in md
+    for name, v in measured.items():
+        assert v["runtime"] in ("genai", "llama.cpp") and v["perplexity"] > 1 and v["tokens_per_s"] > 0
+        assert name in md
 
 
 def test_a_second_run_skips_every_step(lm_run):
@@ -194,7 +247,15 @@ def test_a_fresh_venv_with_only_the_three_runtime_packages_generates_the_measure
         ({"distill": {"layers": [0, 7]}}, "distill.layers = [0, 7]: the teacher has layers 0..3"),
         ({"benchmark": {"prompt_lengths": [8, 250]}}, "benchmark.prompt_lengths = [8, 250]"),
         ({"data": {"block_size": 512}}, "data.block_size = 512"),
-        ({"prune": {"method": "structured", "heads": 0.5}}, "prune.0.method = 'structured'"),
+        ({"prune": {"method": "structured", "heads": 0.25}}, "prune.0.heads = 0.25: removes no group"),
+        ({"prune": {"method": "structured", "ffn": 0.5, "schedule": "cubic"}}, "prune.0.schedule = 'cubic'"),
+        (
+            {
+                "teacher": {"architecture": {"family": "gpt2", "kv_heads": None}},
+                "prune": {"method": "structured", "hidden": 0.25},
+            },
+            "prune.0.hidden: gpt2",
+        ),
         ({"task": "translation"}, "task = 'translation'"),
     ],
 )

@@ -55,7 +55,7 @@ class CausalLMTask:
 
     def preflight(self, recipe: CausalLMRecipe) -> None:
         """Everything that depends on the teacher's shape, from its config alone (no weights loaded)."""
-        from compress.architectures import family_of, ffn_width
+        from compress.architectures import family_of, ffn_width, kv_heads
         from compress.lm import check_causal_lm_dir, context_window
 
         t = recipe.teacher
@@ -68,24 +68,44 @@ class CausalLMTask:
             key = "teacher.path" if t.path is not None else "teacher.base"
             check_causal_lm_dir(source, key)
             config = check_model_dir(source, AutoModelForCausalLM, key)
-            family_of(config, key)
+            family = family_of(config, key).name
             layers, hidden, ffn = int(config.num_hidden_layers), int(config.hidden_size), ffn_width(config)
-            window = context_window(config)
+            window, groups = context_window(config), kv_heads(config)
         else:
             a = t.architecture
             layers, hidden, window = a.layers, a.hidden_size, a.max_positions
             ffn = a.intermediate_size or 4 * a.hidden_size
+            family, groups = a.family, (a.kv_heads or a.heads) if a.family != "gpt2" else a.heads
         data = recipe.data
         if data.block_size > window:
             raise RecipeError(f"data.block_size = {data.block_size}: the teacher's context window is {window} tokens")
         for i, d in enumerate(recipe.distill):
             key = "distill" if len(recipe.distill) == 1 else f"distill.{i}"
-            if any(layer >= layers for layer in d.layers):
+            if d.num_layers is not None:
+                if d.num_layers >= layers:
+                    raise RecipeError(
+                        f"{key}.num_layers = {d.num_layers}: the teacher has {layers} layers; a student keeps fewer"
+                    )
+            elif any(layer >= layers for layer in d.layers):
                 raise RecipeError(f"{key}.layers = {list(d.layers)}: the teacher has layers 0..{layers - 1}")
             if d.intermediate_size is not None and d.intermediate_size > ffn:
                 raise RecipeError(f"{key}.intermediate_size = {d.intermediate_size}: the teacher's FFN is {ffn} wide")
             if d.hidden_size is not None and d.hidden_size > hidden:
                 raise RecipeError(f"{key}.hidden_size = {d.hidden_size}: the teacher's hidden size is {hidden}")
+        for i, p in enumerate(recipe.prune):
+            if p.method != "structured":
+                continue
+            if family == "gpt2" and (p.heads or p.hidden):
+                what = "heads" if p.heads else "hidden"
+                raise RecipeError(
+                    f"prune.{i}.{what}: gpt2 fuses Q, K and V and ties head width to the hidden size, so only its "
+                    "FFN can be cut (prune.ffn)"
+                )
+            if p.heads and int(groups * p.heads) < 1:
+                raise RecipeError(
+                    f"prune.{i}.heads = {p.heads}: removes no group of the teacher's {groups} key/value groups per "
+                    f"layer (one group is {1 / groups:.3f})"
+                )
         e, b = recipe.export, recipe.benchmark
         if e.prompt_tokens + e.new_tokens > window:
             raise RecipeError(
@@ -340,7 +360,30 @@ class CausalLMTask:
         ]
         for q in r.quantize:
             if ctx.ok(f"quantize/{q.name}"):
-                variants.append(ours(q.name, "quantize", r.source_of(q), f"quantize/{q.name}", r.source_of(q)))
+                src = r.source_of(q)
+                parent = "teacher-onnx" if src == "teacher" else src
+                variants.append(ours(q.name, "quantize", parent, f"quantize/{q.name}", src))
+        anchors = {"built": {}, "unavailable": []}
+        if step.config.anchors:
+            from benchmarks.anchors import build_anchors
+
+            built, unavailable = build_anchors(step.config.anchors, teacher_dir, out / "anchors", log=ctx.log)
+            anchors = {"built": built, "unavailable": unavailable}
+            for name in step.config.anchors:
+                if name in built:
+                    path = Path(built[name]["path"])
+                    variants.append(
+                        LMVariant(
+                            name,
+                            "anchor",
+                            built[name]["runtime"],
+                            "teacher-torch",
+                            path,
+                            teacher_dir,
+                            t["params"],
+                            t["layers"],
+                        )  # fmt: skip
+                    )
         results = benchmark_lm(
             variants,
             ctx.data,
@@ -349,6 +392,7 @@ class CausalLMTask:
             reference="teacher-torch",
             work_dir=out,
             log=ctx.log,
+            anchors=anchors,
         )
         steps = {v.name: str(v.model_dir.relative_to(ctx.run_dir)) for v in variants if v.runtime == "onnxruntime"}
         for v in results["variants"]:

@@ -129,3 +129,38 @@ def test_config_rejects_keys_of_the_other_method():
     with pytest.raises(ValueError, match="power of two"):
         LMQuantizeConfig(block_size=48)
     assert np.isfinite(LMQuantizeConfig().block_size)
+
+
+def _bits_of(path) -> list[int]:
+    return sorted(a["bits"] for a in _attrs(path, "MatMulNBits"))
+
+
+def test_mixed_precision_meets_its_budget_by_raising_the_most_sensitive_blocks(tiny_lm_exports, tmp_path):
+    src = tiny_lm_exports["llama"]
+    nll = _nll_fn(src)
+    loose = LMQuantizeConfig(block_size=16, accuracy_level=4, precision="mixed", mixed_max_perplexity_ratio=100)
+    m = quantize_lm(src, tmp_path / "loose", loose, heldout_nll=nll, timing_prompt=[1, 2], log=lambda s: None)
+    mp = m["mixed_precision"]
+    assert set(mp["assignment"].values()) == {"int4"} and len(mp["tried"]) == 1  # all int4 fits a loose budget
+    assert set(mp["sensitivity_int4_alone"]) == {"layer 0", "layer 1", "layer 2", "layer 3", "lm_head"}
+    assert set(_bits_of(tmp_path / "loose" / "model.onnx")) == {4}
+
+    # A budget all-int4 misses: blocks are raised to int8 in order of their measured sensitivity, no further
+    # than needed, and the file holds exactly the chosen bit widths.
+    all4 = mp["tried"][0]["perplexity_ratio"]
+    assert all4 > 1.0
+    tight = loose.model_copy(update={"mixed_max_perplexity_ratio": 1 + (all4 - 1) / 3})
+    m = quantize_lm(src, tmp_path / "tight", tight, heldout_nll=nll, timing_prompt=[1, 2], log=lambda s: None)
+    mp = m["mixed_precision"]
+    order = sorted(mp["sensitivity_int4_alone"], key=mp["sensitivity_int4_alone"].get, reverse=True)
+    raised = [g for g, b in mp["assignment"].items() if b != "int4"]
+    assert raised and raised == sorted(raised, key=order.index) and set(raised) == set(order[: len(raised)])
+    assert mp["perplexity_ratio"] <= tight.mixed_max_perplexity_ratio < mp["tried"][-2]["perplexity_ratio"]
+    assert 8 in _bits_of(tmp_path / "tight" / "model.onnx") or "float" in mp["assignment"].values()
+
+
+def test_mixed_precision_is_refused_where_it_does_not_apply():
+    with pytest.raises(ValueError, match="starts from 4-bit RTN"):
+        LMQuantizeConfig(precision="mixed", algorithm="gptq")
+    with pytest.raises(ValueError, match="applies to precision 'mixed'"):
+        LMQuantizeConfig(mixed_max_perplexity_ratio=1.05)

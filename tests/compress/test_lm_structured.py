@@ -1,0 +1,199 @@
+"""Structured pruning of decoders: a cut equals zeroing what it removes, reloads as an ordinary model, and keeps
+what its importance ranks highest."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, Qwen3Config, Qwen3ForCausalLM
+
+from compress.architectures import family_of, head_dim, weight_layers
+from compress.config import PruneConfig
+from compress.errors import RecipeError
+from compress.lm_config import TextDataConfig
+from compress.lm_prune import prune_lm
+from compress.lm_structured import DecoderImportance, activation_importance, apply_cut, magnitude_importance, plan_cut
+from compress.text import load_text_data
+from tests.lm_fixtures import tiny_causal_lm
+
+IDS = torch.randint(0, 100, (2, 12), generator=torch.Generator().manual_seed(0))
+
+
+def _model(family: str):
+    if family == "qwen3":  # per-head q/k norms and an explicit head_dim
+        torch.manual_seed(0)
+        cfg = Qwen3Config(
+            vocab_size=100,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=64,
+            head_dim=16,
+        )
+        return Qwen3ForCausalLM(cfg).eval()
+    model = tiny_causal_lm(family, 100, 0).eval()
+    if family == "qwen2":  # its Q, K, V biases must be sliced with the rows
+        with torch.no_grad():
+            for layer in weight_layers(model):
+                for p in ("q_proj", "k_proj", "v_proj"):
+                    getattr(layer.self_attn, p).bias.normal_()
+    return model
+
+
+@torch.no_grad()
+def _zeroed(model, cut):
+    """The source with the removed groups' output columns and the removed neurons' input rows set to zero."""
+    ref = copy.deepcopy(model)
+    fam = family_of(ref)
+    cfg = ref.config
+    g = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+    width = ref.get_submodule(f"{ref.base_model_prefix}.{fam.layers}.0.{fam.qkv or fam.query}").weight.shape
+    for i, layer in enumerate(weight_layers(ref)):
+        neurons = torch.ones(
+            cfg.intermediate_size if fam.ffn_key == "intermediate_size" else 4 * cfg.hidden_size, dtype=torch.bool
+        )
+        neurons[list(cut.neurons[i])] = False
+        up = layer.get_submodule(fam.ffn_in)
+        if fam.conv1d:
+            up.weight[:, neurons] = 0
+            up.bias[neurons] = 0
+            continue
+        up.weight[neurons] = 0
+        layer.get_submodule(fam.ffn_gate).weight[neurons] = 0
+        groups = torch.ones(g, dtype=torch.bool)
+        groups[list(cut.groups[i])] = False
+        cols = groups.repeat_interleave(width[0] // g)
+        layer.get_submodule(fam.out).weight[:, cols] = 0
+    return ref
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3", "gpt2"])
+def test_a_cut_equals_zeroing_what_it_removes_and_reloads_as_an_ordinary_model(family, tmp_path):
+    model = _model(family)
+    heads = 0.0 if family == "gpt2" else 0.5
+    cut = plan_cut(model, activation_importance(model, [IDS]), heads=heads, ffn=0.5)
+    new = apply_cut(model, cut)
+    assert new.num_parameters() < model.num_parameters()
+    expected = _zeroed(model, cut)(IDS).logits
+    got = new(IDS).logits
+    assert torch.allclose(got, expected, atol=1e-5)
+    new.save_pretrained(tmp_path)
+    again = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert torch.equal(again(IDS).logits, got)
+    if family != "gpt2":
+        assert (
+            new.config.num_key_value_heads == 1
+            and new.config.num_attention_heads == model.config.num_attention_heads // 2
+        )
+        assert new.config.head_dim == head_dim(model.config)
+
+
+def test_a_cut_decodes_with_a_kv_cache_exactly_as_without():
+    model = _model("llama")
+    new = apply_cut(model, plan_cut(model, magnitude_importance(model), heads=0.5, ffn=0.25, hidden=0.25))
+    full = new(IDS).logits[:, -1]
+    past = new(IDS[:, :-1], use_cache=True).past_key_values
+    step = new(IDS[:, -1:], past_key_values=past, use_cache=True).logits[:, -1]
+    assert torch.allclose(full, step, atol=1e-5)
+
+
+def test_a_hidden_cut_narrows_every_tensor_and_keeps_the_head_tied():
+    model = _model("llama")
+    new = apply_cut(model, plan_cut(model, magnitude_importance(model), hidden=0.25))
+    assert new.config.hidden_size == 24 and new.config.head_dim == 8  # heads keep their width
+    assert new.get_input_embeddings().weight.shape == (100, 24)
+    assert new.get_output_embeddings().weight.data_ptr() == new.get_input_embeddings().weight.data_ptr()
+    assert new.model.layers[0].self_attn.q_proj.weight.shape == (32, 24)
+    assert new.model.layers[0].self_attn.o_proj.weight.shape == (24, 32)
+    assert torch.isfinite(new(IDS).logits).all()
+
+
+def test_the_plan_keeps_the_highest_scores_in_every_layer_and_the_same_count():
+    model = _model("llama")  # 4 layers, 2 key/value groups, FFN 64, hidden 32
+    up, down = torch.arange(64.0), torch.arange(64.0).flip(0)
+    imp = DecoderImportance(
+        groups=[torch.tensor([1.0, 2.0]), torch.tensor([3.0, 0.5])] * 2,
+        neurons=[up, down] * 2,
+        channels=torch.arange(32.0),
+    )
+    cut = plan_cut(model, imp, heads=0.5, ffn=0.75, hidden=0.5)
+    assert cut.groups == ((1,), (0,)) * 2
+    assert cut.neurons == (tuple(range(48, 64)), tuple(range(16))) * 2
+    assert cut.channels == tuple(range(16, 32))
+
+
+def test_activation_importance_ranks_a_dead_neuron_last():
+    model = _model("llama")
+    with torch.no_grad():
+        model.model.layers[1].mlp.up_proj.weight[5] = 0
+    imp = activation_importance(model, [IDS])
+    assert imp.neurons[1][5] == 0 and imp.neurons[1].argmin() == 5
+    assert all(s.shape == (2,) for s in imp.groups) and imp.channels.shape == (32,)
+
+
+def test_what_cannot_be_cut_is_refused_in_a_line():
+    gpt2 = _model("gpt2")
+    with pytest.raises(RecipeError, match="prune.heads: gpt2"):
+        plan_cut(gpt2, magnitude_importance(gpt2), heads=0.5)
+    with pytest.raises(RecipeError, match="prune.hidden: gpt2"):
+        plan_cut(gpt2, magnitude_importance(gpt2), hidden=0.5)
+    llama = _model("llama")
+    with pytest.raises(RecipeError, match="removes no group"):
+        plan_cut(llama, magnitude_importance(llama), heads=0.25)
+
+
+def test_the_prune_stage_cuts_distils_and_leaves_the_source_alone(text_data_dir, tiny_lm_dirs, tmp_path):
+    from compress.lm import load_causal_lm
+
+    teacher, tok = load_causal_lm(tiny_lm_dirs["llama"])
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    data_cfg = TextDataConfig(
+        train=text_data_dir / "train.txt", dev=text_data_dir / "dev.txt", documents="line", block_size=32
+    )
+    cfg = PruneConfig(
+        method="structured",
+        ffn=0.5,
+        heads=0.5,
+        importance="activation",
+        epochs=1,
+        batch_size=8,
+        calibration_batches=2,
+        learning_rate=3e-3,
+    )
+    res = prune_lm(teacher, tok, teacher, cfg, load_text_data(data_cfg), data_cfg, seed=0, work_dir=tmp_path)
+    m = res.metrics
+    assert m["cut"]["ffn_width"] == [64, 32] and m["cut"]["kv_groups"] == [2, 1]
+    assert res.model.config.intermediate_size == 32
+    assert m["dev_perplexity_torch"] < m["dev_perplexity_torch_before_finetune"]  # the fine-tune recovers
+    assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in before.items())
+
+
+def test_depth_selection_drops_a_layer_that_does_nothing_first(tiny_lm_dirs):
+    from compress.lm import load_causal_lm
+    from compress.lm_distill import select_layers
+    from compress.text import pack_blocks, token_stream
+    from tests.lm_fixtures import make_documents
+
+    model, tok = load_causal_lm(tiny_lm_dirs["llama"])  # trained on this corpus: its layers matter on its text
+    with torch.no_grad():  # layer 2 adds nothing to the residual stream: removing it changes no output
+        model.model.layers[2].self_attn.o_proj.weight.zero_()
+        model.model.layers[2].mlp.down_proj.weight.zero_()
+    blocks = pack_blocks(token_stream(tok, make_documents()["dev"]), 32)[:8]
+    kept, rounds = select_layers(model, blocks, 2)
+    assert rounds[0]["dropped"] == 2 and len(kept) == 2 and 2 not in kept
+    for r in rounds:  # each round drops the layer whose absence costs least
+        assert r["dropped"] == min(r["perplexity_without"], key=r["perplexity_without"].get)
+    assert [r["layers"] for r in rounds] == [[0, 1, 2, 3], sorted(kept + [rounds[1]["dropped"]])]
+    with pytest.raises(ValueError, match="num_layers = 4"):
+        select_layers(model, blocks, 4)
+
+
+def test_a_recipe_takes_layers_or_num_layers_not_both():
+    from compress.lm_config import LMDistillConfig
+
+    assert LMDistillConfig(num_layers=3).num_layers == 3
+    with pytest.raises(ValueError, match="choose one"):
+        LMDistillConfig(layers=[0, 1], num_layers=2)
