@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from export.genai import builder_python
+
 ROOT = Path(__file__).resolve().parent.parent
 ANCHORS = ("genai-int4", "llama.cpp-q8_0", "llama.cpp-q4_k_m")
 RUNTIME = {"genai-int4": "genai", "llama.cpp-q8_0": "llama.cpp", "llama.cpp-q4_k_m": "llama.cpp"}
@@ -41,11 +43,6 @@ SETUP_HINT = "run `make anchors` to install it"
 
 class AnchorUnavailable(Exception):
     """An anchor that cannot be built or run here; the message says why."""
-
-
-def builder_python() -> Path:
-    env = os.environ.get("EDGE_COMPRESS_ANCHOR_BUILDER")
-    return Path(env) if env else ROOT / ".venv-anchor-builder" / "bin" / "python"
 
 
 def llama_cpp_dir() -> Path:
@@ -71,6 +68,8 @@ def _run(cmd: list[str], what: str, timeout: int = 3600, env: dict | None = None
 
 def build_genai_int4(teacher_dir: Path, out: Path) -> dict:
     """The teacher through GenAI's model builder at int4 for CPU, with the builder's defaults."""
+    from export.genai import BuilderError, build
+
     py = builder_python()
     if not py.exists():
         raise AnchorUnavailable(f"ONNX Runtime GenAI's model builder: no builder environment at {py}; {SETUP_HINT}")
@@ -80,24 +79,15 @@ def build_genai_int4(teacher_dir: Path, out: Path) -> dict:
         raise AnchorUnavailable(f"onnxruntime-genai is not installed in this environment; {SETUP_HINT}") from e
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    cmd = [str(py), "-m", "onnxruntime_genai.models.builder", "-i", str(teacher_dir), "-o", str(tmp)]
-    cmd += ["-p", "int4", "-e", "cpu", "-c", str(tmp / "_cache")]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    seconds = _run(cmd, "GenAI model builder", env=env)
-    shutil.rmtree(tmp / "_cache", ignore_errors=True)
+    t0 = time.perf_counter()
+    try:
+        built = build(teacher_dir, tmp, "int4")
+    except BuilderError as e:
+        raise AnchorUnavailable(str(e)) from e
+    seconds = time.perf_counter() - t0
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
-    version = subprocess.run(
-        [str(py), "-c", "import onnxruntime_genai, transformers; print(onnxruntime_genai.__version__, "
-         "transformers.__version__)"],
-        capture_output=True, text=True,
-    ).stdout.split()  # fmt: skip
-    return {
-        "path": str(out),
-        "command": " ".join(["python", *cmd[1:]]),
-        "build_s": seconds,
-        "builder": {"onnxruntime-genai": version[0] if version else None, "transformers": version[1:2]},
-    }
+    return {"path": str(out), **built, "build_s": seconds}
 
 
 def build_gguf(teacher_dir: Path, out_dir: Path, kinds: list[str]) -> dict[str, dict]:

@@ -157,6 +157,11 @@ class LMExportConfig(_Config):
     """ONNX export with the KV cache (optimum's text-generation-with-past), checked against PyTorch: logits at
     every step of a cached decode, and greedy tokens."""
 
+    backend: Literal["optimum", "genai"] = Field(
+        default="optimum",
+        description="optimum's text-generation-with-past export, or ONNX Runtime GenAI's model builder (fused "
+        "GroupQueryAttention and norms; Llama family; `make anchors` installs it)",
+    )
     opset: int = Field(default=18, ge=14, le=21)
     atol: float = Field(default=1e-3, gt=0, description="max abs logit difference at any decode step")
     prompts: int = Field(default=8, ge=1, le=1000, description="dev prompts checked")

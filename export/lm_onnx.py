@@ -1,6 +1,8 @@
-"""Export stage of a causal LM: optimum's text-generation-with-past export, checked against PyTorch.
+"""Export stage of a causal LM: optimum's text-generation-with-past export, or ONNX Runtime GenAI's model builder
+(`export.backend: genai`, `export/genai.py`: fused attention and norms, the graph ONNX Runtime's CPU kernels are
+built for), checked against PyTorch.
 
-optimum writes one decoder, `model.onnx`, that takes the past key/values as inputs (empty for the prompt) and
+Either writes one decoder, `model.onnx`, that takes the past key/values as inputs (empty for the prompt) and
 returns the present ones: the same graph reads the prompt and generates. The check runs PyTorch (with
 transformers' `DynamicCache`) and ONNX Runtime (`export/bundle_template/generate.py`, the code a bundle ships)
 side by side on real prompts:
@@ -138,19 +140,29 @@ def export_causal_lm(model_dir: Path, out_dir: Path, config: LMExportConfig, pro
     Raises:
         LMExportCheckError: a logit difference above `config.atol` or a greedy token that differs.
     """
-    from optimum.exporters.onnx import main_export
-
     out_dir = Path(out_dir)
-    main_export(
-        str(model_dir),
-        output=out_dir,
-        task="text-generation-with-past",
-        opset=config.opset,
-        do_validation=False,  # optimum's own check uses random inputs; the one below uses real prompts
-        local_files_only=True,
-    )
-    for f in Path(model_dir).iterdir():  # tokenizer and generation files optimum did not copy
-        if f.is_file() and f.suffix == ".json" and not (out_dir / f.name).exists():
+    built = {}
+    if config.backend == "genai":
+        from transformers import AutoConfig
+
+        from compress.architectures import head_dim
+        from export.genai import build, self_contained
+
+        built = build(model_dir, out_dir, "fp32")
+        self_contained(out_dir / "model.onnx", head_dim(AutoConfig.from_pretrained(model_dir, local_files_only=True)))
+    else:
+        from optimum.exporters.onnx import main_export
+
+        main_export(
+            str(model_dir),
+            output=out_dir,
+            task="text-generation-with-past",
+            opset=config.opset,
+            do_validation=False,  # optimum's own check uses random inputs; the one below uses real prompts
+            local_files_only=True,
+        )
+    for f in Path(model_dir).iterdir():  # the model's own config, tokenizer and generation files, as they are
+        if f.is_file() and f.suffix == ".json":
             shutil.copy2(f, out_dir / f.name)
     Artifact(out_dir, "causal-lm", {"model": "model.onnx"}).write()
     metrics = check_decoder(model_dir, out_dir, prompts, config)
@@ -160,4 +172,4 @@ def export_causal_lm(model_dir: Path, out_dir: Path, config: LMExportConfig, pro
             f"{config.new_tokens} cached decode steps (export.atol {config.atol}); greedy tokens identical for "
             f"{metrics['greedy_identical']:.0%} of {len(prompts)} prompts (first mismatch: {metrics['first_mismatch']})"
         )
-    return metrics
+    return {**metrics, "backend": config.backend, **({"genai_builder": built} if built else {})}

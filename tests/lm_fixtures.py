@@ -146,3 +146,28 @@ def write_lm_recipe(path: Path, data_dir: Path, **sections) -> Path:
             tree[section] = values
     path.write_text(yaml.safe_dump(tree, sort_keys=False))
     return path
+
+
+def save_wide_head_llama(d: Path) -> Path:
+    """A random 2-layer Llama (hidden 64, 4 heads of 16: the narrowest ONNX Runtime's GroupQueryAttention takes on
+    CPU) with the tiny tokenizer, saved into `d`."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = tiny_tokenizer()
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=128,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        bos_token_id=tok.eos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+    LlamaForCausalLM(cfg).save_pretrained(d)
+    tok.save_pretrained(d)
+    return d

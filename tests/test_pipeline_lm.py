@@ -301,3 +301,21 @@ def test_compare_two_lm_runs(lm_run, capsys):
         main(["compare", str(out), str(out)])
     text = capsys.readouterr().out
     assert e.value.code == 0 and "dev ppl" in text and "tokens/s" in text and "(+0.0%)" in text
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            {"teacher": {"architecture": {"family": "gpt2", "kv_heads": None}}, "export": {"backend": "genai"}},
+            "export.backend = 'genai': ONNX Runtime GenAI's builder does not build model_type 'gpt2'",
+        ),
+        ({"export": {"backend": "genai"}}, "GroupQueryAttention on CPU takes multiples of 16"),
+    ],
+)
+def test_check_refuses_a_genai_export_the_builder_or_the_kernel_cannot_take(change, message, text_data_dir, tmp_path):
+    path = write_lm_recipe(tmp_path / "r.yaml", text_data_dir, **change)
+    proc = subprocess.run(
+        [sys.executable, "-m", "compress", "check", str(path)], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr

@@ -76,6 +76,19 @@ class CausalLMTask:
             layers, hidden, window = a.layers, a.hidden_size, a.max_positions
             ffn = a.intermediate_size or 4 * a.hidden_size
             family, groups = a.family, (a.kv_heads or a.heads) if a.family != "gpt2" else a.heads
+        if recipe.export.backend == "genai":
+            from types import SimpleNamespace
+
+            from export.genai import check_supported
+
+            if source is None:
+                a = t.architecture
+                config = SimpleNamespace(model_type=a.family, hidden_size=a.hidden_size, num_attention_heads=a.heads)
+            check_supported(config)
+            for d in recipe.distill:
+                if d.hidden_size is not None:
+                    check_supported(SimpleNamespace(model_type=config.model_type, hidden_size=d.hidden_size,
+                                                    num_attention_heads=config.num_attention_heads))  # fmt: skip
         data = recipe.data
         if data.block_size > window:
             raise RecipeError(f"data.block_size = {data.block_size}: the teacher's context window is {window} tokens")
@@ -329,9 +342,18 @@ class CausalLMTask:
             return LMVariant(name, stage, "onnxruntime", parent, d / "model.onnx", d, m["params"], m["layers"])
 
         t = ctx.metrics("teacher")
-        optimum_int8 = out / "teacher-int8-optimum"
-        optimum_dynamic_int8(ctx.out("export/teacher"), optimum_int8)
         teacher_dir, export_dir = ctx.out("teacher"), ctx.out("export/teacher")
+        if r.export.backend != "optimum":  # the baselines are optimum's own export, whatever ours is
+            from compress.text import prompts_from
+            from export.lm_onnx import export_causal_lm
+
+            e = r.export.model_copy(update={"backend": "optimum"})
+            _, tokenizer = ctx.load("teacher")
+            prompts = prompts_from(tokenizer, ctx.data.dev, e.prompts, e.prompt_tokens, r.data.max_eval_tokens)
+            export_dir = out / "teacher-onnx"
+            export_causal_lm(teacher_dir, export_dir, e, prompts)
+        optimum_int8 = out / "teacher-int8-optimum"
+        optimum_dynamic_int8(export_dir, optimum_int8)
         variants = [
             LMVariant("teacher-torch", "baseline", "torch", None, teacher_dir, teacher_dir, t["params"], t["layers"]),
             LMVariant(

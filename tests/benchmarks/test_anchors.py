@@ -50,21 +50,11 @@ def _installed() -> bool:
 
 @pytest.mark.skipif(not _installed(), reason="anchor tools not installed (make anchors)")
 def test_each_anchor_runtime_keeps_the_teachers_quality_and_generates_exactly_n_tokens(tmp_path):
-    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM
 
-    from tests.lm_fixtures import tiny_tokenizer
+    from tests.lm_fixtures import save_wide_head_llama
 
-    # GenAI's GroupQueryAttention kernel takes head sizes that are multiples of 16: hidden 64 over 4 heads.
-    tok = tiny_tokenizer()
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=len(tok), hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        intermediate_size=128, max_position_embeddings=256, tie_word_embeddings=True,
-        bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id,
-    )  # fmt: skip
-    teacher_dir = tmp_path / "teacher"
-    LlamaForCausalLM(cfg).save_pretrained(teacher_dir)
-    tok.save_pretrained(teacher_dir)
+    teacher_dir = save_wide_head_llama(tmp_path / "teacher")
     built, unavailable = build_anchors(
         ["genai-int4", "llama.cpp-q8_0"], teacher_dir, tmp_path / "anchors", log=lambda _: None
     )
