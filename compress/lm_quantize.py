@@ -83,6 +83,10 @@ def prepare(src: Path, dst: Path) -> dict:
     from onnxruntime.quantization.onnx_model import ONNXModel
 
     model = onnx.load(str(src))
+    # Shapes the exporter recorded for intermediate values are dropped: ONNX Runtime's quantization pre-processing
+    # re-infers them, and fails where a recorded shape disagrees with its inference (GenAI's builder records some
+    # of its fused operators' outputs at a rank ONNX's inference does not give them).
+    del model.graph.value_info[:]
     folded = fold_constant_transposes(model)
     gemms = sum(1 for n in model.graph.node if n.op_type == "Gemm")
     wrapped = ONNXModel(model)
