@@ -87,6 +87,7 @@ def build_genai_int4(teacher_dir: Path, out: Path) -> dict:
     seconds = time.perf_counter() - t0
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
+    built["command"] = built["command"].replace(str(tmp), str(out))
     return {"path": str(out), **built, "build_s": seconds}
 
 

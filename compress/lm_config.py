@@ -119,6 +119,16 @@ class LMDistillConfig(_Config):
         default=None, description="(student, teacher) hidden-state indices, 0 = embeddings; default from layers"
     )
     eval_steps: int | None = Field(default=None, ge=1, description="held-out evaluation every N steps")
+    generated_sequences: int = Field(
+        default=0,
+        ge=0,
+        le=1_000_000,
+        description="sequence-level KD: this many blocks the teacher writes from train prompts, added to the "
+        "training data (and labelled by the teacher online, like the corpus)",
+    )
+    generation_prompt_tokens: int = Field(default=32, ge=1, description="generated sequences: corpus prompt length")
+    generation_temperature: float = Field(default=1.0, ge=0, le=10, description="generated sequences: 0 = greedy")
+    generation_top_p: float = Field(default=1.0, gt=0, le=1, description="generated sequences: nucleus sampling")
     max_perplexity_ratio: float | None = Field(
         default=1.5, ge=1, le=100, description="quality gate: held-out perplexity at most this times the teacher's"
     )

@@ -21,7 +21,7 @@ from compress.distill import default_hidden_map
 from compress.lm import LMLossSpec, describe_decoder, final_train_loss, train_lm
 from compress.lm_config import LMDistillConfig, TextDataConfig
 from compress.lm_teacher import measure_lm
-from compress.text import TextData, selection_blocks, train_blocks
+from compress.text import BlockDataset, TextData, selection_blocks, train_blocks
 from compress.training import training_args
 
 
@@ -42,6 +42,7 @@ def distill_lm(
     work_dir: Path,
     teacher_predictions: list[np.ndarray] | None = None,
     log: Callable[[str], None] = print,
+    cache_dir: Path | None = None,
 ) -> LMDistillResult:
     """Build the student from `teacher` (not modified), distil it on the train blocks, keep the best held-out
     weights.
@@ -81,6 +82,10 @@ def distill_lm(
         hidden_layer_map=tuple(_check_map("hidden_layer_map", hidden_map, n_s, n_t)),
     )
     train_set = train_blocks(tokenizer, data.train, data_config)
+    generated = None
+    if cfg.generated_sequences:
+        generated = teacher_sequences(teacher, tokenizer, train_set, cfg, data_config.block_size, seed, cache_dir, log)
+        train_set = BlockDataset(np.concatenate([train_set.blocks, generated]))
     hold = selection_blocks(tokenizer, data.holdout, data_config)
     t_info, s_info = (
         describe_decoder(teacher, data_config.block_size),
@@ -132,6 +137,17 @@ def distill_lm(
                 "teacher": "online (run on each batch)",
             },
             "train_tokens": train_set.tokens,
+            "generated_sequences": (
+                {
+                    "blocks": len(generated),
+                    "tokens": int(generated.size),
+                    "prompt_tokens": cfg.generation_prompt_tokens,
+                    "temperature": cfg.generation_temperature,
+                    "top_p": cfg.generation_top_p,
+                }
+                if generated is not None
+                else None
+            ),
             "train_steps": max((h.get("step", 0) for h in history), default=0),
             "train_wall_s": train_s,
             "train_loss_final": final_train_loss(history),
@@ -188,3 +204,71 @@ def select_layers(teacher, blocks: list[np.ndarray], keep: int) -> tuple[list[in
         rounds.append({"layers": list(current), "perplexity_without": without, "dropped": drop})
         current.remove(drop)
     return current, rounds
+
+
+@torch.no_grad()
+def teacher_sequences(teacher, tokenizer, train_set, cfg: LMDistillConfig, block_size: int, seed: int,
+                      cache_dir: Path | None = None, log: Callable[[str], None] = print) -> np.ndarray:  # fmt: skip
+    """Sequence-level knowledge distillation (Kim and Rush 2016): blocks the teacher writes itself.
+
+    Each starts from the first `generation_prompt_tokens` of a train block (seeded choice) and is continued by the
+    teacher (`generate`, sampling at `generation_temperature` / `generation_top_p`, greedy at temperature 0) to a
+    full block, end-of-text included. They are written once per teacher and settings to `cache_dir` (a file named
+    by the hash of the teacher's weights and the settings) and read back by every student that asks for the same.
+
+    Returns:
+        (generated_sequences, block_size) token ids.
+    """
+    import hashlib
+    import json
+
+    settings = {
+        "n": cfg.generated_sequences,
+        "prompt_tokens": cfg.generation_prompt_tokens,
+        "temperature": cfg.generation_temperature,
+        "top_p": cfg.generation_top_p,
+        "block_size": block_size,
+        "seed": seed,
+    }
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    for name, t in sorted(teacher.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(t.detach().cpu().numpy().tobytes())
+    path = Path(cache_dir) / f"teacher-sequences-{digest.hexdigest()[:16]}.npy" if cache_dir else None
+    if path is not None and path.exists():
+        log(f"    {cfg.generated_sequences} teacher-written blocks read from {path.name}")
+        return np.load(path)
+    if cfg.generation_prompt_tokens >= block_size:
+        raise ValueError(f"generation_prompt_tokens = {cfg.generation_prompt_tokens}: not below the block size")
+    gen = torch.Generator().manual_seed(seed)
+    picks = torch.randint(0, len(train_set), (cfg.generated_sequences,), generator=gen).tolist()
+    pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+    out, t0 = [], time.perf_counter()
+    teacher.eval()
+    torch.manual_seed(seed)
+    for k in range(0, len(picks), 16):
+        prompts = torch.as_tensor(
+            np.stack([train_set.blocks[i][: cfg.generation_prompt_tokens] for i in picks[k : k + 16]])
+        )
+        n_new = block_size - prompts.shape[1]
+        sample = cfg.generation_temperature > 0
+        ids = teacher.generate(
+            prompts,
+            attention_mask=torch.ones_like(prompts),
+            max_new_tokens=n_new,
+            min_new_tokens=n_new,  # full blocks: end-of-text is a token like any other inside a packed block
+            do_sample=sample,
+            temperature=cfg.generation_temperature if sample else None,
+            top_p=cfg.generation_top_p if sample else None,
+            top_k=0 if sample else None,
+            pad_token_id=pad,
+        )
+        out.append(ids.numpy())
+    blocks = np.concatenate(out).astype(np.int64)
+    log(f"    {len(blocks)} teacher-written blocks of {block_size} tokens in {time.perf_counter() - t0:.0f} s")
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npy")
+        np.save(tmp, blocks)
+        tmp.replace(path)
+    return blocks

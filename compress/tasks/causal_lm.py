@@ -101,6 +101,11 @@ class CausalLMTask:
                     )
             elif any(layer >= layers for layer in d.layers):
                 raise RecipeError(f"{key}.layers = {list(d.layers)}: the teacher has layers 0..{layers - 1}")
+            if d.generated_sequences and d.generation_prompt_tokens >= recipe.data.block_size:
+                raise RecipeError(
+                    f"{key}.generation_prompt_tokens = {d.generation_prompt_tokens}: the teacher writes blocks of "
+                    f"data.block_size = {recipe.data.block_size} tokens; the prompt must be shorter"
+                )
             if d.intermediate_size is not None and d.intermediate_size > ffn:
                 raise RecipeError(f"{key}.intermediate_size = {d.intermediate_size}: the teacher's FFN is {ffn} wide")
             if d.hidden_size is not None and d.hidden_size > hidden:
@@ -197,6 +202,7 @@ class CausalLMTask:
             work_dir=out / "_trainer",
             teacher_predictions=self.teacher_predictions(ctx),
             log=ctx.log,
+            cache_dir=ctx.run_dir / "_cache",
         )
         res.model.generation_config = teacher.generation_config
         res.model.save_pretrained(out)

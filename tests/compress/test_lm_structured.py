@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, Qwen3Config, Qwen3ForCausalLM
@@ -15,7 +16,7 @@ from compress.errors import RecipeError
 from compress.lm_config import TextDataConfig
 from compress.lm_prune import prune_lm
 from compress.lm_structured import DecoderImportance, activation_importance, apply_cut, magnitude_importance, plan_cut
-from compress.text import load_text_data
+from compress.text import load_text_data, train_blocks
 from tests.lm_fixtures import tiny_causal_lm
 
 IDS = torch.randint(0, 100, (2, 12), generator=torch.Generator().manual_seed(0))
@@ -197,3 +198,43 @@ def test_a_recipe_takes_layers_or_num_layers_not_both():
     assert LMDistillConfig(num_layers=3).num_layers == 3
     with pytest.raises(ValueError, match="choose one"):
         LMDistillConfig(layers=[0, 1], num_layers=2)
+
+
+def test_sequence_level_kd_adds_teacher_written_blocks_once_per_teacher(text_data_dir, tiny_lm_dirs, tmp_path):
+    from compress.lm import load_causal_lm
+    from compress.lm_config import LMDistillConfig
+    from compress.lm_distill import distill_lm
+
+    teacher, tok = load_causal_lm(tiny_lm_dirs["llama"])
+    data_cfg = TextDataConfig(
+        train=text_data_dir / "train.txt", dev=text_data_dir / "dev.txt", documents="line", block_size=32
+    )
+    data = load_text_data(data_cfg)
+    cfg = LMDistillConfig(layers=[0, 3], max_steps=2, batch_size=8, generated_sequences=6, generation_prompt_tokens=8)
+    logs: list[str] = []
+    runs = [
+        distill_lm(
+            teacher,
+            tok,
+            cfg,
+            data,
+            data_cfg,
+            seed=0,
+            work_dir=tmp_path / f"w{i}",
+            log=logs.append,
+            cache_dir=tmp_path / "cache",
+        )  # fmt: skip
+        for i in range(2)
+    ]
+    base = distill_lm(teacher, tok, cfg.model_copy(update={"generated_sequences": 0}), data, data_cfg, seed=0,
+                      work_dir=tmp_path / "w", log=lambda _: None)  # fmt: skip
+    g = runs[0].metrics["generated_sequences"]
+    assert g["blocks"] == 6 and g["tokens"] == 6 * 32 and base.metrics["generated_sequences"] is None
+    assert runs[0].metrics["train_tokens"] == base.metrics["train_tokens"] + 6 * 32
+    [cached] = list((tmp_path / "cache").iterdir())
+    blocks = np.load(cached)
+    assert blocks.shape == (6, 32)
+    assert any("teacher-written blocks read from" in line for line in logs)  # the second student reused them
+    # each block continues a real train prompt
+    train = {tuple(b[:8]) for b in train_blocks(tok, data.train, data_cfg).blocks}
+    assert all(tuple(b[:8]) in train for b in blocks)
