@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from compress.config import DataConfig
+from compress.datafiles import jsonl_objects, read_text
 from compress.errors import RecipeError
 
 
@@ -43,42 +44,15 @@ class TaskData:
 _FIELD_LIMIT = 1 << 24
 
 
-def _read_text(path: Path, key: str) -> str:
-    """The file as text: UTF-8, a byte-order mark (Excel writes one) dropped; one-line errors otherwise."""
-    where = f"data.{key} = {str(path)!r}"
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise RecipeError(f"{where}: cannot be read ({e.strerror})") from None
-    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise RecipeError(f"{where}: UTF-16 text; save it as UTF-8")
-    nul = raw.find(b"\0")
-    if nul >= 0:
-        raise RecipeError(f"{where}: a binary file (NUL byte at offset {nul}), expected UTF-8 text")
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise RecipeError(f"{where}: not UTF-8 text (byte {e.start}, line {line}); save it as UTF-8") from None
-
-
 def _read_rows(path: Path, text_col: str, label_col: str, key: str) -> list[tuple[str, str]]:
     import io
 
     suffix = path.suffix.lower()
     where = f"data.{key} = {str(path)!r}"
     rows: list[tuple[str, str]] = []
-    text = _read_text(path, key)
+    text = read_text(path, key)
     if suffix == ".jsonl":
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise RecipeError(f"{where}: line {n} is not JSON ({e.msg})") from None
-            if not isinstance(rec, dict):
-                raise RecipeError(f"{where}: line {n} is not a JSON object")
+        for n, rec in jsonl_objects(text, where):
             _check_columns(rec.keys(), path, text_col, label_col, key)
             value = rec[text_col]
             if not isinstance(value, str):

@@ -12,7 +12,6 @@ string text, no text at all) is a `RecipeError` naming the file and, where there
 
 from __future__ import annotations
 
-import gzip
 import json
 import random
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from compress.datafiles import jsonl_objects, read_text
 from compress.errors import RecipeError
 from compress.lm_config import TextDataConfig, TokenizerConfig
 
@@ -46,27 +46,6 @@ def text_format(path: Path) -> str:
     raise RecipeError(f"{path}: unsupported format; use {', '.join(TEXT_SUFFIXES)}")
 
 
-def _read_text(path: Path, key: str) -> str:
-    where = f"data.{key} = {str(path)!r}"
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise RecipeError(f"{where}: cannot be read ({e.strerror})") from None
-    if path.name.lower().endswith(".gz"):
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError) as e:
-            raise RecipeError(f"{where}: not a readable gzip file ({e})") from None
-    nul = raw.find(b"\0")
-    if nul >= 0:
-        raise RecipeError(f"{where}: a binary file (NUL byte at offset {nul}), expected UTF-8 text")
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise RecipeError(f"{where}: not UTF-8 text (byte {e.start}, line {line}); save it as UTF-8") from None
-
-
 def read_documents(path: Path, key: str, config: TextDataConfig) -> list[str]:
     """The documents of one file, in file order; empty documents are skipped.
 
@@ -74,20 +53,12 @@ def read_documents(path: Path, key: str, config: TextDataConfig) -> list[str]:
         RecipeError: the file cannot be read as the format its name says, or holds no text.
     """
     path = Path(path)
-    text = _read_text(path, key)
+    text = read_text(path, key)
     where = f"data.{key} = {str(path)!r}"
     docs: list[str] = []
     if text_format(path) == ".jsonl":
         field = config.text_field
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise RecipeError(f"{where}: line {n} is not JSON ({e.msg})") from None
-            if not isinstance(rec, dict):
-                raise RecipeError(f"{where}: line {n} is not a JSON object")
+        for n, rec in jsonl_objects(text, where):
             if field not in rec:
                 raise RecipeError(
                     f"data.text_field = {field!r}: line {n} of {path} has no such key (keys: {', '.join(rec)})"

@@ -20,6 +20,7 @@ from types import ModuleType
 
 from compress.manifest import atomic_dir, library_versions
 from compress.targets import BASELINES, PRESETS
+from export.bundle_checks import BundleError, check_out_dir, measured_artifact
 
 TEMPLATE = Path(__file__).resolve().parent / "bundle_template" / "predict.py"
 SAMPLE_TEXTS = [
@@ -30,10 +31,6 @@ SAMPLE_TEXTS = [
 ]
 
 
-class BundleError(ValueError):
-    """A run directory that cannot be bundled as asked (missing report, unknown variant or target)."""
-
-
 def _legacy_step(variant: dict, run_dir: Path) -> str:
     """The step directory of a variant in a report written before reports named it: the last two parts of its
     recorded path's directory (`export/<name>` or `quantize/<name>`), looked up inside `run_dir`."""
@@ -42,52 +39,6 @@ def _legacy_step(variant: dict, run_dir: Path) -> str:
     if not (Path(run_dir) / step).is_dir():
         raise BundleError(f"{variant['path']}: no {step} in {run_dir}")
     return step
-
-
-def check_out_dir(run_dir: Path, out_dir: Path, force: bool) -> None:
-    """Refuse to write a bundle over the run directory (or a directory holding it), over anything that is not a
-    bundle this tool wrote, and over a bundle unless `force`."""
-    run, out = Path(run_dir).resolve(), Path(out_dir).resolve()
-    if out == run or out in run.parents:
-        raise BundleError(f"--out {out_dir}: that would replace the run directory {run_dir}; choose another path")
-    if not out.exists():
-        return
-    meta = out / "bundle.json"
-    ours = False
-    if out.is_dir() and meta.is_file():
-        try:
-            ours = {"format", "variant", "files"} <= set(json.loads(meta.read_text()))
-        except (OSError, ValueError):
-            ours = False
-    if not ours:
-        kind = "a file" if not out.is_dir() else "a directory that is not a bundle written by edge-compress"
-        raise BundleError(f"--out {out_dir}: {kind} is there; choose a new path (nothing was changed)")
-    if not force:
-        raise BundleError(f"--out {out_dir}: a bundle is there already; add --force to replace it")
-
-
-def measured_artifact(run_dir: Path, manifest: dict, step_id: str) -> Path:
-    """The artifact directory of `step_id` inside `run_dir`, checked to be the one the finished benchmark measured.
-
-    Raises:
-        BundleError: no finished benchmark, or the artifact's content hash differs from the one the benchmark
-            recorded (a later run rebuilt it and did not finish its benchmark).
-    """
-    from compress.manifest import hash_path
-
-    bench = (manifest.get("stages") or {}).get("benchmark") or {}
-    recorded = (bench.get("inputs") or {}).get(step_id)
-    if bench.get("status") != "done" or recorded is None:
-        raise BundleError(f"{run_dir}: the benchmark did not finish measuring {step_id}; run the pipeline to the end")
-    path = Path(run_dir) / step_id
-    if not path.is_dir():
-        raise BundleError(f"{path}: not found in the run directory")
-    if hash_path(path) != recorded:
-        raise BundleError(
-            f"{path} is not what the benchmark measured (its content changed after the last finished benchmark); "
-            "run the pipeline to the end, then bundle"
-        )
-    return path
 
 
 def _target_p50(v: dict, target: str) -> float:
@@ -240,12 +191,9 @@ def bundle(
         why = g["reason"] or g["status"]
         raise BundleError(f"variant {variant!r} failed its quality gate and is never shipped: {why}")
     if report.get("task") == "causal-lm":
-        from export.bundle_lm import LMBundleError, bundle_lm
+        from export.bundle_lm import bundle_lm
 
-        try:
-            return bundle_lm(run_dir, report, target, out_dir, variant, max_perplexity_ratio=max_perplexity_ratio)
-        except LMBundleError as e:
-            raise BundleError(str(e)) from None
+        return bundle_lm(run_dir, report, target, out_dir, variant, max_perplexity_ratio=max_perplexity_ratio)
     manifest = json.loads((run_dir / "manifest.json").read_text())
     measured = report.get("environment", {}).get("targets") or {}
     if target not in measured:

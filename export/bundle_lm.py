@@ -18,12 +18,13 @@ from pathlib import Path
 
 from compress.manifest import atomic_dir, library_versions
 from compress.targets import BASELINES
+from export.bundle_checks import BundleError, measured_artifact
 
 TEMPLATE = Path(__file__).resolve().parent / "bundle_template" / "generate.py"
 GENERATION_DEFAULTS = {"max_new_tokens": 64, "temperature": 0.0, "top_k": 0, "top_p": 1.0}
 
 
-class LMBundleError(ValueError):
+class LMBundleError(BundleError):
     """A run that cannot be bundled as asked, or a bundle that does not reproduce the measured tokens."""
 
 
@@ -135,13 +136,9 @@ def bundle_lm(
         chosen, why = by[variant], "named explicitly"
     if not chosen.get("artifact"):
         raise LMBundleError(f"variant {chosen['name']!r}: the report does not name its artifact directory")
-    from export.bundle import BundleError, measured_artifact
-
     manifest = json.loads((run_dir / "manifest.json").read_text())
-    try:  # inside the run directory given, never a stored absolute path, and as the benchmark measured it
-        artifact_dir = measured_artifact(run_dir, manifest, chosen["artifact"])
-    except BundleError as e:
-        raise LMBundleError(str(e)) from None
+    # inside the run directory given, never a stored absolute path, and as the benchmark measured it
+    artifact_dir = measured_artifact(run_dir, manifest, chosen["artifact"])
     config = json.loads((artifact_dir / "config.json").read_text())
     window = int(config.get("max_position_embeddings") or config.get("n_positions"))
     gen_cfg = artifact_dir / "generation_config.json"
