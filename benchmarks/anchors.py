@@ -33,12 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
-from export.genai import builder_python
+from export.genai import SETUP_HINT, builder_python
 
 ROOT = Path(__file__).resolve().parent.parent
-ANCHORS = ("genai-int4", "llama.cpp-q8_0", "llama.cpp-q4_k_m")
-RUNTIME = {"genai-int4": "genai", "llama.cpp-q8_0": "llama.cpp", "llama.cpp-q4_k_m": "llama.cpp"}
-SETUP_HINT = "run `make anchors` to install it"
 
 
 class AnchorUnavailable(Exception):

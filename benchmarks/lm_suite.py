@@ -19,13 +19,14 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from benchmarks.anchors import runner, weight_files
 from benchmarks.latency import percentiles
 from benchmarks.lm_worker import measure_lm_target
 from benchmarks.memory import measure_peak_rss
 from compress.hardware import cpu_info
 from compress.lm_config import LMBenchmarkConfig, TextDataConfig
 from compress.manifest import library_versions
-from compress.targets import BASELINES, resolve_target
+from compress.targets import ANCHOR_RUNTIMES, BASELINES, resolve_target
 from compress.text import TextData, eval_blocks, prompts_from
 from export.artifact import Artifact
 
@@ -57,9 +58,8 @@ class _Quality:
 
     def __init__(self, v: LMVariant, threads: int, model_file: Path | None = None):
         self.v = v
-        if v.runtime in ("genai", "llama.cpp"):
-            from benchmarks.anchors import runner
-
+        self.anchor = None
+        if v.runtime in ANCHOR_RUNTIMES:
             self.anchor = runner(v.runtime, v.path, threads, all_logits=True)
         elif v.runtime == "onnxruntime":
             from export.lm_onnx import generator_for
@@ -82,7 +82,7 @@ class _Quality:
                 self.model = ORTModelForCausalLM.from_pretrained(v.path, session_options=session_options(threads))
 
     def logits(self, ids: np.ndarray) -> np.ndarray:
-        if self.v.runtime in ("genai", "llama.cpp"):
+        if self.anchor is not None:
             return self.anchor.logits(ids)
         if self.v.runtime == "onnxruntime":
             return self.gen.forward(ids)[0]
@@ -93,7 +93,7 @@ class _Quality:
             return self.model(input_ids=t, attention_mask=torch.ones_like(t), use_cache=False).logits.float().numpy()
 
     def greedy(self, prompt: list[int], n: int) -> list[int]:
-        if self.v.runtime in ("genai", "llama.cpp"):
+        if self.anchor is not None:
             return list(self.anchor.stream(prompt, n))
         if self.v.runtime == "onnxruntime":
             return list(self.gen.stream(prompt, n, ignore_eos=True))
@@ -328,9 +328,7 @@ def benchmark_lm(
 
 
 def _sizes(v: LMVariant) -> dict:
-    if v.runtime in ("genai", "llama.cpp"):
-        from benchmarks.anchors import weight_files
-
+    if v.runtime in ANCHOR_RUNTIMES:
         files = weight_files(v.runtime, v.path)
     elif v.runtime == "torch":
         files = sorted(Path(v.path).glob("*.safetensors"))

@@ -50,7 +50,9 @@ def _hf_streamer():
 def _runner(variant: dict, threads: int):
     """A callable (prompt ids, new tokens) -> (seconds to the first token, [seconds per later token])."""
     runtime = variant["runtime"]
-    if runtime in ("genai", "llama.cpp"):
+    from compress.targets import ANCHOR_RUNTIMES
+
+    if runtime in ANCHOR_RUNTIMES:
         from benchmarks.anchors import runner as anchor_runner
 
         r = anchor_runner(runtime, variant["path"], threads)

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from benchmarks.worker import apply_limits, thread_env
+from compress.targets import ANCHOR_RUNTIMES
 
 
 def _peak_rss_bytes() -> int:
@@ -82,7 +83,7 @@ def _child_lm(runtime: str, model: str, prompt: list[int], new_tokens: int, thre
 
     if runtime == "onnxruntime":
         from export.lm_onnx import generator_for
-    elif runtime in ("genai", "llama.cpp"):
+    elif runtime in ANCHOR_RUNTIMES:
         from benchmarks.anchors import runner
 
         __import__("onnxruntime_genai" if runtime == "genai" else "llama_cpp")
@@ -105,7 +106,7 @@ def _child_lm(runtime: str, model: str, prompt: list[int], new_tokens: int, thre
         load_s = time.perf_counter() - t0
         n = sum(1 for _ in gen.stream(prompt, new_tokens, ignore_eos=True))
         return {"load_s": load_s, "generated": n}
-    if runtime in ("genai", "llama.cpp"):
+    if runtime in ANCHOR_RUNTIMES:
         r = runner(runtime, model, threads)
         load_s = time.perf_counter() - t0
         return {"load_s": load_s, "generated": sum(1 for _ in r.stream(prompt, new_tokens))}
@@ -202,7 +203,7 @@ def measure_peak_rss(
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--runtime", choices=["onnxruntime", "torch", "optimum", "genai", "llama.cpp"], required=True)
+    p.add_argument("--runtime", choices=["onnxruntime", "torch", "optimum", *ANCHOR_RUNTIMES], required=True)
     p.add_argument("--task", choices=["classification", "causal-lm"], default="classification")
     p.add_argument("--new-tokens", type=int, default=0, help="causal-lm: tokens generated after the prompt")
     p.add_argument("--model", required=True, help="model.onnx, a HF model dir, or 'none' for the baseline")

@@ -10,13 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend is chosen before pyplot is imported)
 
-from compress.targets import BASELINES  # noqa: E402
-
-
-def _reference(v: dict) -> bool:
-    """A baseline or an anchor (drawn apart from this project's variants)."""
-    return v["name"] in BASELINES or v.get("stage") == "anchor"
-
+from compress.targets import is_reference  # noqa: E402
 
 _BLUE, _GREY, _ORANGE, _GREEN = "#1f77b4", "#7f7f7f", "#ff7f0e", "#2ca02c"
 
@@ -78,7 +72,7 @@ def accuracy_vs_latency(report: dict) -> bytes:
             fx, [y * 100 for y in fy], where="post", color=_GREEN, lw=1.5, alpha=0.7, label="Pareto front", zorder=1
         )
         for i, (v, lat) in enumerate(rows):
-            base = _reference(v)
+            base = is_reference(v)
             lo, hi = lat.get("ci", {}).get("p50", [lat["p50"], lat["p50"]])
             ax.errorbar(
                 lat["p50"],
@@ -131,7 +125,7 @@ def latency_by_length(report: dict) -> bytes | None:
                 [int(k) for k in fixed],
                 ys,
                 marker="o",
-                ls="--" if _reference(v) else "-",
+                ls="--" if is_reference(v) else "-",
                 label=v["name"],
             )
         ax.set_title(f"target {target}", fontsize=10)
@@ -205,7 +199,7 @@ def quality_vs_speed(report: dict) -> bytes:
         fy = [rows[i][0]["perplexity"] for i in front]
         ax.step(fx, fy, where="pre", color=_GREEN, lw=1.5, alpha=0.7, zorder=1)
         for i, (v, rec) in enumerate(rows):
-            base = _reference(v)
+            base = is_reference(v)
             color = _GREY if base else (_GREEN if i in front else _BLUE)
             ax.plot(rec["tokens_per_s"], v["perplexity"], "s" if base else "o", color=color, ms=7, zorder=3)
             ax.annotate(
@@ -241,7 +235,7 @@ def ttft_by_length(report: dict) -> bytes | None:
         for v in report["variants"]:
             ttft = v["targets"][target]["ttft_ms"]
             lengths = [int(k) for k in ttft]
-            ax.plot(lengths, [ttft[k]["p50"] for k in ttft], marker="o", ls="--" if _reference(v) else "-",
+            ax.plot(lengths, [ttft[k]["p50"] for k in ttft], marker="o", ls="--" if is_reference(v) else "-",
                     label=v["name"])  # fmt: skip
         ax.set_title(f"target {target}", fontsize=10)
         ax.set_xlabel("prompt length, tokens")

@@ -38,7 +38,7 @@ from benchmarks.document import (
     steps_section,
     target_line,
 )
-from compress.targets import BASELINES
+from compress.targets import BASELINES, is_reference
 
 SCHEMA_VERSION = 2
 
@@ -165,11 +165,6 @@ def build_lm_report(results: dict, manifest: dict) -> dict:
     }
 
 
-def _ours(v: dict) -> bool:
-    """A variant this project built (not a baseline, not an anchor)."""
-    return v["name"] not in BASELINES and v.get("stage") != "anchor"
-
-
 def _ppl(x: float | None) -> str:
     return "–" if x is None else f"{x:.2f}"
 
@@ -222,7 +217,7 @@ def _main_table(report: dict) -> Section:
         d = v.get("decode_ms_per_token") or {}
         sec.rows.append(
             [
-                v["name"] + (" ★" if v["name"] in front and _ours(v) else ""),
+                v["name"] + (" ★" if v["name"] in front and not is_reference(v) else ""),
                 v["stage"],
                 v["runtime"],
                 str(v["layers"]),
@@ -241,7 +236,7 @@ def _main_table(report: dict) -> Section:
                 mb(v["size_gzip_bytes"]),
                 mb(v.get("peak_rss_bytes")),
                 mb(v.get("model_rss_bytes")),
-                "pass" if _ours(v) else "",
+                "pass" if not is_reference(v) else "",
             ]
         )
     sec.rows += gated_rows(report, len(sec.header))
@@ -326,7 +321,7 @@ def _anchor_section(report: dict) -> list[Section]:
         )
     for u in unavailable:
         sec.rows.append([u["name"], f"not measured: {u['reason']}", "–", "–", "–", "–", "–", "–"])
-    ours = [v for v in report["variants"] if _ours(v) and v.get("tokens_per_s")]
+    ours = [v for v in report["variants"] if not is_reference(v) and v.get("tokens_per_s")]
     if ours and built:
         best = max(ours, key=lambda v: v["tokens_per_s"])
         parts = []

@@ -177,25 +177,16 @@ def select_layers(teacher, blocks: list[np.ndarray], keep: int) -> tuple[list[in
         The kept layer indices (sorted) and one record per round: the layers present, the perplexity without each,
         and the one dropped.
     """
-    import math
-
     from compress.architectures import num_layers
-    from compress.losses import next_token_loss
+    from compress.lm import evaluate_blocks
     from compress.modeling import build_student
 
     n = num_layers(teacher)
     if not 1 <= keep < n:
         raise ValueError(f"num_layers = {keep}: the teacher has {n} layers; keep between 1 and {n - 1}")
-    ids = torch.as_tensor(np.stack(blocks))
 
     def perplexity(layers: list[int]) -> float:
-        model = build_student(teacher, layers).eval()
-        total = sum(
-            next_token_loss(model(input_ids=ids[k : k + 4], use_cache=False).logits, ids[k : k + 4]).item()
-            * len(ids[k : k + 4])
-            for k in range(0, len(ids), 4)
-        )
-        return math.exp(total / len(ids))
+        return evaluate_blocks(build_student(teacher, layers), blocks, batch_size=4, desc="layer choice").perplexity
 
     current, rounds = list(range(n)), []
     while len(current) > keep:

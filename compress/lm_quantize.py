@@ -186,11 +186,8 @@ def matmul_groups(src: Path, block_size: int) -> dict[str, list[str]]:
         m = ONNX_LAYER.search(name)
         key = f"layer {int(m.group(1))}" if m else ("lm_head" if "lm_head" in name else "other")
         groups.setdefault(key, []).append(name)
-    return dict(sorted(groups.items(), key=lambda kv: (not kv[0].startswith("layer"), _layer_key(kv[0]))))
-
-
-def _layer_key(group: str) -> int:
-    return int(group.split()[1]) if group.startswith("layer ") else 0
+    # Layers in order (ONNX nodes need not be), then the head.
+    return dict(sorted(groups.items(), key=lambda kv: int(kv[0].split()[1]) if kv[0].startswith("layer ") else 1e9))
 
 
 def mixed_precision(

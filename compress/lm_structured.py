@@ -15,10 +15,10 @@ optimum's export and the KV cache all read as they read any other.
   width to the hidden size, so narrowing it changes every head (refused, like its heads: its fused QKV and
   cache shapes follow `n_head`).
 
-Importance per structure (Minitron, Muralidharan et al. 2024, section 2.2): `activation` is the mean squared
+Importance per structure (Minitron, Muralidharan et al. 2024, section 2.2): `activation` is the summed squared
 activation over calibration text: a group's share of the attention output before O, a neuron's input to the
-down projection, a channel's value after each norm (summed over the norms); `magnitude` the squared L2 norm of
-the weights that carry it. Both are computed here because transformers has no structured pruning for decoders
+down projection, a channel's normalised value where the projections read it; `magnitude` the L2 norm of the
+weights that carry it. Both are computed here because transformers has no structured pruning for decoders
 (its `prune_heads` exists only for encoders and GPT-2, and a GPT-2 with pruned heads no longer matches the cache
 shapes the exporters derive from `n_head`).
 """
@@ -31,8 +31,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
-from compress.architectures import Family, family_of, ffn_width, head_dim, kv_heads, weight_layers
+from compress.architectures import Family, as_out_in, family_of, ffn_width, head_dim, kv_heads, weight_layers
 from compress.errors import RecipeError
 
 
@@ -76,29 +77,27 @@ def _group_layout(config) -> tuple[int, int, int]:
 
 def _out_in_dims(module: nn.Module) -> tuple[int, int]:
     """Which weight dimension holds a projection's outputs and which its inputs (Conv1D stores (in, out))."""
-    return (1, 0) if type(module).__name__ == "Conv1D" else (0, 1)
+    return (1, 0) if isinstance(module, Conv1D) else (0, 1)
 
 
 def _rows_sq(module: nn.Module, dim: str) -> torch.Tensor:
     """Squared L2 norm of each output ("out") or input ("in") feature's weights."""
-    o, i = _out_in_dims(module)
-    w = module.weight.detach().float().pow(2)
-    return w.sum(i) if dim == "out" else w.sum(o)
+    w = as_out_in(module).detach().float().pow(2)
+    return w.sum(1) if dim == "out" else w.sum(0)
 
 
 @torch.no_grad()
 def magnitude_importance(model) -> DecoderImportance:
-    """Squared weight norms: a group's Q, K, V rows and O columns; a neuron's up/gate rows and down column; a
-    channel's embedding column and the projection weights that read or write it."""
+    """Weight norms: a group's Q, K, V rows and O columns; a neuron's up/gate rows and down column
+    (`compress.modeling.neuron_importance`, as a student's narrower FFN is chosen); a channel's embedding column
+    and the projection weights that read or write it."""
+    from compress.modeling import neuron_importance
+
     fam = _family(model)
     g, r, hd = _group_layout(model.config)
-    groups, neurons = [], []
+    groups = []
     channels = model.get_input_embeddings().weight.detach().float().pow(2).sum(0)
     for layer in weight_layers(model):
-        ffn = _rows_sq(layer.get_submodule(fam.ffn_in), "out") + _rows_sq(layer.get_submodule(fam.ffn_out), "in")
-        if fam.ffn_gate:
-            ffn = ffn + _rows_sq(layer.get_submodule(fam.ffn_gate), "out")
-        neurons.append(ffn)
         if fam.qkv:
             groups.append(torch.zeros(g))
             continue
@@ -110,77 +109,37 @@ def magnitude_importance(model) -> DecoderImportance:
             channels = channels + _rows_sq(layer.get_submodule(path), "in")
         for path in (fam.out, fam.ffn_out):
             channels = channels + _rows_sq(layer.get_submodule(path), "out")
-    return DecoderImportance(groups, neurons, channels)
-
-
-def _norm_modules(model) -> list[nn.Module]:
-    """Every module whose output is a normalised hidden state (the inputs of attention and FFN, the final norm)."""
-    d = int(model.config.hidden_size)
-    out = []
-    for m in model.base_model.modules():
-        name = type(m).__name__
-        if ("Norm" in name or "LayerNorm" in name) and getattr(m, "weight", None) is not None:
-            if m.weight.dim() == 1 and m.weight.numel() == d:
-                out.append(m)
-    return out
+    return DecoderImportance(groups, neuron_importance(model), channels)
 
 
 @torch.no_grad()
 def activation_importance(model, batches: Iterable[torch.Tensor]) -> DecoderImportance:
-    """Mean squared activations over the calibration batches (token ids (batch, length)), as Minitron scores
-    structures: a group's share of the attention output entering O, a neuron's input to the down projection,
-    a hidden channel's value after every norm (summed over the norms)."""
+    """Summed squared activations over the calibration batches (token ids (batch, length)), as Minitron scores
+    structures: a group's share of what enters the attention output projection, a neuron's input to the down
+    projection, a hidden channel's normalised value wherever a projection reads it (Q or the fused QKV, the FFN's
+    up projection, the LM head: the outputs of every norm). The inputs are measured by
+    `compress.prune.input_norms`, the same hooks Wanda's scores use."""
+    from compress.prune import input_norms
+
     fam = _family(model)
     g, r, hd = _group_layout(model.config)
     layers = list(weight_layers(model))
-    n = len(layers)
-    sums = {"groups": [torch.zeros(g) for _ in range(n)], "neurons": [None] * n, "channels": None}
-    tokens = [0]
-    hooks = []
 
-    def on_out(i):
-        def hook(_module, args):
-            x = args[0].detach().float().pow(2)
-            sums["groups"][i] += x.reshape(-1, g, r * hd).sum((0, 2))
+    def each(path: str) -> list[nn.Module]:
+        return [layer.get_submodule(path) for layer in layers]
 
-        return hook
-
-    def on_down(i):
-        def hook(_module, args):
-            x = args[0].detach().float().pow(2).reshape(-1, args[0].shape[-1]).sum(0)
-            sums["neurons"][i] = x if sums["neurons"][i] is None else sums["neurons"][i] + x
-
-        return hook
-
-    def on_norm(_module, _args, output):
-        x = (output[0] if isinstance(output, tuple) else output).detach().float().pow(2)
-        x = x.reshape(-1, x.shape[-1]).sum(0)
-        sums["channels"] = x if sums["channels"] is None else sums["channels"] + x
-
-    try:
-        for i, layer in enumerate(layers):
-            if not fam.qkv:
-                hooks.append(layer.get_submodule(fam.out).register_forward_pre_hook(on_out(i)))
-            hooks.append(layer.get_submodule(fam.ffn_out).register_forward_pre_hook(on_down(i)))
-        hooks += [m.register_forward_hook(on_norm) for m in _norm_modules(model)]
-        was_training = model.training
-        model.eval()
-        for ids in batches:
-            ids = torch.as_tensor(ids)
-            model(input_ids=ids, use_cache=False)
-            tokens[0] += ids.numel()
-        model.train(was_training)
-    finally:
-        for h in hooks:
-            h.remove()
-    if not tokens[0]:
-        raise ValueError("activation importance needs at least one calibration batch")
-    t = float(tokens[0])
-    return DecoderImportance(
-        [s / t for s in sums["groups"]],
-        [s / t for s in sums["neurons"]],
-        sums["channels"] / t if sums["channels"] is not None else torch.ones(int(model.config.hidden_size)),
+    heads = [] if fam.qkv else each(fam.out)
+    readers = [*each(fam.qkv or fam.query), *each(fam.ffn_in), model.get_output_embeddings()]
+    norms = input_norms(
+        model,
+        heads + each(fam.ffn_out) + readers,
+        [torch.as_tensor(ids) for ids in batches],
+        lambda m, ids: m(input_ids=ids, use_cache=False),
     )
+    sq = [x.pow(2) for x in norms]
+    n = len(layers)
+    groups = [x.view(g, r * hd).sum(1) for x in sq[: len(heads)]] or [torch.zeros(g) for _ in layers]
+    return DecoderImportance(groups, sq[len(heads) : len(heads) + n], sum(sq[len(heads) + n :]))
 
 
 def _keep_top(scores: torch.Tensor, keep: int) -> tuple[int, ...]:

@@ -16,6 +16,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 # Variants every other variant is compared with, when present in the run (ratios, paired speed-ups).
 BASELINES = ("teacher-torch", "teacher-onnx", "teacher-int8-optimum")
+# The runtimes of the causal-LM anchors (`benchmarks.anchors`): the teacher as other tools ship and run it.
+ANCHOR_RUNTIMES = ("genai", "llama.cpp")
+
+
+def is_reference(variant: dict) -> bool:
+    """A report's variant that this project did not build: a baseline or an anchor."""
+    return variant["name"] in BASELINES or variant.get("stage") == "anchor"
 
 
 class _Config(BaseModel):

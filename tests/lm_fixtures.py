@@ -47,21 +47,23 @@ def tiny_tokenizer(vocab_size: int = 300):
     return train_tokenizer(make_documents()["train"], TokenizerConfig(vocab_size=vocab_size), max_positions=256)
 
 
-def tiny_causal_lm(family: str, vocab_size: int, eos_id: int, seed: int = 0):
-    """A random 4-layer decoder of `family` (gpt2, llama, qwen2), hidden 32, built in code."""
+def tiny_causal_lm(
+    family: str, vocab_size: int, eos_id: int, seed: int = 0, *, hidden: int = 32, layers: int = 4, ffn: int = 64
+):
+    """A random decoder of `family` (gpt2, llama, qwen2), 4 heads (2 key/value heads), built in code."""
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(seed)
     common = dict(vocab_size=vocab_size, bos_token_id=eos_id, eos_token_id=eos_id)
     if family == "gpt2":
-        return GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=4, n_head=4, n_positions=256, **common))
+        return GPT2LMHeadModel(GPT2Config(n_embd=hidden, n_layer=layers, n_head=4, n_positions=256, **common))
     shape = dict(
-        hidden_size=32,
-        num_hidden_layers=4,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=2,
-        intermediate_size=64,
+        intermediate_size=ffn,
         max_position_embeddings=256,
         tie_word_embeddings=True,
         **common,
@@ -151,23 +153,7 @@ def write_lm_recipe(path: Path, data_dir: Path, **sections) -> Path:
 def save_wide_head_llama(d: Path) -> Path:
     """A random 2-layer Llama (hidden 64, 4 heads of 16: the narrowest ONNX Runtime's GroupQueryAttention takes on
     CPU) with the tiny tokenizer, saved into `d`."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     tok = tiny_tokenizer()
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=128,
-        max_position_embeddings=256,
-        tie_word_embeddings=True,
-        bos_token_id=tok.eos_token_id,
-        eos_token_id=tok.eos_token_id,
-    )
-    LlamaForCausalLM(cfg).save_pretrained(d)
+    tiny_causal_lm("llama", len(tok), tok.eos_token_id, hidden=64, layers=2, ffn=128).save_pretrained(d)
     tok.save_pretrained(d)
     return d
