@@ -324,7 +324,7 @@ def _target_sections(report: dict) -> list[Section]:
         if batch or has_mem:
             header = ["variant"] + [f"batch {b} sent/s" for b in batch]
             if has_mem:
-                header += ["peak RSS MB", "model RSS MB", "load s (fresh)"]
+                header += ["peak RSS MB", "no-model process MB", "model RSS MB", "load s (fresh)"]
                 if desc.get("memory_limit_bytes"):
                     header.append(f"fits {desc['memory_limit_bytes'] / 2**20:.0f} MiB")
             sec2 = Section(None, header=header, right=set(range(1, len(header))))
@@ -333,7 +333,7 @@ def _target_sections(report: dict) -> list[Section]:
                 row = [v["name"]] + [f"{rec['throughput'][b]['sentences_per_s']:.0f}" for b in batch]
                 if has_mem:
                     m = rec["memory"]
-                    row += [mb(m.get("peak_rss_bytes")), mb(m.get("model_rss_bytes"))]
+                    row += [mb(m.get("peak_rss_bytes")), mb(m.get("baseline_rss_bytes")), mb(m.get("model_rss_bytes"))]
                     row.append(f"{m['load_s']:.2f}" if "load_s" in m else "–")
                     if desc.get("memory_limit_bytes"):
                         row.append("yes" if m.get("fits_memory_limit") else "**no**")
@@ -342,6 +342,40 @@ def _target_sections(report: dict) -> list[Section]:
     out.append(Section(plot="accuracy_vs_latency", caption="Accuracy against p50 latency per target"))
     out.append(Section(plot="latency_by_length", caption="p50 latency by input length"))
     return out
+
+
+def _compute_section(report: dict) -> list[Section]:
+    """MACs per request and the share of the CPU's measured matrix-multiply peak each variant reaches."""
+    rows = [v for v in report["variants"] if "compute" in v]
+    peaks = report["environment"].get("peak_macs_per_s") or {}
+    if not rows or not peaks:
+        return []
+    targets = list(rows[0]["compute"]["targets"])
+    peak_text = "; ".join(
+        f"{n} thread(s): fp32 {p['fp32'] / 1e9:.0f}, int8 {p['int8'] / 1e9:.0f} GMAC/s" for n, p in peaks.items()
+    )
+    header = ["variant", "kernels", "MMACs / request"]
+    header += [x for t in targets for x in (f"GMAC/s {t}", f"share of peak {t}")]
+    sec = Section(
+        "Compute: MACs and the share of this CPU's peak",
+        paragraphs=[
+            "MACs per request: the matrix products of the encoder (projections, attention, FFN) at each dev "
+            "sentence's real length, averaged; embeddings, pooler, classifier, LayerNorm and softmax are left out. "
+            f"Peak: one large product (256 x 1024 x 1024) through ONNX Runtime on this CPU, best call: {peak_text}. "
+            "The share is MACs / p50 / the peak of the variant's kernels (int8 for quantized graphs): what is "
+            "left to 100% is per-call overhead, small operators and memory traffic, not arithmetic.",
+        ],
+        header=header,
+        right=set(range(2, len(header))),
+    )
+    for v in rows:
+        c = v["compute"]
+        row = [v["name"], c["kernels"], f"{c['macs_per_request'] / 1e6:.1f}"]
+        for t in targets:
+            f = c["targets"][t]
+            row += [f"{f['macs_per_s'] / 1e9:.1f}", f"{f['share_of_peak']:.1%}"]
+        sec.rows.append(row)
+    return [sec]
 
 
 def _mobile_section(report: dict) -> list[Section]:
@@ -392,6 +426,7 @@ def _sections(report: dict) -> list[Section]:
 def _classifier_sections(report: dict) -> list[Section]:
     out = [Section(f"edge-compress report: {report['run']}", level=1), _main_table(report)]
     out += _target_sections(report)
+    out += _compute_section(report)
     out.append(Section("Size and memory", plot="size_and_memory", caption="Size on disk and peak memory"))
     out += _mobile_section(report)
     out += steps_section(report)

@@ -181,6 +181,45 @@ def _ort_format(
     return rec
 
 
+_INT8_KERNELS = {"MatMulInteger", "DynamicQuantizeMatMul", "QAttention", "QLinearMatMul", "QuantizeLinear"}
+
+
+def _compute(variants: list[Variant], records: dict, targets, requests: list[dict], log) -> dict:
+    """MACs per request (`compress.structured.macs_per_token` of each variant's config, averaged over the
+    requests' lengths) and the share of this CPU's measured peak (`benchmarks.peak`, int8 or fp32 by the
+    variant's kernels) that each target's p50 reaches; writes `records[name]["compute"]`, returns the peaks."""
+    import onnx
+    from transformers import AutoConfig
+
+    from benchmarks.peak import measure_peak_macs, share_of_peak
+    from compress.structured import macs_per_token
+
+    lengths = [len(r["input_ids"][0]) for r in requests]
+    threads = sorted({t.threads for t in targets})
+    log(f"    matrix-multiply peak of this CPU through ONNX Runtime at {threads} thread(s)")
+    peaks = {str(n): measure_peak_macs(n) for n in threads}
+    for v in variants:
+        try:
+            config = AutoConfig.from_pretrained(v.tokenizer_dir, local_files_only=True)
+            macs = float(np.mean([macs_per_token(config, n) * n for n in lengths]))
+        except (OSError, ValueError, KeyError):  # a config this project cannot count: no compute figures
+            continue
+        kind = "fp32"
+        if v.runtime == "onnxruntime":
+            ops = {n.op_type for n in onnx.load(str(v.path), load_external_data=False).graph.node}
+            kind = "int8" if ops & _INT8_KERNELS else "fp32"
+        rec = records[v.name]
+        rec["compute"] = {"macs_per_request": macs, "kernels": kind, "targets": {}}
+        for target, figures in rec["targets"].items():
+            t = next(t for t in targets if t.name == target)
+            p50 = figures["latency_ms"][next(iter(figures["latency_ms"]))]["p50"] / 1e3
+            rec["compute"]["targets"][target] = {
+                "macs_per_s": macs / p50,
+                "share_of_peak": share_of_peak(macs, p50, peaks[str(t.threads)][kind]),
+            }
+    return peaks
+
+
 def benchmark(
     variants: list[Variant],
     data: TaskData,
@@ -316,6 +355,7 @@ def benchmark(
             rec.update({k: x for k, x in primary["memory"].items() if k != "fits_memory_limit"})
 
     first = next(iter(request_sets))
+    peaks = _compute(variants, records, targets, request_sets[first], log)
     primary_target = next(t for t in targets if t.name == s.primary)
     return {
         "environment": {
@@ -332,6 +372,7 @@ def benchmark(
                 for t in targets
             },
             "emulation": EMULATION_NOTE,
+            "peak_macs_per_s": peaks,
         },
         "settings": {
             "latency": "single stream, batch 1, each dev sentence at its real tokenized length"

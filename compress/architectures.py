@@ -171,9 +171,7 @@ def family_of(config_or_model, what: str = "this stage") -> Family:
     config = getattr(config_or_model, "config", config_or_model)
     kind = getattr(config, "model_type", None)
     if kind not in FAMILIES:
-        raise RecipeError(
-            f"{what}: model_type {kind!r} is not supported; supported: {', '.join(sorted(FAMILIES))}"
-        )
+        raise RecipeError(f"{what}: model_type {kind!r} is not supported; supported: {', '.join(sorted(FAMILIES))}")
     if kind == "albert" and (config.num_hidden_groups != 1 or config.inner_group_num != 1):
         raise RecipeError(f"{what}: ALBERT with num_hidden_groups or inner_group_num other than 1 is not supported")
     return FAMILIES[kind]
@@ -222,11 +220,7 @@ def projection_modules(model) -> list[tuple[str, nn.Module]]:
     """
     fam = family_of(model)
     prefix = f"{fam.layers}."
-    return [
-        (name, m)
-        for name, m in model.base_model.named_modules()
-        if name.startswith(prefix) and is_projection(m)
-    ]
+    return [(name, m) for name, m in model.base_model.named_modules() if name.startswith(prefix) and is_projection(m)]
 
 
 def out_in(module: nn.Module) -> tuple[int, int]:

@@ -152,9 +152,7 @@ def add_subparsers(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--out", type=Path, required=True, help="bundle directory to write")
     b.add_argument("--variant", default=None, help="variant to ship (default: chosen from the report)")
     b.add_argument("--max-accuracy-drop", type=float, default=0.01, help="vs the teacher's dev accuracy")
-    b.add_argument(
-        "--max-perplexity-ratio", type=float, default=1.1, help="causal LM: vs the teacher's dev perplexity"
-    )
+    b.add_argument("--max-perplexity-ratio", type=float, default=1.1, help="causal LM: vs the teacher's dev perplexity")
     b.add_argument("--force", action="store_true", help="replace a bundle already at --out (never anything else)")
 
     p = sub.add_parser(
@@ -167,7 +165,6 @@ def add_subparsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--file", default=None, help="one text per line ('-': standard input)")
     p.add_argument("--model", choices=["auto", "ort", "onnx"], default="auto")
     p.add_argument("--threads", type=int, default=None)
-
 
     g = sub.add_parser(
         "generate",

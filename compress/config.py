@@ -195,6 +195,14 @@ class PruneConfig(_Config):
     calibration_batches: int = Field(
         default=8, ge=1, le=10_000, description="activation, wanda: training batches run to measure activations"
     )
+    trim_vocab: TrimVocabConfig = Field(
+        default=TrimVocabConfig(),
+        description="classifier: trim the source's vocabulary first, so the fine-tune recovers from both at once",
+    )
+    augment: AugmentConfig = Field(
+        default=AugmentConfig(),
+        description="classifier: teacher-labelled augmented copies of train in the fine-tune (as distill.augment)",
+    )
     epochs: float = Field(default=0.5, ge=0, le=50, description="fine-tune epochs with the masks held")
     batch_size: int = Field(default=32, ge=1, le=4096)
     learning_rate: float = Field(default=5e-5, gt=0, lt=1)
@@ -262,16 +270,32 @@ class QuantizeConfig(_Config):
     reduce_range: Literal["auto"] | bool = Field(
         default="auto", description="7-bit weights; 'auto' = on for x86 CPUs without VNNI (u8s8 saturation)"
     )
-    per_channel: bool = False
+    per_channel: Literal["measure"] | bool = Field(
+        default=False,
+        description="one weight scale per output channel; 'measure' (with select: measure): both are candidates",
+    )
     op_types: list[str] | None = Field(default=None, description="default: every operator the method quantizes")
     calibrate_method: Literal["minmax", "entropy", "percentile"] = "minmax"
     percentile: float = Field(default=99.999, gt=0, le=100)
     calibration_examples: int = Field(default=128, ge=1, le=100_000, description="static: train sentences")
     fuse: bool = Field(default=False, description="run ONNX Runtime's transformer fusions first")
+    embeddings: Literal["int8", "int4"] = Field(
+        default="int8",
+        description="the token embedding table: int8 like the rest, or 4-bit blocks (GatherBlockQuantized packed "
+        "in uint8, which .ort holds); each call reads only its tokens' rows, so 4 bits there cost no compute",
+    )
+    embedding_block_size: int = Field(default=32, ge=16, le=256, description="int4 embeddings: values per scale")
     select: Literal["fixed", "measure"] = Field(
         default="fixed",
-        description="'measure': quantize with each u8s8/u8u8 x 7/8-bit setting, keep the most accurate on the "
-        "held-out slice of train (ties: the smallest file)",
+        description="'measure': quantize with each u8s8/u8u8 x 7/8-bit setting (and per-channel or not with "
+        "per_channel: measure), keep the most accurate on the held-out slice of train; among those within "
+        "select_tolerance of it, the fastest on one thread",
+    )
+    select_tolerance: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="select: measure: held-out accuracies this close to the best count as ties (broken by latency)",
     )
     max_accuracy_drop: float | None = Field(
         default=None, ge=0, le=1, description="keep the most sensitive nodes in float until the drop fits"
@@ -291,6 +315,15 @@ class QuantizeConfig(_Config):
             raise ValueError("quantize.activation_type 'int8' needs quantize.method 'static' (dynamic is uint8)")
         if self.select == "measure" and self.max_accuracy_drop is not None:
             raise ValueError("quantize.select 'measure' and quantize.max_accuracy_drop: choose one")
+        if self.per_channel == "measure" and self.select != "measure":
+            raise ValueError("quantize.per_channel 'measure' needs quantize.select 'measure'")
+        if self.embeddings == "int4" and self.fuse:
+            raise ValueError(
+                "quantize.embeddings 'int4' needs the embedding's Gather, which quantize.fuse folds into "
+                "EmbedLayerNormalization: choose one"
+            )
+        if self.embedding_block_size & (self.embedding_block_size - 1):
+            raise ValueError(f"quantize.embedding_block_size {self.embedding_block_size}: a power of two (16-256)")
         return self
 
 

@@ -115,6 +115,8 @@ class Int8Spec:
     def from_config(cls, config: QuantizeConfig) -> Int8Spec:
         """The spec of one variant of the recipe's `quantize` section."""
         fields = {k: getattr(config, k) for k in cls.__dataclass_fields__ if k in type(config).model_fields}
+        if fields.get("per_channel") == "measure":  # a candidate list decides it (compress.quantize)
+            fields["per_channel"] = False
         if fields.get("op_types") is not None:
             fields["op_types"] = tuple(fields["op_types"])
         return cls(**fields)
@@ -293,5 +295,3 @@ def quantize_model(
         "int8_ops": int8_op_counts(summary["op_counts"]),
         "size_bytes": dst.stat().st_size,
     }
-
-

@@ -29,13 +29,17 @@ def quantize(
     evaluate: Callable[[Path], float] | None = None,
     check_texts: Sequence[str] | None = None,
     max_length: int = 128,
+    latency_feeds: Sequence[Feed] | None = None,
 ) -> dict:
     """Write `out_dir/model.onnx`, an int8 version of `onnx_dir/model.onnx`, with its tokenizer and config.
 
-    With `config.fuse`, ONNX Runtime's transformer fusions run first. With `config.select == "measure"`, every
-    u8s8/u8u8 x 7/8-bit candidate of the method is made and the one `evaluate` scores best is kept (ties: the
-    smallest). With `config.max_accuracy_drop`, the most sensitive nodes stay in float until `evaluate`'s drop
-    from float32 fits the budget.
+    With `config.fuse`, ONNX Runtime's transformer fusions run first; with `config.embeddings == "int4"`, the
+    token embedding becomes 4-bit blocks first (`compress.embedding_quant`) and the int8 pass leaves it alone.
+    With `config.select == "measure"`, every u8s8/u8u8 x 7/8-bit candidate of the method (x per-channel or not
+    with `per_channel: measure`) is made and the one `evaluate` scores best is kept; candidates within
+    `select_tolerance` of it are ties, broken by single-thread p50 on `latency_feeds` (else the smallest file).
+    With `config.max_accuracy_drop`, the most sensitive nodes stay in float until `evaluate`'s drop from
+    float32 fits the budget.
 
     Args:
         onnx_dir: an exported model directory (model.onnx, config.json, tokenizer files).
@@ -45,6 +49,7 @@ def quantize(
         evaluate: ONNX model path -> accuracy on held-out data; needed by `select: measure` and the budget.
         check_texts: sentences on which the fused graph is checked against the unfused one.
         max_length: tokenizer truncation for that check.
+        latency_feeds: requests timed to break ties of `select: measure` (None: the smallest file wins).
 
     Returns:
         The settings used (with the reason for `reduce_range`), the quantized graph's operator counts, and the
@@ -69,12 +74,30 @@ def quantize(
                 onnx_dir, Path(tmp) / "fused", list(check_texts or []), max_length=max_length
             )
             src = Path(tmp) / "fused" / "model.onnx"
+        if config.embeddings == "int4":
+            from compress.embedding_quant import quantize_token_embedding
+
+            extra["embedding"] = quantize_token_embedding(
+                src, Path(tmp) / "embedding4.onnx", block_size=config.embedding_block_size
+            )
+            src = Path(tmp) / "embedding4.onnx"
         if config.select == "measure":
             candidates = [c for c in default_candidates(static=config.method == "static") if c.method == config.method]
-            # The candidates vary the data types and reduce_range; every other key of the recipe is kept.
+            # The candidates vary the data types and reduce_range (and per-channel scales when asked); every
+            # other key of the recipe is kept.
             keep = {k: getattr(spec, k) for k in ("per_channel", "op_types", "calibrate_method", "percentile")}
             candidates = [replace(c, **keep) for c in candidates]
-            choice = choose_int8_variant(src, Path(tmp) / "candidates", evaluate, candidates, calibration=calibration)
+            if config.per_channel == "measure":
+                candidates += [replace(c, per_channel=True) for c in candidates]
+            choice = choose_int8_variant(
+                src,
+                Path(tmp) / "candidates",
+                evaluate,
+                candidates,
+                calibration=calibration,
+                latency_feeds=latency_feeds,
+                tolerance=config.select_tolerance,
+            )
             spec = choice["chosen_spec"]
             extra["selection"] = {
                 "chosen": choice["chosen"],

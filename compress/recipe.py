@@ -172,6 +172,10 @@ class CausalLMRecipe(_RecipeBase):
                 raise ValueError(f"prune.{i}.hidden_weight: not supported for a causal LM (leave it at 0)")
             if p.max_drop != PruneConfig.model_fields["max_drop"].default:
                 raise ValueError(f"prune.{i}.max_drop is the classifier's gate; a causal LM's is max_perplexity_ratio")
+            if p.trim_vocab.enabled:
+                raise ValueError(f"prune.{i}.trim_vocab: vocabulary trimming is implemented for classifiers only")
+            if p.augment.copies:
+                raise ValueError(f"prune.{i}.augment: augmented copies are implemented for classifiers only")
         return self
 
     def quantize_sources(self) -> list[str]:

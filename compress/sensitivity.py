@@ -366,7 +366,7 @@ def choose_int8_variant(
             return lambda feed: session.run(None, feed)
 
         latency = measure_latency(
-            {r["name"]: runner(r["path"]) for r in rows}, list(latency_feeds), warmup=latency_warmup
+            {r["name"]: runner(r["path"]) for r in rows}, list(latency_feeds), warmup=latency_warmup, passes=5
         )
         for r in rows:
             r["latency_ms"] = latency[r["name"]]

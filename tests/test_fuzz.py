@@ -90,7 +90,14 @@ def test_recipe_mistakes(base, capsys, change, expect):
         ("name: caf\u00e9\n".encode("latin-1"), "not UTF-8 text"),
         ("name: x\n".encode("utf-16"), "not UTF-8 text"),
         (b"\x89PNG\r\n\x1a\n\x00\x00\x00", "not UTF-8 text"),
-        (b"a: &a [1,1,1,1,1,1,1,1,1,1]\n" + b"".join(b"%c: &%c [*%c,*%c,*%c,*%c,*%c,*%c,*%c,*%c,*%c,*%c]\n" % ((98 + i, 98 + i) + (97 + i,) * 10) for i in range(8)), "refused"),  # noqa: E501
+        (
+            b"a: &a [1,1,1,1,1,1,1,1,1,1]\n"
+            + b"".join(
+                b"%c: &%c [*%c,*%c,*%c,*%c,*%c,*%c,*%c,*%c,*%c,*%c]\n" % ((98 + i, 98 + i) + (97 + i,) * 10)
+                for i in range(8)
+            ),
+            "refused",
+        ),  # noqa: E501
     ],
 )
 def test_recipe_files_that_are_not_recipes(tmp_path, capsys, content, expect):

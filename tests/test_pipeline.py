@@ -259,3 +259,47 @@ def test_a_second_run_on_the_same_directory_exits_2_naming_the_first(tmp_path, t
     assert first.wait(timeout=300) == 0, first.stderr.read()[-2000:]
     report = json.loads((run / "report.json").read_text())
     assert [v["name"] for v in report["variants"]][-1] == "student"
+
+
+def test_a_prune_step_trims_the_vocabulary_and_augments_before_it_prunes(first_run, tmp_path):
+    import shutil
+
+    import numpy as np
+    from transformers import AutoTokenizer
+
+    from compress.data import load_task_data
+    from compress.vocab import token_counts
+
+    recipe, out, _, _ = first_run
+    run = tmp_path / "run"
+    shutil.copytree(out, run)
+    teacher_tok = AutoTokenizer.from_pretrained(run / "teacher", local_files_only=True)
+    counts = token_counts(teacher_tok, load_task_data(recipe.data).train.texts)
+    trim = {"enabled": True, "keep_chars": False, "min_frequency": int(np.median(counts[counts > 0])) + 1}
+    prune = {"trim_vocab": trim, "augment": {"copies": 1}, "max_drop": None}
+    changed = load_recipe(recipe_path(recipe, tmp_path, prune=prune))
+    logs: list[str] = []
+    run_pipeline(changed, run, log=logs.append)
+    assert _ran(logs) == ["prune/pruned", "export/pruned", "quantize/int8", "benchmark"]  # the student stays
+    full = len(teacher_tok)
+    assert len(AutoTokenizer.from_pretrained(run / "distill/student", local_files_only=True)) == full
+    for step in ("prune/pruned", "export/pruned", "quantize/int8"):
+        assert len(AutoTokenizer.from_pretrained(run / step, local_files_only=True)) < full, step
+    metrics = json.loads((run / "manifest.json").read_text())["stages"]["prune/pruned"]["metrics"]
+    assert metrics["vocab"]["vocab_size_after"] < metrics["vocab"]["vocab_size_before"] == full
+    assert 0 < metrics["augment"]["examples"] <= len(load_task_data(recipe.data).train.texts)
+    assert metrics["gate"]["passed"] in (True, False)  # judged against the untrimmed student: it ran
+
+
+def test_the_report_gives_macs_and_the_share_of_the_measured_peak(first_run):
+    _, out, report, _ = first_run
+    peaks = report["environment"]["peak_macs_per_s"]
+    assert all(p["int8"] > 0 and p["fp32"] > 0 for p in peaks.values())
+    by = {v["name"]: v for v in report["variants"]}
+    assert by["int8"]["compute"]["kernels"] == "int8" and by["student"]["compute"]["kernels"] == "fp32"
+    # The student keeps fewer layers than the teacher: fewer MACs per request, at the same lengths.
+    assert by["student"]["compute"]["macs_per_request"] < by["teacher-onnx"]["compute"]["macs_per_request"]
+    for v in by.values():
+        for figures in v["compute"]["targets"].values():
+            assert 0 < figures["share_of_peak"] < 1
+    assert "Compute: MACs and the share of this CPU's peak" in (out / "report.md").read_text()

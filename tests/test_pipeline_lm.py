@@ -249,6 +249,7 @@ def test_a_fresh_venv_with_only_the_three_runtime_packages_generates_the_measure
         ({"data": {"block_size": 512}}, "data.block_size = 512"),
         ({"prune": {"method": "structured", "heads": 0.25}}, "prune.0.heads = 0.25: removes no group"),
         ({"prune": {"method": "structured", "ffn": 0.5, "schedule": "cubic"}}, "prune.0.schedule = 'cubic'"),
+        ({"prune": {"sparsity": 0.5, "trim_vocab": {"enabled": True}}}, "prune.0.trim_vocab"),
         (
             {
                 "teacher": {"architecture": {"family": "gpt2", "kv_heads": None}},

@@ -143,24 +143,47 @@ class ClassificationTask:
 
         r = ctx.recipe
         student, tokenizer = ctx.load(r.source_of(step.config))
+        source_model, source_tokenizer, vocab_metrics = student, tokenizer, None
+        if step.config.trim_vocab.enabled:
+            # Trim first and let the prune fine-tune recover from both changes at once: trimming an already
+            # pruned student leaves nothing to adapt to the re-segmented words (README: vocabulary trimming).
+            from compress.vocab import trim_vocab
+
+            evals = {"dev": ctx.data.dev.texts}
+            trimmed = trim_vocab(student, tokenizer, ctx.data.train.texts, step.config.trim_vocab, eval_texts=evals)
+            student, tokenizer, vocab_metrics = trimmed.model, trimmed.tokenizer, trimmed.metrics
+            ctx.log(
+                f"    vocabulary {vocab_metrics['vocab_size_before']:,} -> {vocab_metrics['vocab_size_after']:,} "
+                f"pieces before pruning; dev sentences tokenized differently: "
+                f"{vocab_metrics['dev_sentences_changed']:.1%}"
+            )
+        data, teacher_logits, augment_metrics = ctx.data, self.teacher_logits(ctx), None
+        if step.config.augment.copies > 0:
+            # Copies with words the train split never uses: with a trimmed vocabulary they are re-segmented, so
+            # the fine-tune also learns the segmentations that new text will bring.
+            data, teacher_logits, augment_metrics = _augmented(ctx, step.config.augment, teacher_logits)
         res = prune(
             student,
             tokenizer,
-            self.teacher_logits(ctx),
+            teacher_logits,
             step.config,
-            ctx.data,
+            data,
             seed=r.seed,
             max_length=r.data.max_length,
             work_dir=out / "_trainer",
         )
         res.model.save_pretrained(out)
         tokenizer.save_pretrained(out)
+        if vocab_metrics is not None:
+            res.metrics["vocab"] = vocab_metrics
+        if augment_metrics is not None:
+            res.metrics["augment"] = augment_metrics
         split, n, source = _holdout(ctx), r.data.max_length, r.source_of(step.config)
         res.metrics["gate"] = _gate(
             split,
             _torch_predictions(res.model, tokenizer, split, n),
             source,
-            _torch_predictions(student, tokenizer, split, n),
+            _torch_predictions(source_model, source_tokenizer, split, n),
             step.config.max_drop,
         )
         return res.metrics
@@ -188,6 +211,10 @@ class ClassificationTask:
         if q.method == "static" or q.max_accuracy_drop is not None:
             texts = ctx.data.train.texts[: q.calibration_examples]
             calibration = calibration_feeds(tokenizer, texts, r.data.max_length, model_input_names(src / "model.onnx"))
+        latency_feeds = None
+        if q.select == "measure":  # held-out requests, one sentence each, to time the measured candidates
+            names = model_input_names(src / "model.onnx")
+            latency_feeds = calibration_feeds(tokenizer, holdout.texts[:64], r.data.max_length, names)
         from compress.sensitivity import AccuracyBudgetError
 
         try:
@@ -199,6 +226,7 @@ class ClassificationTask:
                 evaluate=evaluate,
                 check_texts=ctx.data.dev.texts[:256],
                 max_length=r.data.max_length,
+                latency_feeds=latency_feeds,
             )
         except AccuracyBudgetError as e:
             # Never ship an over-budget model: this variant gets no artifact, the run goes on without it, and the
@@ -305,6 +333,34 @@ class ClassificationTask:
 
 
 MIN_GATE_EXAMPLES = 32  # below this, one or two examples decide "collapsed": the gate reads train examples too
+
+
+def _augmented(ctx: RunContext, config, teacher_logits: np.ndarray):
+    """The task data with teacher-labelled augmented copies added to train (`compress.augment`), their logits
+    appended to the teacher's, and a record of what was added."""
+    import dataclasses
+
+    from compress.augment import augment_split
+    from compress.data import Split
+
+    teacher, teacher_tokenizer = ctx.load("teacher")
+    data = ctx.data
+    copies, source, labels, logits = augment_split(
+        teacher,
+        teacher_tokenizer,
+        data.train.texts,
+        config,
+        seed=ctx.recipe.seed,
+        max_length=ctx.recipe.data.max_length,
+    )
+    train = Split(data.train.texts + copies, data.train.labels + labels)
+    flipped = float(np.mean(np.asarray(labels) != np.asarray(data.train.labels)[source])) if copies else 0.0
+    ctx.log(f"    augmented: {len(copies):,} teacher-labelled copies of {len(data.train.texts):,} train texts")
+    return (
+        dataclasses.replace(data, train=train),
+        np.concatenate([teacher_logits, logits]).astype(np.float32),
+        {**config.model_dump(), "examples": len(copies), "label_differs_from_source": flipped},
+    )
 
 
 def _holdout(ctx: RunContext):

@@ -284,7 +284,7 @@ def main(argv=None) -> int:
     else:
         prompts, as_json = a.prompts, a.json
         if not prompts:
-            sys.stderr.write("generate.py: give a prompt, e.g. python generate.py \"The os module provides\"\n")
+            sys.stderr.write('generate.py: give a prompt, e.g. python generate.py "The os module provides"\n')
             return 2
     status = 0
     for n, prompt in enumerate(prompts, 1):
