@@ -321,7 +321,9 @@ def benchmark(
         probe_texts = data.dev.texts[:32]
         for target in targets:
             log(f"    peak RSS on target {target.name}: a fresh process per model")
-            base: dict[str, dict] = {}
+            # The no-model process loads the variant's own tokenizer: a trimmed vocabulary's tokenizer takes a few
+            # MB less than the teacher's, and a shared baseline would book that difference to the model.
+            base: dict[tuple[str, str], dict] = {}
             for v in variants:
                 m = measure_peak_rss(
                     v.runtime,
@@ -332,9 +334,9 @@ def benchmark(
                     max_length=max_length,
                     cpus=target.cpus,
                     memory_limit_bytes=target.memory_limit_bytes,
-                    baseline=base.get(v.runtime),
+                    baseline=base.get((v.runtime, str(v.tokenizer_dir))),
                 )
-                base[v.runtime] = m.pop("baseline")
+                base[(v.runtime, str(v.tokenizer_dir))] = m.pop("baseline")
                 per_target[target.name].setdefault("memory", {})[v.name] = m
 
     for v in variants:

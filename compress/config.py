@@ -285,6 +285,11 @@ class QuantizeConfig(_Config):
         "in uint8, which .ort holds); each call reads only its tokens' rows, so 4 bits there cost no compute",
     )
     embedding_block_size: int = Field(default=32, ge=16, le=256, description="int4 embeddings: values per scale")
+    int4_nodes: list[str] = Field(
+        default=[],
+        description="MatMul node names (shell patterns, e.g. '*/output/dense/MatMul') given 4-bit weight-only "
+        "blocks (MatMulNBits, int8 compute) instead of int8: fewer bytes where a slower kernel costs little",
+    )
     select: Literal["fixed", "measure"] = Field(
         default="fixed",
         description="'measure': quantize with each u8s8/u8u8 x 7/8-bit setting (and per-channel or not with "
@@ -322,6 +327,8 @@ class QuantizeConfig(_Config):
                 "quantize.embeddings 'int4' needs the embedding's Gather, which quantize.fuse folds into "
                 "EmbedLayerNormalization: choose one"
             )
+        if self.int4_nodes and self.fuse:
+            raise ValueError("quantize.int4_nodes names MatMul nodes, which quantize.fuse folds into fused ops")
         if self.embedding_block_size & (self.embedding_block_size - 1):
             raise ValueError(f"quantize.embedding_block_size {self.embedding_block_size}: a power of two (16-256)")
         return self

@@ -34,7 +34,8 @@ def quantize(
     """Write `out_dir/model.onnx`, an int8 version of `onnx_dir/model.onnx`, with its tokenizer and config.
 
     With `config.fuse`, ONNX Runtime's transformer fusions run first; with `config.embeddings == "int4"`, the
-    token embedding becomes 4-bit blocks first (`compress.embedding_quant`) and the int8 pass leaves it alone.
+    token embedding becomes 4-bit blocks first (`compress.embedding_quant`), and the MatMuls `config.int4_nodes`
+    names become 4-bit weight-only `MatMulNBits` (`_int4_nodes`); the int8 pass leaves both alone.
     With `config.select == "measure"`, every u8s8/u8u8 x 7/8-bit candidate of the method (x per-channel or not
     with `per_channel: measure`) is made and the one `evaluate` scores best is kept; candidates within
     `select_tolerance` of it are ties, broken by single-thread p50 on `latency_feeds` (else the smallest file).
@@ -81,6 +82,9 @@ def quantize(
                 src, Path(tmp) / "embedding4.onnx", block_size=config.embedding_block_size
             )
             src = Path(tmp) / "embedding4.onnx"
+        if config.int4_nodes:
+            extra["int4_nodes"] = _int4_nodes(src, Path(tmp) / "int4.onnx", config.int4_nodes)
+            src = Path(tmp) / "int4.onnx"
         if config.select == "measure":
             candidates = [c for c in default_candidates(static=config.method == "static") if c.method == config.method]
             # The candidates vary the data types and reduce_range (and per-channel scales when asked); every
@@ -128,3 +132,39 @@ def quantize(
     if metrics["int8_initializers"] == 0:
         raise RuntimeError(f"quantize: no int8 weights in {out_dir / 'model.onnx'}; op_types {list(spec.ops)}")
     return {**metrics, **extra}
+
+
+def _int4_nodes(src: Path, dst: Path, patterns: Sequence[str], block_size: int = 32) -> dict:
+    """Write `dst`: `src` with the MatMuls whose names match `patterns` as 4-bit `MatMulNBits` (blocks of
+    `block_size`, asymmetric round-to-nearest, accuracy_level 4: int8 products on CPUs that have them).
+
+    Raises:
+        ValueError: a pattern matches no MatMul with a weight initializer (names the MatMuls there are).
+    """
+    import fnmatch
+
+    import onnx
+
+    from compress.lm_quantize import _nbits_quantizer
+
+    model = onnx.load(str(src))
+    inits = {t.name for t in model.graph.initializer}
+    matmuls = [n.name for n in model.graph.node if n.op_type == "MatMul" and len(n.input) > 1 and n.input[1] in inits]
+    chosen = [n for n in matmuls if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
+    unmatched = [p for p in patterns if not any(fnmatch.fnmatchcase(n, p) for n in matmuls)]
+    if unmatched:
+        raise ValueError(f"quantize.int4_nodes {unmatched} match no weight MatMul; the graph has {matmuls}")
+    mnq = _nbits_quantizer()
+    algo = mnq.DefaultWeightOnlyQuantConfig(
+        block_size=block_size, is_symmetric=False, accuracy_level=4, bits=4, op_types_to_quantize=("MatMul",)
+    )
+    # Every other node excluded by name: ONNX Runtime 1.32's `nodes_to_include` is not honoured with an
+    # algo_config (measured: every MatMul became MatMulNBits).
+    others = [n.name for n in model.graph.node if n.name not in chosen]
+    quantizer = mnq.MatMulNBitsQuantizer(
+        model, block_size=block_size, accuracy_level=4, nodes_to_exclude=others, algo_config=algo
+    )
+    quantizer.process()
+    onnx.save(quantizer.model.model, str(dst))
+    done = sum(1 for n in quantizer.model.model.graph.node if n.op_type == "MatMulNBits")
+    return {"nodes": chosen, "matmulnbits": done, "bits": 4, "block_size": block_size, "accuracy_level": 4}

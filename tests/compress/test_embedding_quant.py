@@ -3,6 +3,8 @@ outputs against float32, the .ort conversion, and the classifier quantize stage 
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import pytest
@@ -111,3 +113,21 @@ def test_quantize_stage_int4_embedding_with_measured_per_channel(tmp_path, tiny_
 def test_inconsistent_quantize_keys_are_refused(keys, message):
     with pytest.raises(ValueError, match=message):
         QuantizeConfig(**keys)
+
+
+def test_int4_nodes_become_matmulnbits_and_the_rest_int8(tmp_path, tiny_onnx_dir, tiny_corpus):
+    pattern = "/bert/encoder/layer.?/output/dense/MatMul"  # `*` would also match attention/output/dense
+    summary = quantize(tiny_onnx_dir, tmp_path / "q", QuantizeConfig(int4_nodes=[pattern]))
+    graph = onnx.load(str(tmp_path / "q" / "model.onnx")).graph
+    nbits = [n for n in graph.node if n.op_type == "MatMulNBits"]
+    layers = json.loads((tiny_onnx_dir / "config.json").read_text())["num_hidden_layers"]
+    assert len(nbits) == len(summary["int4_nodes"]["nodes"]) == layers  # one FFN output per layer, nothing else
+    assert all(a.i == 4 for n in nbits for a in n.attribute if a.name in ("bits", "accuracy_level"))
+    assert sum(n.op_type == "MatMulInteger" for n in graph.node) > 0
+    tokenizer = AutoTokenizer.from_pretrained(tiny_onnx_dir, local_files_only=True)
+    texts = [t for t, _ in tiny_corpus["dev"]]
+    ref = batched_logits(OrtClassifier(tiny_onnx_dir / "model.onnx"), tokenizer, texts, 32)
+    got = batched_logits(OrtClassifier(tmp_path / "q" / "model.onnx"), tokenizer, texts, 32)
+    assert float((ref * got).sum() / (np.linalg.norm(ref) * np.linalg.norm(got))) > 0.999
+    with pytest.raises(ValueError, match="match no weight MatMul"):
+        quantize(tiny_onnx_dir, tmp_path / "bad", QuantizeConfig(int4_nodes=["*/no_such_layer/*"]))
