@@ -133,3 +133,27 @@ def augment_split(teacher, tokenizer, texts: list[str], config: AugmentConfig, *
     encoded = encode(tokenizer, Split(copies, [0] * len(copies)), max_length)
     logits = predict_logits(teacher, tokenizer, encoded, desc="teacher on augmented copies")
     return copies, source, logits.argmax(-1).tolist(), logits
+
+
+def augment_train(
+    teacher, tokenizer, train, teacher_logits: np.ndarray, config: AugmentConfig, *, seed: int, max_length: int
+):
+    """`train` (a `compress.data.Split`) with `augment_split`'s copies appended, the teacher's logits of the
+    copies appended to `teacher_logits`, and a record of what was added (the distill and prune stages' shared
+    use of augmentation).
+
+    Returns:
+        (the augmented Split, (N + copies, C) float32 logits, metrics: the settings, copies made and the share of
+        copies the teacher labels unlike their source text).
+    """
+    from compress.data import Split
+
+    copies, source, labels, logits = augment_split(
+        teacher, tokenizer, train.texts, config, seed=seed, max_length=max_length
+    )
+    flipped = float(np.mean(np.asarray(labels) != np.asarray(train.labels)[source])) if copies else 0.0
+    return (
+        Split(train.texts + copies, train.labels + labels),
+        np.concatenate([teacher_logits, logits]).astype(np.float32),
+        {**config.model_dump(), "examples": len(copies), "label_differs_from_source": flipped},
+    )

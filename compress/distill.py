@@ -116,8 +116,8 @@ def distill(
     """
     import torch
 
-    from compress.augment import augment_split
-    from compress.data import Split, encode
+    from compress.augment import augment_train
+    from compress.data import encode
     from compress.distributed import describe_runtime
     from compress.modeling import build_student, describe
     from compress.training import accuracy, predict_logits, train, training_args
@@ -137,16 +137,13 @@ def distill(
     spec = _loss_spec(cfg, student, teacher)
     train_split, train_logits, augment_metrics = data.train, teacher_logits, None
     if cfg.augment.copies > 0:
-        copies, source, labels, logits = augment_split(
-            teacher, tokenizer, data.train.texts, cfg.augment, seed=seed, max_length=max_length
+        train_split, train_logits, augment_metrics = augment_train(
+            teacher, tokenizer, data.train, teacher_logits, cfg.augment, seed=seed, max_length=max_length
         )
-        train_split = Split(data.train.texts + copies, data.train.labels + labels)
-        train_logits = np.concatenate([teacher_logits, logits]).astype(np.float32)
-        flipped = float(np.mean(np.asarray(labels) != np.asarray(data.train.labels)[source])) if copies else 0.0
-        augment_metrics = {**cfg.augment.model_dump(), "examples": len(copies), "label_differs_from_source": flipped}
         log(
-            f"    augmented: {len(copies):,} teacher-labelled copies of {len(data.train.texts):,} train texts; "
-            f"the teacher labels {flipped:.1%} of them unlike their source"
+            f"    augmented: {augment_metrics['examples']:,} teacher-labelled copies of {len(data.train.texts):,} "
+            f"train texts; the teacher labels {augment_metrics['label_differs_from_source']:.1%} of them unlike "
+            "their source"
         )
     train_set = encode(tokenizer, train_split, max_length, teacher_logits=train_logits)
     hold_set = encode(tokenizer, data.holdout, max_length) if data.holdout is not None else None

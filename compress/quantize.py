@@ -136,7 +136,8 @@ def quantize(
 
 def _int4_nodes(src: Path, dst: Path, patterns: Sequence[str], block_size: int = 32) -> dict:
     """Write `dst`: `src` with the MatMuls whose names match `patterns` as 4-bit `MatMulNBits` (blocks of
-    `block_size`, asymmetric round-to-nearest, accuracy_level 4: int8 products on CPUs that have them).
+    `block_size`, asymmetric round-to-nearest, accuracy_level 4: int8 products on CPUs that have them), through
+    the causal-LM stage's `weight_only` with every other MatMul left in float.
 
     Raises:
         ValueError: a pattern matches no MatMul with a weight initializer (names the MatMuls there are).
@@ -145,7 +146,8 @@ def _int4_nodes(src: Path, dst: Path, patterns: Sequence[str], block_size: int =
 
     import onnx
 
-    from compress.lm_quantize import _nbits_quantizer
+    from compress.lm_config import LMQuantizeConfig
+    from compress.lm_quantize import weight_only
 
     model = onnx.load(str(src))
     inits = {t.name for t in model.graph.initializer}
@@ -154,17 +156,7 @@ def _int4_nodes(src: Path, dst: Path, patterns: Sequence[str], block_size: int =
     unmatched = [p for p in patterns if not any(fnmatch.fnmatchcase(n, p) for n in matmuls)]
     if unmatched:
         raise ValueError(f"quantize.int4_nodes {unmatched} match no weight MatMul; the graph has {matmuls}")
-    mnq = _nbits_quantizer()
-    algo = mnq.DefaultWeightOnlyQuantConfig(
-        block_size=block_size, is_symmetric=False, accuracy_level=4, bits=4, op_types_to_quantize=("MatMul",)
-    )
-    # Every other node excluded by name: ONNX Runtime 1.32's `nodes_to_include` is not honoured with an
-    # algo_config (measured: every MatMul became MatMulNBits).
-    others = [n.name for n in model.graph.node if n.name not in chosen]
-    quantizer = mnq.MatMulNBitsQuantizer(
-        model, block_size=block_size, accuracy_level=4, nodes_to_exclude=others, algo_config=algo
-    )
-    quantizer.process()
-    onnx.save(quantizer.model.model, str(dst))
-    done = sum(1 for n in quantizer.model.model.graph.node if n.op_type == "MatMulNBits")
+    config = LMQuantizeConfig(bits=4, block_size=block_size, accuracy_level=4, embeddings="fp32")
+    weight_only(src, dst, config, 4, bits_by_node={n: 4 for n in chosen})
+    done = sum(1 for n in onnx.load(str(dst)).graph.node if n.op_type == "MatMulNBits")
     return {"nodes": chosen, "matmulnbits": done, "bits": 4, "block_size": block_size, "accuracy_level": 4}

@@ -193,24 +193,31 @@ def test_stale_temporaries_from_a_killed_run_are_cleaned(first_run, tmp_path):
     assert _ran(logs) == []
 
 
-def test_a_trimmed_vocabulary_flows_through_export_quantize_and_benchmark(first_run, tmp_path):
+def _copy_with_a_harsh_trim(first_run, tmp_path):
+    """A copy of the first run to change, and a `trim_vocab` section that removes pieces: the tiny train split
+    uses every piece of the tiny vocabulary, so a frequency threshold (the median count of the train pieces)
+    makes the cut."""
     import shutil
 
     import numpy as np
-    import onnx
     from transformers import AutoTokenizer
+
+    from compress.data import load_task_data
+    from compress.vocab import token_counts
 
     recipe, out, _, _ = first_run
     run = tmp_path / "run"
     shutil.copytree(out, run)
-    # The tiny train split uses every piece of the tiny vocabulary: a frequency threshold (the median count of
-    # the train pieces) makes the cut.
-    from compress.data import load_task_data
-    from compress.vocab import token_counts
-
     teacher_tok = AutoTokenizer.from_pretrained(run / "teacher", local_files_only=True)
     counts = token_counts(teacher_tok, load_task_data(recipe.data).train.texts)
-    trim = {"enabled": True, "keep_chars": False, "min_frequency": int(np.median(counts[counts > 0])) + 1}
+    return recipe, run, {"enabled": True, "keep_chars": False, "min_frequency": int(np.median(counts[counts > 0])) + 1}
+
+
+def test_a_trimmed_vocabulary_flows_through_export_quantize_and_benchmark(first_run, tmp_path):
+    import onnx
+    from transformers import AutoTokenizer
+
+    recipe, run, trim = _copy_with_a_harsh_trim(first_run, tmp_path)
     # The cut is harsh on purpose (it must remove pieces): the accuracy budget is off, the collapse checks stay.
     trimmed = load_recipe(recipe_path(recipe, tmp_path, distill={"trim_vocab": trim, "max_drop": None}))
     logs: list[str] = []
@@ -262,26 +269,17 @@ def test_a_second_run_on_the_same_directory_exits_2_naming_the_first(tmp_path, t
 
 
 def test_a_prune_step_trims_the_vocabulary_and_augments_before_it_prunes(first_run, tmp_path):
-    import shutil
-
-    import numpy as np
     from transformers import AutoTokenizer
 
     from compress.data import load_task_data
-    from compress.vocab import token_counts
 
-    recipe, out, _, _ = first_run
-    run = tmp_path / "run"
-    shutil.copytree(out, run)
-    teacher_tok = AutoTokenizer.from_pretrained(run / "teacher", local_files_only=True)
-    counts = token_counts(teacher_tok, load_task_data(recipe.data).train.texts)
-    trim = {"enabled": True, "keep_chars": False, "min_frequency": int(np.median(counts[counts > 0])) + 1}
+    recipe, run, trim = _copy_with_a_harsh_trim(first_run, tmp_path)
     prune = {"trim_vocab": trim, "augment": {"copies": 1}, "max_drop": None}
     changed = load_recipe(recipe_path(recipe, tmp_path, prune=prune))
     logs: list[str] = []
     run_pipeline(changed, run, log=logs.append)
     assert _ran(logs) == ["prune/pruned", "export/pruned", "quantize/int8", "benchmark"]  # the student stays
-    full = len(teacher_tok)
+    full = len(AutoTokenizer.from_pretrained(run / "teacher", local_files_only=True))
     assert len(AutoTokenizer.from_pretrained(run / "distill/student", local_files_only=True)) == full
     for step in ("prune/pruned", "export/pruned", "quantize/int8"):
         assert len(AutoTokenizer.from_pretrained(run / step, local_files_only=True)) < full, step

@@ -336,31 +336,25 @@ MIN_GATE_EXAMPLES = 32  # below this, one or two examples decide "collapsed": th
 
 
 def _augmented(ctx: RunContext, config, teacher_logits: np.ndarray):
-    """The task data with teacher-labelled augmented copies added to train (`compress.augment`), their logits
-    appended to the teacher's, and a record of what was added."""
+    """The task data with teacher-labelled augmented copies added to train (`compress.augment.augment_train`)."""
     import dataclasses
 
-    from compress.augment import augment_split
-    from compress.data import Split
+    from compress.augment import augment_train
 
     teacher, teacher_tokenizer = ctx.load("teacher")
-    data = ctx.data
-    copies, source, labels, logits = augment_split(
+    train, logits, metrics = augment_train(
         teacher,
         teacher_tokenizer,
-        data.train.texts,
+        ctx.data.train,
+        teacher_logits,
         config,
         seed=ctx.recipe.seed,
         max_length=ctx.recipe.data.max_length,
     )
-    train = Split(data.train.texts + copies, data.train.labels + labels)
-    flipped = float(np.mean(np.asarray(labels) != np.asarray(data.train.labels)[source])) if copies else 0.0
-    ctx.log(f"    augmented: {len(copies):,} teacher-labelled copies of {len(data.train.texts):,} train texts")
-    return (
-        dataclasses.replace(data, train=train),
-        np.concatenate([teacher_logits, logits]).astype(np.float32),
-        {**config.model_dump(), "examples": len(copies), "label_differs_from_source": flipped},
+    ctx.log(
+        f"    augmented: {metrics['examples']:,} teacher-labelled copies of {len(ctx.data.train.texts):,} train texts"
     )
+    return dataclasses.replace(ctx.data, train=train), logits, metrics
 
 
 def _holdout(ctx: RunContext):
