@@ -290,6 +290,16 @@ class QuantizeConfig(_Config):
         description="MatMul node names (shell patterns, e.g. '*/output/dense/MatMul') given 4-bit weight-only "
         "blocks (MatMulNBits, int8 compute) instead of int8: fewer bytes where a slower kernel costs little",
     )
+    optimize_offline: bool = Field(
+        default=False,
+        description="run ONNX Runtime's graph optimizations once here (extended level, portable across CPUs) and "
+        "ship the optimized graph; sessions load it with optimizations off: less memory and a faster load",
+    )
+    external_data: bool = Field(
+        default=False,
+        description="the weights in model.onnx.data beside model.onnx, which ONNX Runtime memory-maps at load "
+        "instead of copying them out of the parsed file",
+    )
     select: Literal["fixed", "measure"] = Field(
         default="fixed",
         description="'measure': quantize with each u8s8/u8u8 x 7/8-bit setting (and per-channel or not with "

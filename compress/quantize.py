@@ -126,12 +126,44 @@ def quantize(
         if "selection" in extra:
             metrics["reduce_range_reason"] = f"measured on the held-out slice: {extra['selection']['reason']}"
     for f in onnx_dir.iterdir():
-        if f.is_file() and f.suffix != ".onnx":
+        if f.is_file() and f.suffix != ".onnx" and not f.name.endswith(".onnx.data"):
             shutil.copy2(f, out_dir / f.name)
     Artifact(out_dir, "classification").write()
     if metrics["int8_initializers"] == 0:
         raise RuntimeError(f"quantize: no int8 weights in {out_dir / 'model.onnx'}; op_types {list(spec.ops)}")
+    if config.optimize_offline or config.external_data:
+        extra["offline"] = _save_for_device(out_dir, config, check_texts or [], max_length)
     return {**metrics, **extra}
+
+
+def _save_for_device(out_dir: Path, config: QuantizeConfig, check_texts: Sequence[str], max_length: int) -> dict:
+    """Rewrite `out_dir/model.onnx` as `export.offline` saves it, checked against the inline model it replaces."""
+    from transformers import AutoTokenizer
+
+    from compress.errors import StageError
+    from export.mobile import compare_outputs
+    from export.offline import optimize_offline
+    from export.runtime import tokenize_each
+
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".inline-") as tmp:
+        inline = Path(tmp) / "model.onnx"
+        (out_dir / "model.onnx").rename(inline)
+        record = optimize_offline(
+            inline, out_dir / "model.onnx", optimize=config.optimize_offline, external_data=config.external_data
+        )
+        Artifact(out_dir, "classification", graph_optimized=record["graph_optimized"]).write()
+        if check_texts:
+            tokenizer = AutoTokenizer.from_pretrained(out_dir, local_files_only=True)
+            check = compare_outputs(
+                inline, out_dir / "model.onnx", tokenize_each(tokenizer, list(check_texts)[:64], max_length)
+            )
+            record["check"] = check
+            # ONNX Runtime applies the same optimizations at load to the inline model: the outputs must agree.
+            if not (check["max_abs_logit_diff"] <= 1e-4 and check["label_agreement"] == 1.0):
+                raise StageError(
+                    f"{out_dir / 'model.onnx'}: the offline-optimized graph differs from the inline one: {check}"
+                )
+    return record
 
 
 def _int4_nodes(src: Path, dst: Path, patterns: Sequence[str], block_size: int = 32) -> dict:

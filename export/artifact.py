@@ -23,6 +23,9 @@ class Artifact:
     dir: Path
     task: str = "classification"
     files: dict[str, str] = field(default_factory=lambda: {"model": "model.onnx"})
+    # Set when the files' graphs were optimized offline (`export.offline`): {"onnxruntime": version, "level"}.
+    # Sessions then load them with graph optimizations off (`export.session.ort_session`).
+    graph_optimized: dict | None = None
 
     def path(self, role: str = "model") -> Path:
         """The ONNX file with this role."""
@@ -36,18 +39,9 @@ class Artifact:
 
     def weight_files(self) -> list[Path]:
         """The ONNX files and any external-data files they reference (what a device downloads)."""
-        import onnx
-        from onnx.external_data_helper import uses_external_data
-
-        out = []
+        out: list[Path] = []
         for p in self.onnx_paths:
-            out.append(p)
-            model = onnx.load(str(p), load_external_data=False)
-            for t in model.graph.initializer:
-                if uses_external_data(t):
-                    loc = next(e.value for e in t.external_data if e.key == "location")
-                    if (p.parent / loc) not in out:
-                        out.append(p.parent / loc)
+            out += [f for f in with_external_data(p) if f not in out]
         return out
 
     def sizes(self) -> dict:
@@ -59,10 +53,13 @@ class Artifact:
 
     def with_dir(self, directory: Path) -> Artifact:
         """The same files, in another directory (a copy of the artifact)."""
-        return Artifact(Path(directory), self.task, dict(self.files))
+        return Artifact(Path(directory), self.task, dict(self.files), self.graph_optimized)
 
     def write(self) -> None:
-        (self.dir / ARTIFACT_FILE).write_text(json.dumps({"task": self.task, "files": self.files}, indent=2) + "\n")
+        data: dict = {"task": self.task, "files": self.files}
+        if self.graph_optimized:
+            data["graph_optimized"] = self.graph_optimized
+        (self.dir / ARTIFACT_FILE).write_text(json.dumps(data, indent=2) + "\n")
 
     @classmethod
     def read(cls, directory: Path) -> Artifact:
@@ -71,4 +68,32 @@ class Artifact:
         if not meta.is_file():
             return cls(directory)
         data = json.loads(meta.read_text())
-        return cls(directory, data.get("task", "classification"), dict(data["files"]))
+        return cls(directory, data.get("task", "classification"), dict(data["files"]), data.get("graph_optimized"))
+
+
+def with_external_data(onnx_path: Path) -> list[Path]:
+    """`onnx_path` and the external-data files its initializers reference (beside it), in that order."""
+    import onnx
+    from onnx.external_data_helper import uses_external_data
+
+    onnx_path = Path(onnx_path)
+    out = [onnx_path]
+    for t in onnx.load(str(onnx_path), load_external_data=False).graph.initializer:
+        if uses_external_data(t):
+            f = onnx_path.parent / next(e.value for e in t.external_data if e.key == "location")
+            if f not in out:
+                out.append(f)
+    return out
+
+
+def copy_model(onnx_path: Path, dst_dir: Path, name: str | None = None) -> Path:
+    """Copy an ONNX model with its external-data files into `dst_dir` (the model renamed to `name` if given;
+    the data files keep their names, which the model refers to). Returns the copied model's path."""
+    import shutil
+
+    files = with_external_data(onnx_path)
+    dst = Path(dst_dir) / (name or files[0].name)
+    shutil.copy2(files[0], dst)
+    for f in files[1:]:
+        shutil.copy2(f, Path(dst_dir) / f.name)
+    return dst

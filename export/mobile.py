@@ -45,13 +45,15 @@ def convert_to_ort(
     """
     from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
 
+    from export.artifact import copy_model
+
     onnx_path, out_dir = Path(onnx_path), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     log = io.StringIO()
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "in" / "model.onnx"  # alone in its directory: the tool converts every .onnx it sees
         src.parent.mkdir()
-        shutil.copy2(onnx_path, src)
+        copy_model(onnx_path, src.parent, src.name)  # with its external data: .ort holds every weight inline
         with contextlib.redirect_stdout(log):
             convert_onnx_models_to_ort(
                 src,

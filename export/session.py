@@ -6,6 +6,7 @@ The deployed bundles (`export/bundle_template/`) carry a copy of these settings:
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 
@@ -29,11 +30,24 @@ def session_options(threads: int, *, spinning: bool = False):
     return so
 
 
+def preoptimized(model_path: Path | str) -> bool:
+    """Whether `model_path` is an ONNX file whose graph was optimized offline (`export.offline`), as the
+    `artifact.json` beside it records; such a graph is loaded with ONNX Runtime's optimizations off."""
+    path = Path(model_path)
+    meta = path.parent / "artifact.json"  # export.artifact.ARTIFACT_FILE, read without importing onnx
+    if path.suffix != ".onnx" or not meta.is_file():
+        return False
+    data = json.loads(meta.read_text())
+    return bool(data.get("graph_optimized")) and path.name in data.get("files", {}).values()
+
+
 def ort_session(model_path: Path | str, threads: int = 1, *, spinning: bool = False):
     """An ONNX Runtime CPU session on `model_path` (.onnx or .ort) with `session_options`: the one place
-    sessions are made."""
+    sessions are made. A graph optimized offline is loaded as it is (optimizing it again would only cost
+    memory and load time)."""
     import onnxruntime as ort
 
-    return ort.InferenceSession(
-        str(model_path), session_options(threads, spinning=spinning), providers=["CPUExecutionProvider"]
-    )
+    so = session_options(threads, spinning=spinning)
+    if preoptimized(model_path):
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(str(model_path), so, providers=["CPUExecutionProvider"])

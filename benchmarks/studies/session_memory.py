@@ -11,7 +11,13 @@ loaded) is the floor every figure is compared with. Settings:
 - `no-arena`: `enable_cpu_mem_arena = False` (activations from malloc instead of a pooled arena);
 - `no-prepack`: `session.disable_prepacking` (kernels keep the initializers as stored, no packed copies);
 - `basic-opt`: graph optimizations at the basic level (fewer rewritten copies of initializers at load);
-- `external-data`: the same model saved with its weights in a side file, which ONNX Runtime memory-maps.
+- `external-data`: the same model saved with its weights in a side file, which ONNX Runtime memory-maps;
+- `offline`: what `quantize.optimize_offline` + `external_data` ship (`export.offline`): the graph optimized once
+  at the extended level, weights in a side file, loaded with optimizations off;
+- `empty-graph`: a session on a one-node graph (Identity): what the runtime costs before any model, i.e. the
+  code it pages in and the structures it builds for any session. Part of every model's figure.
+
+A model that is already in the offline form is measured as it is (its `artifact.json` says so).
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-SETTINGS = ("none", "default", "no-arena", "no-prepack", "basic-opt", "external-data")
+SETTINGS = ("none", "empty-graph", "default", "no-arena", "no-prepack", "basic-opt", "external-data", "offline")
 
 
 def _child(model: str, tokenizer_dir: str, setting: str, n_texts: int, repeats: int) -> dict:
@@ -35,17 +41,27 @@ def _child(model: str, tokenizer_dir: str, setting: str, n_texts: int, repeats: 
     from tokenizers import Tokenizer
 
     from benchmarks.memory import _peak_rss_bytes
-    from export.session import session_options
+    from export.session import preoptimized, session_options
 
     tok = Tokenizer.from_file(str(Path(tokenizer_dir) / "tokenizer.json"))
     tok.no_padding()
     dev = Path(__file__).resolve().parents[2] / "data" / "sst2" / "dev.tsv"
     texts = [r["sentence"] for r in csv.DictReader(dev.open(), delimiter="\t")][:n_texts]
     encs = tok.encode_batch(texts)
+    requests = [  # built in the no-model process too: the application's cost, as in benchmarks.memory
+        {
+            "input_ids": np.asarray([e.ids], dtype=np.int64),
+            "attention_mask": np.asarray([e.attention_mask], dtype=np.int64),
+            "token_type_ids": np.asarray([e.type_ids], dtype=np.int64),
+        }
+        for e in encs
+    ]
     if setting == "none":
         return {"load_peak": _peak_rss_bytes(), "peak": _peak_rss_bytes()}
     so = session_options(1)
-    if setting == "no-arena":
+    if setting == "offline" or (setting != "basic-opt" and preoptimized(model)):
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    elif setting == "no-arena":
         so.enable_cpu_mem_arena = False
     elif setting == "no-prepack":
         so.add_session_config_entry("session.disable_prepacking", "1")
@@ -54,14 +70,7 @@ def _child(model: str, tokenizer_dir: str, setting: str, n_texts: int, repeats: 
     sess = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
     load_peak = _peak_rss_bytes()
     names = [i.name for i in sess.get_inputs()]
-    feeds = [
-        {
-            k: np.asarray([v], dtype=np.int64)
-            for k, v in (("input_ids", e.ids), ("attention_mask", e.attention_mask), ("token_type_ids", e.type_ids))
-            if k in names
-        }
-        for e in encs
-    ]
+    feeds = [{k: r[k] for k in names} for r in requests]
     for f in feeds:  # warm-up
         sess.run(None, f)
     times = []
@@ -88,22 +97,24 @@ def main() -> None:
         print(json.dumps(_child(a.child[1], str(a.tokenizer_dir), a.child[0], a.texts, a.repeats)))
         return
     import onnx
+    from onnx import TensorProto, helper
 
     from benchmarks.worker import thread_env
+    from export.offline import optimize_offline
 
     with tempfile.TemporaryDirectory() as tmp:
-        external = Path(tmp) / "model.onnx"
-        onnx.save(
-            onnx.load(str(a.model)),
-            str(external),
-            save_as_external_data=True,
-            all_tensors_to_one_file=True,
-            location="model.onnx.data",
-            size_threshold=1024,
-        )
+        external = Path(tmp) / "external" / "model.onnx"
+        optimize_offline(a.model, external, optimize=False)
+        offline = Path(tmp) / "offline" / "model.onnx"
+        optimize_offline(a.model, offline)
+        empty = Path(tmp) / "empty.onnx"
+        io = [helper.make_tensor_value_info(n, TensorProto.INT64, [1, None]) for n in ("input_ids", "logits")]
+        graph = helper.make_graph([helper.make_node("Identity", ["input_ids"], ["logits"])], "empty", io[:1], io[1:])
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(empty))
+        models = {"external-data": external, "offline": offline, "empty-graph": empty}
         rows = {}
         for setting in SETTINGS:
-            model = external if setting == "external-data" else a.model
+            model = models.get(setting, a.model)
             cmd = [sys.executable, "-m", "benchmarks.studies.session_memory", str(a.model), str(a.tokenizer_dir)]
             cmd += ["--texts", str(a.texts), "--repeats", str(a.repeats), "--child", setting, str(model)]
             out = subprocess.run(cmd, capture_output=True, text=True, env=thread_env(1), check=True)

@@ -50,9 +50,11 @@ class Classifier:
         pad = self.tokenizer.token_to_id("[PAD]")
         self.pad_id = pad if pad is not None else 0
         if model == "auto":
-            model = "ort" if (d / "model.ort").is_file() else "onnx"
+            model = meta.get("default_model") or ("ort" if (d / "model.ort").is_file() else "onnx")
         self.model_path = d / f"model.{model}"
         so = ort.SessionOptions()
+        if model == "onnx" and meta.get("graph_optimized"):  # optimized offline: optimizing again costs memory
+            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         so.intra_op_num_threads = int(threads or meta.get("threads") or 1)
         so.inter_op_num_threads = 1
         so.log_severity_level = 3
@@ -168,7 +170,12 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("texts", nargs="*", help="texts to classify")
     p.add_argument("--file", help="a UTF-8 file with one text per line ('-': standard input)")
-    p.add_argument("--model", choices=["auto", "ort", "onnx"], default="auto", help="default: model.ort if present")
+    p.add_argument(
+        "--model",
+        choices=["auto", "ort", "onnx"],
+        default="auto",
+        help="default: the bundle's (bundle.json default_model), else model.ort if present",
+    )
     p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: the bundle's target)")
     p.add_argument("--batch-size", type=int, default=1, help="texts per model call (default 1: each alone)")
     p.add_argument("--bundle", default=str(HERE), help=argparse.SUPPRESS)

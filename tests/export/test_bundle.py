@@ -287,3 +287,31 @@ def test_a_huge_line_is_cut_before_tokenizing_and_classified_as_the_whole_text_w
         full = clf.tokenizer.encode(text)  # the whole text, as before the cut existed
         assert clf._encode_prefix(text).ids == full.ids
         assert row["truncated"] is (len(full.overflowing) > 0)
+
+
+def test_an_offline_optimized_model_ships_with_its_side_file_and_loads_unoptimized(fake_run, tmp_path):
+    from compress.manifest import hash_path
+    from export.artifact import Artifact
+    from export.offline import optimize_offline
+
+    run = tmp_path / "run"
+    shutil.copytree(fake_run, run)
+    student = run / "export" / "student"
+    (student / "model.onnx").rename(tmp_path / "inline.onnx")
+    record = optimize_offline(tmp_path / "inline.onnx", student / "model.onnx")
+    Artifact(student, "classification", graph_optimized=record["graph_optimized"]).write()
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["stages"]["benchmark"]["inputs"]["export/student"] = hash_path(student)
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    out = tmp_path / "bundle"
+    meta = bundle(run, "mobile", out)
+    assert meta["variant"] == "student" and meta["default_model"] == "onnx"
+    assert meta["graph_optimized"] == record["graph_optimized"]
+    data = out / "model.onnx.data"
+    assert meta["files"]["model.onnx.data"] == hashlib.sha256(data.read_bytes()).hexdigest()
+    assert meta["check"]["ort_vs_onnx_label_agreement"] == 1.0  # the .ort conversion took the side file along
+    probs = _reference(run / "export" / "teacher", DEV)  # the same tiny model, inline
+    got = predict(out, DEV)  # default: model.onnx, optimizations off
+    assert [r["label_id"] for r in got] == probs.argmax(-1).tolist()
+    assert np.abs(np.array([[r["scores"]["0"], r["scores"]["1"]] for r in got]) - probs).max() < 1e-5
+    assert "model.onnx.data" in (out / "README.md").read_text()
