@@ -301,3 +301,29 @@ def test_the_report_gives_macs_and_the_share_of_the_measured_peak(first_run):
         for figures in v["compute"]["targets"].values():
             assert 0 < figures["share_of_peak"] < 1
     assert "Compute: MACs and the share of this CPU's peak" in (out / "report.md").read_text()
+
+
+def test_an_int8_model_saved_for_the_device_goes_through_benchmark_and_bundle(first_run, tmp_path):
+    import shutil
+
+    from export.bundle import bundle
+
+    recipe, out, before, _ = first_run
+    run = tmp_path / "run"
+    shutil.copytree(out, run)
+    changed = load_recipe(recipe_path(recipe, tmp_path, quantize={"optimize_offline": True, "external_data": True}))
+    logs: list[str] = []
+    report = run_pipeline(changed, run, log=logs.append)
+    assert _ran(logs) == ["quantize/int8", "benchmark"]
+    q = run / "quantize" / "int8"
+    assert json.loads((q / "artifact.json").read_text())["graph_optimized"]["level"] == "extended"
+    by, was = {v["name"]: v for v in report["variants"]}, {v["name"]: v for v in before["variants"]}
+    # The size counts the side file; the same weights loaded another way classify every sentence the same.
+    assert by["int8"]["size_bytes"] == sum((q / f).stat().st_size for f in ("model.onnx", "model.onnx.data"))
+    assert by["int8"]["accuracy"] == was["int8"]["accuracy"]
+    assert by["int8"]["accuracy_test"] == was["int8"]["accuracy_test"]
+    memory = by["int8"]["targets"]["mobile"]["memory"]
+    assert memory["model_rss_bytes"] > 0 and memory["baseline_rss_bytes"] > 0
+    meta = bundle(run, "mobile", tmp_path / "bundle", variant="int8")
+    assert meta["default_model"] == "onnx" and "model.onnx.data" in meta["files"]
+    assert meta["check"]["ort_vs_onnx_label_agreement"] == 1.0

@@ -120,7 +120,10 @@ def main() -> None:
             out = subprocess.run(cmd, capture_output=True, text=True, env=thread_env(1), check=True)
             rows[setting] = json.loads(out.stdout.strip().splitlines()[-1])
     floor = rows["none"]["peak"]
-    print(f"{a.model} ({a.model.stat().st_size / 1e6:.2f} MB); no-model process {floor / 1e6:.1f} MB")
+    from export.artifact import with_external_data
+
+    size = sum(f.stat().st_size for f in with_external_data(a.model))
+    print(f"{a.model} ({size / 1e6:.2f} MB with its external data); no-model process {floor / 1e6:.1f} MB")
     print(f"{'setting':14s} {'model RSS MB':>13s} {'of it at load':>14s} {'p50 ms':>8s}")
     for setting, r in rows.items():
         if setting == "none":
