@@ -312,6 +312,11 @@ def test_compare_two_lm_runs(lm_run, capsys):
             "export.backend = 'genai': ONNX Runtime GenAI's builder does not build model_type 'gpt2'",
         ),
         ({"export": {"backend": "genai"}}, "GroupQueryAttention on CPU takes multiples of 16"),
+        (  # 1 of 2 key/value groups kept (2 heads of width 8) but all 32 hidden channels: the builder needs 16
+            {"export": {"backend": "genai"}, "prune": {"method": "structured", "heads": 0.5}},
+            "prune.0: keeps 2 heads of width 8 and a hidden size of 32; export.backend 'genai' needs hidden size = "
+            "heads x width (16)",
+        ),
     ],
 )
 def test_check_refuses_a_genai_export_the_builder_or_the_kernel_cannot_take(change, message, text_data_dir, tmp_path):

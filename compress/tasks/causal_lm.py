@@ -55,7 +55,7 @@ class CausalLMTask:
 
     def preflight(self, recipe: CausalLMRecipe) -> None:
         """Everything that depends on the teacher's shape, from its config alone (no weights loaded)."""
-        from compress.architectures import family_of, ffn_width, kv_heads
+        from compress.architectures import family_of, ffn_width, head_dim, kv_heads
         from compress.lm import check_causal_lm_dir, context_window
 
         t = recipe.teacher
@@ -71,16 +71,31 @@ class CausalLMTask:
             family = family_of(config, key).name
             layers, hidden, ffn = int(config.num_hidden_layers), int(config.hidden_size), ffn_width(config)
             window, groups = context_window(config), kv_heads(config)
+            n_heads, width = int(config.num_attention_heads), head_dim(config)
         else:
             a = t.architecture
             layers, hidden, window = a.layers, a.hidden_size, a.max_positions
             ffn = a.intermediate_size or 4 * a.hidden_size
             family, groups = a.family, (a.kv_heads or a.heads) if a.family != "gpt2" else a.heads
+            n_heads, width = a.heads, a.hidden_size // a.heads
         if recipe.export.backend == "genai":
             from types import SimpleNamespace
 
             from export.genai import check_supported
 
+            for i, p in enumerate(recipe.prune):
+                if p.method != "structured" or family == "gpt2":
+                    continue
+                kept_heads = max(1, groups - int(groups * p.heads)) * (n_heads // groups)
+                kept_hidden = max(width, hidden - int(hidden * p.hidden))
+                if kept_heads * width != kept_hidden:
+                    # The builder takes the head width as hidden size / heads; a cut that breaks the equality
+                    # builds no graph (seen: "The hidden size (256) is not a multiple of ... heads (6)").
+                    raise RecipeError(
+                        f"prune.{i}: keeps {kept_heads} heads of width {width} and a hidden size of {kept_hidden}; "
+                        f"export.backend 'genai' needs hidden size = heads x width ({kept_heads * width}): cut "
+                        "prune.hidden in proportion to prune.heads, or use backend 'optimum'"
+                    )
             if source is None:
                 a = t.architecture
                 config = SimpleNamespace(model_type=a.family, hidden_size=a.hidden_size, num_attention_heads=a.heads)
