@@ -32,23 +32,28 @@ def _peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux; non-Linux fallback
 
 
-def _child(runtime: str, model: str, tokenizer_dir: str, texts: list[str], threads: int, max_length: int) -> dict:
+def request_arrays(encodings) -> list[dict]:
+    """One (1, T) int64 array per input name for each `tokenizers` encoding: the requests a device sends."""
     import numpy as np
-    from tokenizers import Tokenizer
 
-    tok = Tokenizer.from_file(str(Path(tokenizer_dir) / "tokenizer.json"))
-    tok.no_padding()
-    tok.enable_truncation(max_length)
-    encs = tok.encode_batch(texts)
-    # The requests as arrays, built in the baseline too: preparing inputs is the application's cost, not the model's.
-    requests = [
+    return [
         {
             "input_ids": np.asarray([e.ids], dtype=np.int64),
             "attention_mask": np.asarray([e.attention_mask], dtype=np.int64),
             "token_type_ids": np.asarray([e.type_ids], dtype=np.int64),
         }
-        for e in encs
+        for e in encodings
     ]
+
+
+def _child(runtime: str, model: str, tokenizer_dir: str, texts: list[str], threads: int, max_length: int) -> dict:
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(Path(tokenizer_dir) / "tokenizer.json"))
+    tok.no_padding()
+    tok.enable_truncation(max_length)
+    # The requests as arrays, built in the baseline too: preparing inputs is the application's cost, not the model's.
+    requests = request_arrays(tok.encode_batch(texts))
     if runtime == "onnxruntime":
         import onnxruntime  # noqa: F401  (imported in the baseline too: its import is not the model's cost)
 

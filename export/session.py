@@ -1,13 +1,15 @@
 """ONNX Runtime sessions: the one place they are made (checks, sensitivity searches, benchmarks, probes).
 
-Imports only onnxruntime, so the memory probe and the benchmark worker, which must not pay for torch, can use it.
+Imports only onnxruntime (and `export.artifact`, stdlib only), so the memory probe and the benchmark worker, which
+must not pay for torch, can use it.
 The deployed bundles (`export/bundle_template/`) carry a copy of these settings: they run without this package.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from export.artifact import Artifact  # stdlib only at import: the probes' no-model process loads it too
 
 
 def session_options(threads: int, *, spinning: bool = False):
@@ -34,11 +36,10 @@ def preoptimized(model_path: Path | str) -> bool:
     """Whether `model_path` is an ONNX file whose graph was optimized offline (`export.offline`), as the
     `artifact.json` beside it records; such a graph is loaded with ONNX Runtime's optimizations off."""
     path = Path(model_path)
-    meta = path.parent / "artifact.json"  # export.artifact.ARTIFACT_FILE, read without importing onnx
-    if path.suffix != ".onnx" or not meta.is_file():
+    if path.suffix != ".onnx":
         return False
-    data = json.loads(meta.read_text())
-    return bool(data.get("graph_optimized")) and path.name in data.get("files", {}).values()
+    artifact = Artifact.read(path.parent)
+    return bool(artifact.graph_optimized) and path.name in artifact.files.values()
 
 
 def ort_session(model_path: Path | str, threads: int = 1, *, spinning: bool = False):

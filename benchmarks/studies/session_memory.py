@@ -40,22 +40,14 @@ def _child(model: str, tokenizer_dir: str, setting: str, n_texts: int, repeats: 
     import onnxruntime as ort
     from tokenizers import Tokenizer
 
-    from benchmarks.memory import _peak_rss_bytes
+    from benchmarks.memory import _peak_rss_bytes, request_arrays
     from export.session import preoptimized, session_options
 
     tok = Tokenizer.from_file(str(Path(tokenizer_dir) / "tokenizer.json"))
     tok.no_padding()
     dev = Path(__file__).resolve().parents[2] / "data" / "sst2" / "dev.tsv"
     texts = [r["sentence"] for r in csv.DictReader(dev.open(), delimiter="\t")][:n_texts]
-    encs = tok.encode_batch(texts)
-    requests = [  # built in the no-model process too: the application's cost, as in benchmarks.memory
-        {
-            "input_ids": np.asarray([e.ids], dtype=np.int64),
-            "attention_mask": np.asarray([e.attention_mask], dtype=np.int64),
-            "token_type_ids": np.asarray([e.type_ids], dtype=np.int64),
-        }
-        for e in encs
-    ]
+    requests = request_arrays(tok.encode_batch(texts))  # in the no-model process too, as in benchmarks.memory
     if setting == "none":
         return {"load_peak": _peak_rss_bytes(), "peak": _peak_rss_bytes()}
     so = session_options(1)
