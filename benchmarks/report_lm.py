@@ -6,7 +6,8 @@
     settings: primary_target, ttft_headline_length, prompt_lengths, new_tokens, prompts_per_length, runs, warmup,
         decoding, perplexity, dev_tokens, test_tokens, greedy_prompts, greedy_prompt_tokens, greedy_tokens,
         memory_context, eval_threads, quality_wall_s, protocol, baselines
-    mixed_precision {STEP: {budget, sensitivity_int4_alone, tried, assignment, perplexity_ratio, ...}}
+    mixed_precision {STEP: {budget_kind (perplexity | size), budget (ratio | MB), sensitivity_int4_alone, tried,
+        assignment, perplexity_ratio, size_bytes, ...}}
     anchors: {built: {NAME: {path, runtime, command, build_s, builder}}, unavailable: [{name, reason}]}
     variants: [{name, stage, runtime (torch | optimum | onnxruntime | genai | llama.cpp), parent, path, model_dir,
         params, layers,
@@ -344,10 +345,17 @@ def _mixed_section(report: dict) -> list[Section]:
             f"{name}: mixed precision",
             level=3,
             paragraphs=[
-                f"Each block quantized to int4 alone (the rest float32) and its held-out perplexity cost measured; "
-                f"from all int4, the most sensitive blocks raised to int8 (then float) until within "
-                f"{mp['budget']}x of float32. Chosen: {mp['perplexity_ratio']:.4f}x, "
-                f"{mp['mean_bits_per_projection_weight']:.2f} bits per projection weight on average; "
+                "Each block quantized to int4 alone (the rest float32) and its held-out perplexity cost measured; "
+                + (
+                    f"from all int4, blocks raised to int8 (then float) in order of that cost per weight, each kept "
+                    f"while the file stays within {mp['budget']} MB. "
+                    if mp.get("budget_kind") == "size"
+                    else f"from all int4, the most sensitive blocks raised to int8 (then float) until within "
+                    f"{mp['budget']}x of float32. "
+                )
+                + f"Chosen: {mp['perplexity_ratio']:.4f}x of float32's perplexity, "
+                + (f"{mp['size_bytes'] / 1e6:.2f} MB, " if mp.get("size_bytes") else "")
+                + f"{mp['mean_bits_per_projection_weight']:.2f} bits per projection weight on average; "
                 f"{len(mp['tried'])} assignment(s) tried. Its size and speed are the variant's rows above."
             ],
             header=["block", "perplexity ratio, int4 alone", "chosen"],

@@ -157,6 +157,7 @@ _PRUNE_APPLIES = {
     "start": ("schedule", ("cubic",)),
     "end": ("schedule", ("cubic",)),
     "every": ("schedule", ("cubic",)),
+    "rounds": ("schedule", ("cubic",)),
     "taylor_batches": ("importance", ("taylor",)),
     "hidden": ("method", ("structured",)),
     "calibration_batches": ("importance", ("activation", "wanda")),
@@ -191,6 +192,13 @@ class PruneConfig(_Config):
     start: float = Field(default=0.0, ge=0, le=1, description="cubic: fraction of the fine-tune where pruning starts")
     end: float = Field(default=0.75, ge=0, le=1, description="cubic: fraction where the final targets are reached")
     every: int = Field(default=10, ge=1, le=100_000, description="cubic: optimizer steps between mask updates")
+    rounds: int | None = Field(
+        default=None,
+        ge=2,
+        le=100,
+        description="cubic, structured, causal LM: cuts (default 3), from start to end of the fine-tune, the share "
+        "removed growing on the cubic schedule; each cut model is distilled until the next",
+    )
     taylor_batches: int = Field(default=8, ge=1, le=10_000, description="taylor: training batches scored")
     calibration_batches: int = Field(
         default=8, ge=1, le=10_000, description="activation, wanda: training batches run to measure activations"

@@ -213,6 +213,12 @@ class LMQuantizeConfig(_Config):
     mixed_max_perplexity_ratio: float = Field(
         default=1.01, ge=1, le=100, description="mixed: held-out perplexity at most this times the float32 model's"
     )
+    mixed_max_size_mb: float | None = Field(
+        default=None,
+        gt=0,
+        description="mixed: a size budget instead: the model file at most this many MB (10^6 bytes); the blocks "
+        "of highest measured perplexity cost per weight are raised to int8, then float, while the file fits",
+    )
     max_perplexity_ratio: float | None = Field(
         default=1.25,
         ge=1,
@@ -239,14 +245,20 @@ class LMQuantizeConfig(_Config):
             "embeddings",
             "precision",
             "mixed_max_perplexity_ratio",
+            "mixed_max_size_mb",
         )
         dynamic = ("reduce_range", "per_channel")
         keys = dynamic if self.method == "weight-only" else weight_only
         for key in keys:
             if getattr(self, key) != type(self).model_fields[key].default:
                 raise ValueError(f"quantize.{key} does not apply to method {self.method!r}")
-        if self.precision == "uniform" and self.mixed_max_perplexity_ratio != 1.01:
-            raise ValueError("quantize.mixed_max_perplexity_ratio applies to precision 'mixed'")
+        for key in ("mixed_max_perplexity_ratio", "mixed_max_size_mb"):
+            if self.precision == "uniform" and getattr(self, key) != type(self).model_fields[key].default:
+                raise ValueError(f"quantize.{key} applies to precision 'mixed'")
+        if self.mixed_max_size_mb is not None and self.mixed_max_perplexity_ratio != 1.01:
+            raise ValueError(
+                "quantize: give one budget for precision 'mixed': mixed_max_perplexity_ratio or mixed_max_size_mb"
+            )
         if self.precision == "mixed" and (self.bits != 4 or self.algorithm != "rtn"):
             raise ValueError("quantize.precision 'mixed' starts from 4-bit RTN (bits 4, algorithm rtn)")
         if self.algorithm == "hqq" and self.bits != 4:

@@ -193,34 +193,77 @@ def matmul_groups(src: Path, block_size: int) -> dict[str, list[str]]:
 def mixed_precision(
     src: Path, tmp: Path, config: LMQuantizeConfig, heldout_nll: HeldOutNLL, fp32_nll: float, log
 ) -> tuple[Path, dict]:
-    """Per-block int4 / int8 / float under a perplexity budget, by measured sensitivity.
+    """Per-block int4 / int8 / float under a perplexity or a size budget, by measured sensitivity.
 
     Each block (a layer's projections, the LM head) is quantized to int4 alone, everything else float, and its
-    held-out perplexity cost measured. Starting from all int4, the most sensitive block is raised to int8, then
-    the next, until the model is within `mixed_max_perplexity_ratio` of float32; if even all int8 misses it,
-    blocks go back to float in the same order. llama.cpp's `--target-bpw` trades bits for size alone; here the
-    measured perplexity decides, and the size follows.
+    held-out perplexity cost measured. Then, from all int4:
+
+    - perplexity budget (`mixed_max_perplexity_ratio`): the most sensitive block is raised to int8, then the next,
+      until the model is within the budget of float32; if even all int8 misses it, blocks go back to float in
+      the same order. The smallest model within the budget.
+    - size budget (`mixed_max_size_mb`): blocks are raised to int8, then float, in order of measured cost per
+      weight (a large block must buy its bytes with more sensitivity), each kept only if the file still fits
+      (greedy knapsack). The best model measured sensitivity can buy within the bytes.
+
+    llama.cpp's `--target-bpw` trades bits for size by its own error proxy; here measured perplexity decides.
 
     Returns:
         The model file (accuracy_level 0; the caller chooses the level) and the record: budget, per-block
-        sensitivity, every assignment tried with its perplexity ratio, the chosen assignment.
+        sensitivity, every assignment tried with its perplexity ratio (and file size), the chosen assignment.
+
+    Raises:
+        PerplexityBudgetError: no assignment within the perplexity budget, or all int4 already over the size.
     """
     groups = matmul_groups(src, config.block_size)
-    budget = config.mixed_max_perplexity_ratio
+    n_weights = _weights_per_node(src, groups)
     counter = [0]
 
-    def build(assign: dict[str, int]) -> tuple[Path, float]:
+    def ratio_of(path: Path) -> float:
+        return math.exp(heldout_nll(path) - fp32_nll)
+
+    def build(assign: dict[str, int], score: bool = True) -> tuple[Path, float | None]:
         counter[0] += 1
         path = tmp / f"mixed-{counter[0]}.onnx"
         bits = {n: assign[g] for g, nodes in groups.items() for n in nodes}
         weight_only(src, path, config, 0, bits_by_node=bits)
-        return path, math.exp(heldout_nll(path) - fp32_nll)
+        return path, (ratio_of(path) if score else None)
 
+    # A size budget that all int4 already misses is refused before the sensitivity pass (a minute or more).
+    start = _all_int4_within_size(groups, config, build) if config.mixed_max_size_mb is not None else None
     sensitivity = {}
     for g in groups:
         path, ratio = build({h: 4 if h == g else 32 for h in groups})
         sensitivity[g] = ratio
         path.unlink()
+    if start is not None:
+        path, cand, ratio, tried = _mixed_within_size(groups, sensitivity, n_weights, start, build, ratio_of)
+        budget_text = f"file within {config.mixed_max_size_mb} MB"
+    else:
+        path, cand, ratio, tried = _mixed_within_perplexity(groups, sensitivity, config, build)
+        budget_text = f"budget {config.mixed_max_perplexity_ratio}"
+    bits = sum(cand[g] * n_weights[g] for g in groups) / max(1, sum(n_weights.values()))
+    log(
+        "    mixed precision: "
+        + ", ".join(f"{g} {'float' if b == 32 else f'int{b}'}" for g, b in cand.items())
+        + f"; held-out perplexity {ratio:.4f}x float32, {_file_bytes(path) / 1e6:.2f} MB ({budget_text})"
+    )
+    by_size = config.mixed_max_size_mb is not None
+    record = {
+        "budget_kind": "size" if by_size else "perplexity",
+        "budget": config.mixed_max_size_mb if by_size else config.mixed_max_perplexity_ratio,
+        "sensitivity_int4_alone": sensitivity,
+        "tried": tried,
+        "assignment": {g: ("float" if b == 32 else f"int{b}") for g, b in cand.items()},
+        "perplexity_ratio": ratio,
+        "size_bytes": _file_bytes(path),
+        "mean_bits_per_projection_weight": bits,
+    }
+    return path, record
+
+
+def _mixed_within_perplexity(groups, sensitivity, config, build):
+    """The first assignment, raising blocks by sensitivity (int8, then float), within the perplexity budget."""
+    budget = config.mixed_max_perplexity_ratio
     order = sorted(groups, key=lambda g: sensitivity[g], reverse=True)
     assign = {g: 4 for g in groups}
     candidates = [dict(assign)]
@@ -228,36 +271,72 @@ def mixed_precision(
         for g in order:
             assign[g] = level
             candidates.append(dict(assign))
-    tried, chosen = [], None
+    tried = []
     for cand in candidates[:-1]:  # the last is all float: not a quantized model
         path, ratio = build(cand)
-        tried.append({"assignment": cand, "perplexity_ratio": ratio})
+        tried.append({"assignment": cand, "perplexity_ratio": ratio, "size_bytes": _file_bytes(path)})
         if ratio <= budget:
-            chosen = (path, cand, ratio)
-            break
+            return path, cand, ratio, tried
         path.unlink()
-    if chosen is None:
-        raise PerplexityBudgetError(
-            f"mixed precision: no assignment of int4 / int8 / float blocks is within "
-            f"quantize.mixed_max_perplexity_ratio {budget} (best tried {min(t['perplexity_ratio'] for t in tried):.4f})"
-        )
-    path, cand, ratio = chosen
-    n_weights = _weights_per_node(src, groups)
-    bits = sum(cand[g] * n_weights[g] for g in groups) / max(1, sum(n_weights.values()))
-    log(
-        "    mixed precision: "
-        + ", ".join(f"{g} {'float' if b == 32 else f'int{b}'}" for g, b in cand.items())
-        + f"; held-out perplexity {ratio:.4f}x float32 (budget {budget})"
+    raise PerplexityBudgetError(
+        f"mixed precision: no assignment of int4 / int8 / float blocks is within "
+        f"quantize.mixed_max_perplexity_ratio {budget} (best tried {min(t['perplexity_ratio'] for t in tried):.4f})"
     )
-    record = {
-        "budget": budget,
-        "sensitivity_int4_alone": sensitivity,
-        "tried": tried,
-        "assignment": {g: ("float" if b == 32 else f"int{b}") for g, b in cand.items()},
-        "perplexity_ratio": ratio,
-        "mean_bits_per_projection_weight": bits,
-    }
-    return path, record
+
+
+def _all_int4_within_size(groups, config, build) -> tuple[Path, int, int]:
+    """All int4, built: (its file, its size, the byte limit every candidate must meet).
+
+    Raises:
+        PerplexityBudgetError: all int4 is already over `mixed_max_size_mb`.
+    """
+    path, _ = build({g: 4 for g in groups}, score=False)
+    # Candidates are built at accuracy_level 0 (no attribute); the level chosen later may add one attribute per
+    # MatMulNBits node. All int4 has the most such nodes, so its growth bounds every candidate's.
+    model = onnx.load(str(path))
+    set_accuracy_level(model, 4)
+    limit = int(config.mixed_max_size_mb * 1e6) - max(0, model.ByteSize() - path.stat().st_size)
+    del model
+    size = _file_bytes(path)
+    if size > limit:
+        path.unlink()
+        raise PerplexityBudgetError(
+            f"mixed precision: every block at int4 already makes a {size / 1e6:.2f} MB file, over "
+            f"quantize.mixed_max_size_mb {config.mixed_max_size_mb} (raise it, or cut the model)"
+        )
+    return path, size, limit
+
+
+def _mixed_within_size(groups, sensitivity, n_weights, start, build, ratio_of):
+    """From all int4 (`start`), raise blocks by measured cost per weight (int8, then float) while the file fits."""
+    path, size, limit = start
+    assign = {g: 4 for g in groups}
+    tried = [{"assignment": dict(assign), "size_bytes": size, "fits": True}]
+    order = sorted(groups, key=lambda g: (sensitivity[g] - 1) / max(1, n_weights[g]), reverse=True)
+    for level in (8, 32):
+        for g in order:
+            if sensitivity[g] <= 1 or (level == 32 and assign[g] != 8):
+                continue  # int4 costs this block nothing measurable; float only over int8
+            cand = {**assign, g: level}
+            if all(b == 32 for b in cand.values()):
+                continue  # all float: not a quantized model
+            new_path, _ = build(cand, score=False)
+            new_size = _file_bytes(new_path)
+            tried.append({"assignment": cand, "size_bytes": new_size, "fits": new_size <= limit})
+            if new_size <= limit:
+                path.unlink()
+                path, assign, size = new_path, cand, new_size
+            else:
+                new_path.unlink()
+    ratio = ratio_of(path)
+    next(t for t in reversed(tried) if t["assignment"] == assign)["perplexity_ratio"] = ratio
+    return path, assign, ratio, tried
+
+
+def _file_bytes(path: Path) -> int:
+    """A model's bytes on disk, with its external-data file if it has one."""
+    data = path.with_name(path.name + ".data")
+    return path.stat().st_size + (data.stat().st_size if data.is_file() else 0)
 
 
 def _weights_per_node(src: Path, groups: dict[str, list[str]]) -> dict[str, int]:

@@ -146,11 +146,36 @@ def _keep_top(scores: torch.Tensor, keep: int) -> tuple[int, ...]:
     return tuple(sorted(torch.argsort(scores, descending=True, stable=True)[:keep].tolist()))
 
 
+def kept_counts(config, *, heads: float = 0.0, ffn: float = 0.0, hidden: float = 0.0) -> tuple[int, int, int]:
+    """(key/value groups per layer, FFN neurons per layer, hidden channels) a cut of these shares keeps: the
+    same count in every layer, removals rounded down; at least one group, one neuron and one head's width of
+    channels stay.
+
+    Raises:
+        RecipeError: `heads` > 0 removes no whole group.
+    """
+    g, _, hd = _group_layout(config)
+    f, d = ffn_width(config), int(config.hidden_size)
+    keep_g = max(1, g - int(g * heads))
+    if heads > 0 and keep_g == g:
+        raise RecipeError(
+            f"prune.heads = {heads}: removes no group of the model's {g} key/value groups per layer "
+            f"(one group is {1 / g:.3f} of them)"
+        )
+    return keep_g, max(1, f - int(f * ffn)), max(hd, d - int(d * hidden))
+
+
 def plan_cut(
-    model, importance: DecoderImportance, *, heads: float = 0.0, ffn: float = 0.0, hidden: float = 0.0
+    model,
+    importance: DecoderImportance,
+    *,
+    heads: float = 0.0,
+    ffn: float = 0.0,
+    hidden: float = 0.0,
+    keep: tuple[int, int, int] | None = None,
 ) -> DecoderCut:
-    """Which groups, neurons and channels to keep for the given shares removed (the same count in every layer,
-    rounded down; at least one group, one neuron and one head's width of channels stay).
+    """Which groups, neurons and channels to keep for the given shares removed (`kept_counts`), or for `keep`,
+    counts of (groups, neurons, channels) to keep (a gradual cut's intermediate rounds).
 
     Args:
         heads: share of key/value groups removed per layer (with their query heads).
@@ -159,16 +184,12 @@ def plan_cut(
     """
     _family(model, heads=heads > 0, hidden=hidden > 0)
     cfg = model.config
-    g, _, hd = _group_layout(cfg)
-    f, d = ffn_width(cfg), int(cfg.hidden_size)
-    keep_g = max(1, g - int(g * heads))
-    keep_f = max(1, f - int(f * ffn))
-    keep_d = max(hd, d - int(d * hidden))
-    if heads > 0 and keep_g == g:
-        raise RecipeError(
-            f"prune.heads = {heads}: removes no group of the model's {g} key/value groups per layer "
-            f"(one group is {1 / g:.3f} of them)"
-        )
+    g = _group_layout(cfg)[0]
+    d = int(cfg.hidden_size)
+    if keep is None:
+        keep = kept_counts(cfg, heads=heads, ffn=ffn, hidden=hidden)
+    keep_g, keep_f, keep_d = keep
+    _family(model, heads=keep_g < g, hidden=keep_d < d)
     return DecoderCut(
         tuple(_keep_top(s, keep_g) for s in importance.groups),
         tuple(_keep_top(s, keep_f) for s in importance.neurons),

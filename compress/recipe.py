@@ -131,6 +131,11 @@ class Recipe(_RecipeBase):
                 raise ValueError(f"prune.{i}.max_perplexity_ratio is a causal LM's gate; a classifier's is max_drop")
             if p.hidden:
                 raise ValueError(f"prune.{i}.hidden: hidden-size pruning is implemented for causal LMs only")
+            if p.rounds is not None:
+                raise ValueError(
+                    f"prune.{i}.rounds: a classifier's cubic schedule tightens its masks every prune.every optimizer "
+                    "steps; rounds applies to a causal LM's structured cut"
+                )
             if p.importance in ("activation", "wanda"):
                 raise ValueError(
                     f"prune.{i}.importance = {p.importance!r}: implemented for causal LMs; use 'magnitude' or 'taylor'"
@@ -153,10 +158,15 @@ class CausalLMRecipe(_RecipeBase):
     @model_validator(mode="after")
     def _decoder_pruning(self) -> CausalLMRecipe:
         for i, p in enumerate(self.prune):
-            if p.method == "structured" and p.schedule != "oneshot":
+            if p.method != "structured" and p.rounds is not None:
                 raise ValueError(
-                    f"prune.{i}.schedule = {p.schedule!r}: a decoder is cut once, then distilled (Minitron's "
-                    "order); use 'oneshot'"
+                    f"prune.{i}.rounds applies to method 'structured'; {p.method} masks tighten every prune.every "
+                    "optimizer steps"
+                )
+            if p.method == "structured" and p.every != PruneConfig.model_fields["every"].default:
+                raise ValueError(
+                    f"prune.{i}.every: a structured cut of a decoder changes its matrices' shapes, so it cuts in "
+                    "prune.rounds rounds (default 3), each distilled until the next, not every N optimizer steps"
                 )
             if p.method == "structured" and p.importance == "taylor":
                 raise ValueError(

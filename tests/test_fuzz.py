@@ -57,6 +57,8 @@ RECIPE_CASES = [
     ({"distill": {"hidden_size": 64}}, "distill.hidden_size = 64: the teacher's hidden size is 32"),
     ({"prune": {"method": "n:m", "sparsity": 0.7}}, "prune.sparsity applies only to method"),
     ({"prune": {"method": "n:m", "nm": [2, 5]}}, "prune.0.nm = [2, 5]: groups of 5 must divide"),
+    ({"prune": {"schedule": "cubic", "rounds": 3}}, "prune.0.rounds: a classifier's cubic schedule tightens"),
+    ({"prune": {"rounds": 3}}, "prune.rounds applies only to schedule 'cubic'"),
     ({"benchmark": {"lengths": ["real", 512]}}, "benchmark.lengths = ['real', 512]: [512] exceed"),
     ({"seed": -1}, "seed = -1"),
     ({"seed": 2**40}, "seed = 1099511627776"),

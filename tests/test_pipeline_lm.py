@@ -248,7 +248,11 @@ def test_a_fresh_venv_with_only_the_three_runtime_packages_generates_the_measure
         ({"benchmark": {"prompt_lengths": [8, 250]}}, "benchmark.prompt_lengths = [8, 250]"),
         ({"data": {"block_size": 512}}, "data.block_size = 512"),
         ({"prune": {"method": "structured", "heads": 0.25}}, "prune.0.heads = 0.25: removes no group"),
-        ({"prune": {"method": "structured", "ffn": 0.5, "schedule": "cubic"}}, "prune.0.schedule = 'cubic'"),
+        ({"prune": {"schedule": "cubic", "rounds": 3}}, "prune.0.rounds applies to method 'structured'"),
+        (
+            {"prune": {"method": "structured", "ffn": 0.5, "schedule": "cubic", "every": 5}},
+            "prune.0.every: a structured cut of a decoder changes its matrices' shapes",
+        ),
         ({"prune": {"sparsity": 0.5, "trim_vocab": {"enabled": True}}}, "prune.0.trim_vocab"),
         (
             {

@@ -159,8 +159,44 @@ def test_mixed_precision_meets_its_budget_by_raising_the_most_sensitive_blocks(t
     assert 8 in _bits_of(tmp_path / "tight" / "model.onnx") or "float" in mp["assignment"].values()
 
 
+def test_mixed_precision_within_a_size_budget_raises_what_fits(tiny_lm_exports, tmp_path):
+    src = tiny_lm_exports["llama"]
+    nll = _nll_fn(src)
+    quiet = {"heldout_nll": nll, "timing_prompt": [1, 2], "log": lambda s: None}
+    roomy = LMQuantizeConfig(block_size=16, accuracy_level=4, precision="mixed", mixed_max_size_mb=1000)
+    m = quantize_lm(src, tmp_path / "roomy", roomy, **quiet)
+    mp = m["mixed_precision"]
+    all4 = mp["tried"][0]
+    assert mp["budget_kind"] == "size" and set(all4["assignment"].values()) == {4}
+    sensitive = {g for g, r in mp["sensitivity_int4_alone"].items() if r > 1}
+    assert sensitive and all(mp["assignment"][g] != "int4" for g in sensitive)  # room for every raise that helps
+    assert m["size_bytes"] > all4["size_bytes"]
+
+    # Half the bytes between all int4 and that: the file fits, something was raised, something did not fit.
+    mid_mb = (all4["size_bytes"] + m["size_bytes"]) / 2 / 1e6
+    m = quantize_lm(src, tmp_path / "mid", roomy.model_copy(update={"mixed_max_size_mb": mid_mb}), **quiet)
+    mp = m["mixed_precision"]
+    assert m["size_bytes"] == (tmp_path / "mid" / "model.onnx").stat().st_size <= mid_mb * 1e6
+    assert any(b != "int4" for b in mp["assignment"].values())
+    assert all(t["size_bytes"] <= mid_mb * 1e6 for t in mp["tried"] if t["fits"])
+    assert any(not t["fits"] for t in mp["tried"])  # something did not fit, and was not kept
+    chosen = [t for t in mp["tried"] if "perplexity_ratio" in t]
+    assert len(chosen) == 1 and chosen[0]["fits"] and chosen[0]["perplexity_ratio"] == mp["perplexity_ratio"]
+    assert mp["perplexity_ratio"] == pytest.approx(m["holdout_perplexity_ratio"], rel=0.01)  # the file shipped
+
+    # Smaller than all int4: refused, nothing written.
+    tiny = roomy.model_copy(update={"mixed_max_size_mb": all4["size_bytes"] / 2 / 1e6})
+    with pytest.raises(PerplexityBudgetError, match="already makes a .* MB file, over quantize.mixed_max_size_mb"):
+        quantize_lm(src, tmp_path / "tiny", tiny, **quiet)
+    assert not (tmp_path / "tiny" / "model.onnx").exists()
+
+
 def test_mixed_precision_is_refused_where_it_does_not_apply():
     with pytest.raises(ValueError, match="starts from 4-bit RTN"):
         LMQuantizeConfig(precision="mixed", algorithm="gptq")
     with pytest.raises(ValueError, match="applies to precision 'mixed'"):
         LMQuantizeConfig(mixed_max_perplexity_ratio=1.05)
+    with pytest.raises(ValueError, match="mixed_max_size_mb applies to precision 'mixed'"):
+        LMQuantizeConfig(mixed_max_size_mb=5)
+    with pytest.raises(ValueError, match="give one budget"):
+        LMQuantizeConfig(precision="mixed", mixed_max_size_mb=5, mixed_max_perplexity_ratio=1.05)

@@ -172,6 +172,50 @@ def test_the_prune_stage_cuts_distils_and_leaves_the_source_alone(text_data_dir,
     assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in before.items())
 
 
+def test_cubic_rounds_cut_most_early_and_reach_the_target_at_end():
+    from compress.lm_prune import _segments, cut_rounds
+
+    s = PruneConfig(method="structured", ffn=0.5, schedule="cubic", rounds=4, start=0.1, end=0.7)
+    rounds = cut_rounds(s)
+    assert [round(at, 6) for at, _ in rounds] == [0.1, 0.3, 0.5, 0.7]
+    done = [d for _, d in rounds]
+    assert done == sorted(done) and done[-1] == 1.0 and done[0] > 0.25  # cubic: more than a quarter in round 1
+    assert cut_rounds(PruneConfig(method="structured", ffn=0.5)) == [(0.0, 1.0)]
+    # 1.5 epochs of 10 blocks split at 0.1 .. 0.7: 15 blocks in all, each pass a permutation, nothing dropped
+    parts = _segments(10, 1.5, 0, [at for at, _ in rounds])
+    flat = np.concatenate(parts)
+    assert [len(p) for p in parts] == [2, 3, 3, 3, 4] and len(flat) == 15
+    assert sorted(flat[:10]) == list(range(10)) and len(set(flat[10:])) == 5
+
+
+def test_a_gradual_cut_reaches_the_one_shot_shape_in_rounds(text_data_dir, tiny_lm_dirs, tmp_path):
+    from compress.lm import load_causal_lm
+
+    teacher, tok = load_causal_lm(tiny_lm_dirs["llama"])
+    data_cfg = TextDataConfig(
+        train=text_data_dir / "train.txt", dev=text_data_dir / "dev.txt", documents="line", block_size=32
+    )
+    data = load_text_data(data_cfg)
+    shares = dict(method="structured", ffn=0.5, heads=0.5, hidden=0.25, importance="activation")
+    common = dict(epochs=1, batch_size=8, calibration_batches=2, learning_rate=3e-3)
+    gradual = PruneConfig(**shares, **common, schedule="cubic", rounds=3)
+    res = prune_lm(teacher, tok, teacher, gradual, data, data_cfg, seed=0, work_dir=tmp_path / "g")
+    m = res.metrics
+    kept = [r["kept"] for r in m["cut_rounds"]]
+    assert [r["at_fraction"] for r in m["cut_rounds"]] == [0.0, 0.375, 0.75]
+    ffn = [k["ffn"] for k in kept]
+    assert ffn == sorted(ffn, reverse=True) and ffn[0] < 64 and ffn[-1] == 32 and len(set(ffn)) == 3
+    assert kept[-1] == {"kv_groups": 1, "ffn": 32, "hidden": 24}
+    assert m["cut"] == {"kv_groups": [2, 1], "attention_heads": [4, 2], "ffn_width": [64, 32], "hidden_size": [32, 24]}
+    assert np.isfinite(m["dev_perplexity_torch"]) and m["schedule"] == "cubic"
+    # An ordinary transformers model of the one-shot cut's config.
+    res.model.save_pretrained(tmp_path / "saved")
+    again = AutoModelForCausalLM.from_pretrained(tmp_path / "saved").eval()
+    ids = torch.arange(1, 17)[None]
+    with torch.no_grad():
+        assert torch.allclose(again(ids).logits, res.model(ids).logits, atol=1e-5)
+
+
 def test_depth_selection_drops_a_layer_that_does_nothing_first(tiny_lm_dirs):
     from compress.lm import load_causal_lm
     from compress.lm_distill import select_layers
