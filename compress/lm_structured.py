@@ -146,20 +146,23 @@ def _keep_top(scores: torch.Tensor, keep: int) -> tuple[int, ...]:
     return tuple(sorted(torch.argsort(scores, descending=True, stable=True)[:keep].tolist()))
 
 
-def kept_counts(config, *, heads: float = 0.0, ffn: float = 0.0, hidden: float = 0.0) -> tuple[int, int, int]:
+def kept_counts(
+    config, *, heads: float = 0.0, ffn: float = 0.0, hidden: float = 0.0, key: str = "prune"
+) -> tuple[int, int, int]:
     """(key/value groups per layer, FFN neurons per layer, hidden channels) a cut of these shares keeps: the
     same count in every layer, removals rounded down; at least one group, one neuron and one head's width of
-    channels stay.
+    channels stay. `config` needs only the sizes a transformers config names (the recipe check passes the
+    teacher's, or its shape from the recipe).
 
     Raises:
-        RecipeError: `heads` > 0 removes no whole group.
+        RecipeError: `heads` > 0 removes no whole group (the message names `key`).
     """
     g, _, hd = _group_layout(config)
     f, d = ffn_width(config), int(config.hidden_size)
     keep_g = max(1, g - int(g * heads))
     if heads > 0 and keep_g == g:
         raise RecipeError(
-            f"prune.heads = {heads}: removes no group of the model's {g} key/value groups per layer "
+            f"{key}.heads = {heads}: removes no group of the model's {g} key/value groups per layer "
             f"(one group is {1 / g:.3f} of them)"
         )
     return keep_g, max(1, f - int(f * ffn)), max(hd, d - int(d * hidden))

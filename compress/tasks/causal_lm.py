@@ -55,8 +55,11 @@ class CausalLMTask:
 
     def preflight(self, recipe: CausalLMRecipe) -> None:
         """Everything that depends on the teacher's shape, from its config alone (no weights loaded)."""
+        from types import SimpleNamespace
+
         from compress.architectures import family_of, ffn_width, head_dim, kv_heads
         from compress.lm import check_causal_lm_dir, context_window
+        from compress.lm_structured import kept_counts
 
         t = recipe.teacher
         source = t.path or t.base
@@ -78,27 +81,35 @@ class CausalLMTask:
             ffn = a.intermediate_size or 4 * a.hidden_size
             family, groups = a.family, (a.kv_heads or a.heads) if a.family != "gpt2" else a.heads
             n_heads, width = a.heads, a.hidden_size // a.heads
+            # the teacher's sizes under a transformers config's names, for the helpers that read a config
+            config = SimpleNamespace(
+                model_type=family, hidden_size=hidden, num_attention_heads=n_heads, num_key_value_heads=groups,
+                intermediate_size=ffn, n_inner=ffn,
+            )  # fmt: skip
+        for i, p in enumerate(recipe.prune):
+            if p.method != "structured":
+                continue
+            if family == "gpt2" and (p.heads or p.hidden):
+                what = "heads" if p.heads else "hidden"
+                raise RecipeError(
+                    f"prune.{i}.{what}: gpt2 fuses Q, K and V and ties head width to the hidden size, so only its "
+                    "FFN can be cut (prune.ffn)"
+                )
+            keep_groups, _, kept_hidden = kept_counts(
+                config, heads=p.heads, ffn=p.ffn, hidden=p.hidden, key=f"prune.{i}"
+            )
+            kept_heads = keep_groups * (n_heads // groups)
+            if recipe.export.backend == "genai" and kept_heads * width != kept_hidden:
+                # The builder takes the head width as hidden size / heads; a cut that breaks the equality builds no
+                # graph (seen: "The hidden size (256) is not a multiple of ... heads (6)").
+                raise RecipeError(
+                    f"prune.{i}: keeps {kept_heads} heads of width {width} and a hidden size of {kept_hidden}; "
+                    f"export.backend 'genai' needs hidden size = heads x width ({kept_heads * width}): cut "
+                    "prune.hidden in proportion to prune.heads, or use backend 'optimum'"
+                )
         if recipe.export.backend == "genai":
-            from types import SimpleNamespace
-
             from export.genai import check_supported
 
-            for i, p in enumerate(recipe.prune):
-                if p.method != "structured" or family == "gpt2":
-                    continue
-                kept_heads = max(1, groups - int(groups * p.heads)) * (n_heads // groups)
-                kept_hidden = max(width, hidden - int(hidden * p.hidden))
-                if kept_heads * width != kept_hidden:
-                    # The builder takes the head width as hidden size / heads; a cut that breaks the equality
-                    # builds no graph (seen: "The hidden size (256) is not a multiple of ... heads (6)").
-                    raise RecipeError(
-                        f"prune.{i}: keeps {kept_heads} heads of width {width} and a hidden size of {kept_hidden}; "
-                        f"export.backend 'genai' needs hidden size = heads x width ({kept_heads * width}): cut "
-                        "prune.hidden in proportion to prune.heads, or use backend 'optimum'"
-                    )
-            if source is None:
-                a = t.architecture
-                config = SimpleNamespace(model_type=a.family, hidden_size=a.hidden_size, num_attention_heads=a.heads)
             check_supported(config)
             for d in recipe.distill:
                 if d.hidden_size is not None:
@@ -125,20 +136,6 @@ class CausalLMTask:
                 raise RecipeError(f"{key}.intermediate_size = {d.intermediate_size}: the teacher's FFN is {ffn} wide")
             if d.hidden_size is not None and d.hidden_size > hidden:
                 raise RecipeError(f"{key}.hidden_size = {d.hidden_size}: the teacher's hidden size is {hidden}")
-        for i, p in enumerate(recipe.prune):
-            if p.method != "structured":
-                continue
-            if family == "gpt2" and (p.heads or p.hidden):
-                what = "heads" if p.heads else "hidden"
-                raise RecipeError(
-                    f"prune.{i}.{what}: gpt2 fuses Q, K and V and ties head width to the hidden size, so only its "
-                    "FFN can be cut (prune.ffn)"
-                )
-            if p.heads and int(groups * p.heads) < 1:
-                raise RecipeError(
-                    f"prune.{i}.heads = {p.heads}: removes no group of the teacher's {groups} key/value groups per "
-                    f"layer (one group is {1 / groups:.3f})"
-                )
         e, b = recipe.export, recipe.benchmark
         if e.prompt_tokens + e.new_tokens > window:
             raise RecipeError(
