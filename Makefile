@@ -16,7 +16,7 @@ $(BIN)/.installed: pyproject.toml
 
 setup: $(BIN)/.installed
 
-# The tools a user would pick instead of a student, for the causal-LM benchmark's anchors (benchmarks/anchors.py):
+# The tools a user would pick instead of a student, for the causal-LM benchmark's anchors (compress/tasks/causal_lm/anchors.py):
 # ONNX Runtime GenAI and llama.cpp's runtimes in the venv (llama.cpp is compiled: several minutes), GenAI's model
 # builder in a venv of its own (it needs transformers >= 5), llama.cpp's converter from the same source archive.
 ANCHOR_VENV := .venv-anchor-builder
@@ -26,14 +26,14 @@ $(BIN)/.anchors: $(BIN)/.installed
 	$(BIN)/python -m pip install --quiet -e ".[dev,anchors]"
 	touch $@
 
-$(ANCHOR_VENV)/.installed: benchmarks/anchor-builder.txt
+$(ANCHOR_VENV)/.installed: compress/tasks/causal_lm/anchor-builder.txt
 	$(PYTHON) -m venv $(ANCHOR_VENV)
 	$(ANCHOR_VENV)/bin/python -m pip install --quiet torch==2.13.0
-	$(ANCHOR_VENV)/bin/python -m pip install --quiet -r benchmarks/anchor-builder.txt
+	$(ANCHOR_VENV)/bin/python -m pip install --quiet -r compress/tasks/causal_lm/anchor-builder.txt
 	touch $@
 
 .anchors/llama.cpp/SOURCE: $(BIN)/.installed
-	$(BIN)/python -m benchmarks.anchors fetch-llama-cpp .anchors/llama.cpp
+	$(BIN)/python -m compress.tasks.causal_lm.anchors fetch-llama-cpp .anchors/llama.cpp
 
 run: setup
 	HF_HUB_OFFLINE=1 $(BIN)/edge-compress run $(RECIPE)

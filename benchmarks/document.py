@@ -1,7 +1,7 @@
 """The report as a document: sections (text, a table, a figure) rendered to Markdown and to HTML.
 
-Task-agnostic: the classification report (`benchmarks.report`) and the causal-LM report (`benchmarks.report_lm`)
-each build their list of sections; both renderings come from that one list, so they always say the same.
+Task-agnostic: each task's report (`compress/tasks/<task>/report.py`) builds its list of sections; both renderings
+come from that one list, so they always say the same.
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
 """Peak resident memory of a fresh process that loads one model and runs it, optionally under a target's limits.
 
-Run as `python -m benchmarks.memory --runtime onnxruntime --model DIR/model.onnx --tokenizer DIR`; prints one
-JSON line. `--model none` gives the same process without a model: the baseline to subtract. `--cpus 0,1`
+Run as `python -m benchmarks.memory --probe MODULE --runtime onnxruntime --model DIR/model.onnx --tokenizer DIR`;
+prints one JSON line. What the process does with the model is the probe module's `child` function (each task has
+one: `compress/tasks/<task>/probe.py`, a classifier classifying texts, a decoder generating). `--model none` gives
+the same process without a model: the baseline to subtract. `--cpus 0,1`
 pins the process and `--memory-limit-bytes N` caps its address space (RLIMIT_AS) before anything is imported.
 """
 
@@ -12,10 +14,9 @@ import json
 import resource
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from benchmarks.worker import apply_limits, thread_env
+from benchmarks.process import ROOT, apply_limits, thread_env
 from compress.targets import ANCHOR_RUNTIMES
 
 
@@ -46,98 +47,6 @@ def request_arrays(encodings) -> list[dict]:
     ]
 
 
-def _child(runtime: str, model: str, tokenizer_dir: str, texts: list[str], threads: int, max_length: int) -> dict:
-    from tokenizers import Tokenizer
-
-    tok = Tokenizer.from_file(str(Path(tokenizer_dir) / "tokenizer.json"))
-    tok.no_padding()
-    tok.enable_truncation(max_length)
-    # The requests as arrays, built in the baseline too: preparing inputs is the application's cost, not the model's.
-    requests = request_arrays(tok.encode_batch(texts))
-    if runtime == "onnxruntime":
-        import onnxruntime  # noqa: F401  (imported in the baseline too: its import is not the model's cost)
-
-        from export.session import ort_session
-
-        if model == "none":
-            return {"load_s": 0.0}
-        t0 = time.perf_counter()
-        sess = ort_session(model, threads)
-        load_s = time.perf_counter() - t0
-        names = [i.name for i in sess.get_inputs()]
-        for r in requests:
-            sess.run(None, {k: r[k] for k in names})
-    else:
-        import torch
-        from transformers import AutoModelForSequenceClassification
-
-        torch.set_num_threads(threads)
-        if model == "none":
-            return {"load_s": 0.0}
-        t0 = time.perf_counter()
-        m = AutoModelForSequenceClassification.from_pretrained(model, local_files_only=True).eval()
-        load_s = time.perf_counter() - t0
-        with torch.inference_mode():
-            for r in requests:
-                m(input_ids=torch.from_numpy(r["input_ids"]), attention_mask=torch.from_numpy(r["attention_mask"]))
-    return {"load_s": load_s}
-
-
-def _child_lm(runtime: str, model: str, prompt: list[int], new_tokens: int, threads: int) -> dict:
-    """Load a causal LM and generate `new_tokens` after `prompt` (greedy, KV cache), as a device would.
-
-    The libraries a runtime needs are imported before the `none` check, so the no-model baseline holds them too.
-    """
-    import onnxruntime  # noqa: F401
-
-    if runtime == "onnxruntime":
-        from export.lm_onnx import generator_for
-    elif runtime in ANCHOR_RUNTIMES:
-        from benchmarks.anchors import runner
-
-        __import__("onnxruntime_genai" if runtime == "genai" else "llama_cpp")
-    else:
-        import torch
-
-        torch.set_num_threads(threads)
-        if runtime == "torch":
-            from transformers import AutoModelForCausalLM as model_class
-        else:
-            from optimum.onnxruntime import ORTModelForCausalLM as model_class
-
-            from export.session import session_options
-    if model == "none":
-        return {"load_s": 0.0}
-    t0 = time.perf_counter()
-    if runtime == "onnxruntime":
-        path = Path(model)
-        gen = generator_for(path.parent, path.name, threads=threads)
-        load_s = time.perf_counter() - t0
-        n = sum(1 for _ in gen.stream(prompt, new_tokens, ignore_eos=True))
-        return {"load_s": load_s, "generated": n}
-    if runtime in ANCHOR_RUNTIMES:
-        r = runner(runtime, model, threads)
-        load_s = time.perf_counter() - t0
-        return {"load_s": load_s, "generated": sum(1 for _ in r.stream(prompt, new_tokens))}
-    if runtime == "torch":
-        m = model_class.from_pretrained(model, local_files_only=True).eval()
-    else:
-        m = model_class.from_pretrained(model, session_options=session_options(threads))
-    load_s = time.perf_counter() - t0
-    ids = torch.tensor([prompt])
-    pad = m.generation_config.pad_token_id
-    with torch.inference_mode():
-        out = m.generate(
-            ids,
-            attention_mask=torch.ones_like(ids),
-            max_new_tokens=new_tokens,
-            min_new_tokens=new_tokens,
-            do_sample=False,
-            pad_token_id=pad if pad is not None else m.generation_config.eos_token_id,
-        )
-    return {"load_s": load_s, "generated": int(out.shape[1] - ids.shape[1])}
-
-
 def measure_peak_rss(
     runtime: str,
     model: Path | str,
@@ -149,15 +58,15 @@ def measure_peak_rss(
     cpus: list[int] | tuple[int, ...] | None = None,
     memory_limit_bytes: int | None = None,
     baseline: dict | None = None,
-    task: str = "classification",
+    probe: str,
     new_tokens: int = 0,
 ) -> dict:
     """Peak RSS of a fresh process loading `model` and running it on `texts`, and of one that loads none.
 
-    For `task="causal-lm"`, `texts` is one prompt (its token ids, as strings) and the model generates
-    `new_tokens` after it; `runtime` is torch, optimum, onnxruntime, or an anchor's (genai, llama.cpp).
-
     Args:
+        probe: the module whose `child(runtime, model, tokenizer_dir, texts, threads, max_length, new_tokens)`
+            the process runs (a task's `probe`: for a decoder, `texts` is one prompt's token ids and it generates
+            `new_tokens`); `runtime` is one the probe takes.
         cpus: cores to pin both processes to (a target's affinity).
         memory_limit_bytes: RLIMIT_AS of both processes (a target's cap on address space, which counts
             reserved as well as touched memory, so it is stricter than the same figure of RSS).
@@ -173,7 +82,7 @@ def measure_peak_rss(
     """
 
     def run(m: str) -> dict:
-        cmd = [sys.executable, "-m", "benchmarks.memory", "--runtime", runtime, "--model", str(m), "--task", task]
+        cmd = [sys.executable, "-m", "benchmarks.memory", "--probe", probe, "--runtime", runtime, "--model", str(m)]
         cmd += ["--new-tokens", str(new_tokens)]
         cmd += ["--tokenizer", str(tokenizer_dir), "--threads", str(threads), "--max-length", str(max_length)]
         if cpus:
@@ -185,7 +94,7 @@ def measure_peak_rss(
             input="\n".join(texts),
             capture_output=True,
             text=True,
-            cwd=Path(__file__).resolve().parent.parent,
+            cwd=ROOT,
             env=thread_env(threads),
         )
         if proc.returncode != 0:
@@ -213,8 +122,8 @@ def measure_peak_rss(
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--runtime", choices=["onnxruntime", "torch", "optimum", *ANCHOR_RUNTIMES], required=True)
-    p.add_argument("--task", choices=["classification", "causal-lm"], default="classification")
-    p.add_argument("--new-tokens", type=int, default=0, help="causal-lm: tokens generated after the prompt")
+    p.add_argument("--probe", required=True, help="the module whose child() runs the model (a task's probe)")
+    p.add_argument("--new-tokens", type=int, default=0, help="tokens generated after the prompt (a decoder)")
     p.add_argument("--model", required=True, help="model.onnx, a HF model dir, or 'none' for the baseline")
     p.add_argument("--tokenizer", required=True, help="directory holding tokenizer.json")
     p.add_argument("--threads", type=int, default=1)
@@ -224,10 +133,10 @@ def main() -> None:
     a = p.parse_args()
     apply_limits([int(c) for c in a.cpus.split(",")] if a.cpus else None, a.memory_limit_bytes)
     texts = [t for t in sys.stdin.read().split("\n") if t]
-    if a.task == "causal-lm":
-        out = _child_lm(a.runtime, a.model, [int(t) for t in texts], a.new_tokens, a.threads)
-    else:
-        out = _child(a.runtime, a.model, a.tokenizer, texts, a.threads, a.max_length)
+    import importlib
+
+    child = importlib.import_module(a.probe).child
+    out = child(a.runtime, a.model, a.tokenizer, texts, a.threads, a.max_length, a.new_tokens)
     out["peak_rss_bytes"] = _peak_rss_bytes()
     print(json.dumps(out))
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from compress.recipe import CausalLMRecipe, Recipe, RecipeError, load_recipe
+from compress.recipe import RecipeError, load_recipe
 
-__all__ = ["CausalLMRecipe", "Recipe", "RecipeError", "load_recipe", "run_pipeline"]
+__all__ = ["RecipeError", "load_recipe", "run_pipeline"]
 
 
 def run_pipeline(recipe, out_dir=None, **kwargs):
-    """Run a recipe (a `Recipe`, a `CausalLMRecipe`, or a path to its YAML file); see
+    """Run a recipe (a task's recipe model from `load_recipe`, or a path to its YAML file); see
     `compress.pipeline.run_pipeline`."""
     from compress.pipeline import run_pipeline as _run
 

@@ -29,23 +29,36 @@ def _report(path: Path) -> dict:
         raise CommandError(f"{f}: not valid JSON ({e.msg})") from None
 
 
+def _task_of(report: dict, where: Path):
+    from compress.tasks import DEFAULT_TASK, TASKS, task_for
+
+    name = report.get("task", DEFAULT_TASK)  # reports written before they named their task are of the default
+    if name not in TASKS:
+        raise CommandError(f"{where}: a report of task {name!r}, which this version does not know")
+    return task_for(name)
+
+
 def compare(run_a: Path, run_b: Path, *, as_json: bool = False, out: Callable[[str], None] = print) -> dict:
-    """Print what changed from run A to run B: variants matched by name; accuracy, p50, size, memory deltas.
+    """Print what changed from run A to run B: variants matched by name; the task's quality, speed, size and
+    memory figures side by side.
 
     Args:
-        run_a, run_b: run directories (or their report.json files).
+        run_a, run_b: run directories (or their report.json files) of the same task.
         as_json: print the comparison as JSON instead of a table.
 
     Returns:
         The comparison (`benchmarks.report.compare_reports`).
     """
-    from benchmarks.report import compare_reports, render_comparison
+    from benchmarks.report import compare_reports
 
-    try:
-        cmp = compare_reports(_report(run_a), _report(run_b))
-    except ValueError as e:
-        raise CommandError(str(e)) from None
-    out(json.dumps(cmp, indent=2) if as_json else render_comparison(cmp).rstrip("\n"))
+    a, b = _report(run_a), _report(run_b)
+    task = _task_of(a, run_a)
+    if _task_of(b, run_b) is not task:
+        raise CommandError(
+            f"the runs are of different tasks ({task.name} vs {_task_of(b, run_b).name}): nothing to compare"
+        )
+    cmp = compare_reports(a, b, task.compare_row)
+    out(json.dumps(cmp, indent=2) if as_json else task.render_comparison(cmp).rstrip("\n"))
     return cmp
 
 
@@ -55,39 +68,30 @@ def bundle_run(
     out_dir: Path,
     variant: str | None = None,
     *,
-    max_accuracy_drop: float = 0.01,
-    max_perplexity_ratio: float = 1.1,
+    rule: dict | None = None,
     force: bool = False,
     out: Callable[[str], None] = print,
 ) -> dict:
-    """Write a deployment bundle for `target` from a finished run (see `export.bundle.bundle`)."""
-    from export.bundle import BundleError, bundle
+    """Write a deployment bundle for `target` from a finished run, as the run's task bundles it.
 
+    Args:
+        rule: options of the task's rule for the default variant (`Task.bundle_rules`, for example
+            `{"max_accuracy_drop": 0.02}`); an option of another task's rule is refused.
+    """
+    from export.bundle_checks import BundleError
+
+    task = _task_of(_report(run_dir), run_dir)
+    rule = {k: v for k, v in (rule or {}).items() if v is not None}
+    foreign = sorted(set(rule) - set(task.bundle_rules))
+    if foreign:
+        flags = ", ".join("--" + k.replace("_", "-") for k in foreign)
+        mine = ", ".join("--" + k.replace("_", "-") for k in task.bundle_rules)
+        raise CommandError(f"{flags}: not an option of a {task.name} run's bundle; its rule takes {mine}")
     try:
-        meta = bundle(
-            run_dir,
-            target,
-            out_dir,
-            variant,
-            max_accuracy_drop=max_accuracy_drop,
-            max_perplexity_ratio=max_perplexity_ratio,
-            force=force,
-        )
+        meta = task.bundle(run_dir, target, out_dir, variant, rule=rule, force=force)
     except BundleError as e:
         raise CommandError(str(e)) from None
-    check = meta["check"]
-    if meta.get("task") == "causal-lm":
-        out(
-            f"{out_dir}: {meta['variant']} for target {target} ({meta['threads']} thread(s)); {meta['selection']}. "
-            f"Greedy tokens identical to the pipeline's on {check['prompts']} prompts.\n"
-            f'try: python {Path(out_dir) / "generate.py"} "The os module provides"'
-        )
-        return meta
-    out(
-        f"{out_dir}: {meta['variant']} for target {target} ({meta['threads']} thread(s)); {meta['selection']}. "
-        f".ort vs .onnx label agreement {check['ort_vs_onnx_label_agreement']:.3f} on {check['texts']} texts.\n"
-        f'try: python {Path(out_dir) / "predict.py"} "some text"'
-    )
+    out(task.bundle_message(meta, out_dir))
     return meta
 
 
@@ -99,10 +103,10 @@ def predict_texts(
     Returns:
         predict.py's exit status: 0 all classified, 1 some inputs gave an error line, 2 unusable input.
     """
-    from export.bundle import BundleError, load_predict_module
+    from export.bundle_checks import BundleError, load_bundle_script
 
     try:
-        module = load_predict_module(Path(bundle_dir))
+        module = load_bundle_script(Path(bundle_dir), "predict.py")
     except BundleError as e:
         raise CommandError(str(e)) from None
     argv = [*texts, "--bundle", str(bundle_dir), "--model", model]
@@ -119,11 +123,11 @@ def generate_texts(bundle_dir: Path, argv: list[str]) -> int:
     Returns:
         generate.py's exit status: 0 done, 1 some prompts gave an error line (--file), 2 unusable input.
     """
-    from export.bundle_lm import LMBundleError, load_generate_module
+    from export.bundle_checks import BundleError, load_bundle_script
 
     try:
-        module = load_generate_module(Path(bundle_dir))
-    except LMBundleError as e:
+        module = load_bundle_script(Path(bundle_dir), "generate.py", "language-model bundle")
+    except BundleError as e:
         raise CommandError(str(e)) from None
     return module.main([*argv, "--bundle", str(bundle_dir)])
 
@@ -151,8 +155,11 @@ def add_subparsers(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--target", default="mobile", help="host, mobile or iot (default: mobile)")
     b.add_argument("--out", type=Path, required=True, help="bundle directory to write")
     b.add_argument("--variant", default=None, help="variant to ship (default: chosen from the report)")
-    b.add_argument("--max-accuracy-drop", type=float, default=0.01, help="vs the teacher's dev accuracy")
-    b.add_argument("--max-perplexity-ratio", type=float, default=1.1, help="causal LM: vs the teacher's dev perplexity")
+    # The rules' options of the tasks whose runs can be bundled (`Task.bundle_rules`); each run takes its own.
+    b.add_argument("--max-accuracy-drop", type=float, default=None, help="vs the teacher's dev accuracy (default 0.01)")
+    b.add_argument(
+        "--max-perplexity-ratio", type=float, default=None, help="vs the teacher's dev perplexity (default 1.1)"
+    )
     b.add_argument("--force", action="store_true", help="replace a bundle already at --out (never anything else)")
 
     p = sub.add_parser(
@@ -190,8 +197,7 @@ def dispatch(args: argparse.Namespace) -> int:
                 args.target,
                 args.out,
                 args.variant,
-                max_accuracy_drop=args.max_accuracy_drop,
-                max_perplexity_ratio=args.max_perplexity_ratio,
+                rule={"max_accuracy_drop": args.max_accuracy_drop, "max_perplexity_ratio": args.max_perplexity_ratio},
                 force=args.force,
             )
             return 0

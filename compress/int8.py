@@ -1,7 +1,7 @@
 """int8 quantization of one ONNX file with ONNX Runtime's quantization tool: the file-level operations.
 
-`Int8Spec` says which int8 variant to make; `quantize_model` makes it. The quantize stage
-(`compress.quantize`) and the accuracy-budget search (`compress.sensitivity`) both build on these.
+`Int8Spec` says which int8 variant to make; `quantize_model` makes it. A task's quantize stage and the
+accuracy-budget search (`compress.sensitivity`) both build on these.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from typing import Literal
 import onnx
 
 from compress.calibration import Feed, FeedReader
-from compress.config import QuantizeConfig
 from compress.hardware import cpu_info, has_vnni
 
 # What each method can quantize in a BERT graph. quantize_dynamic (ONNX Runtime's IntegerOps mode) turns MatMul
@@ -112,10 +111,10 @@ class Int8Spec:
         return "-".join(parts)
 
     @classmethod
-    def from_config(cls, config: QuantizeConfig) -> Int8Spec:
+    def from_config(cls, config) -> Int8Spec:
         """The spec of one variant of the recipe's `quantize` section."""
         fields = {k: getattr(config, k) for k in cls.__dataclass_fields__ if k in type(config).model_fields}
-        if fields.get("per_channel") == "measure":  # a candidate list decides it (compress.quantize)
+        if fields.get("per_channel") == "measure":  # a candidate list decides it (the quantize stage)
             fields["per_channel"] = False
         if fields.get("op_types") is not None:
             fields["op_types"] = tuple(fields["op_types"])

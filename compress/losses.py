@@ -104,7 +104,7 @@ def token_divergence(
     return kl.mean() * (t * t)
 
 
-def causal_lm_distillation_loss(
+def next_token_distillation_loss(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
     input_ids: torch.Tensor,

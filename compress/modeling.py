@@ -103,7 +103,7 @@ def check_model_dir(model_dir: Path, auto_class, what: str) -> object:
 def load_classifier(model_dir: Path, label_names: list[str] | None = None):
     """A sequence classifier and its tokenizer from a local directory (never from a hub).
 
-    With `label_names`, the classification head is sized and labelled for them (new head if the
+    With `label_names`, the label head is sized and labelled for them (new head if the
     checkpoint has none); without, the directory's own labels are kept.
     """
     kwargs = {}
@@ -377,3 +377,35 @@ def describe(model, seq_len: int) -> dict:
         "macs_per_token": macs_per_token(model, seq_len),
         "macs_seq_len": seq_len,
     }
+
+
+def check_layer_map(key: str, pairs, n_student: int, n_teacher: int) -> list[tuple[int, int]]:
+    """A (student, teacher) index map checked against both models: indices up to `n_student` and `n_teacher`.
+
+    Raises:
+        RecipeError: a pair names a layer either model does not have (the message lists them).
+    """
+    from compress.errors import RecipeError
+
+    bad = [(s, t) for s, t in pairs if s > n_student or t > n_teacher]
+    if bad:
+        raise RecipeError(
+            f"distill.{key} = {[list(p) for p in pairs]}: student indices go up to {n_student}, "
+            f"teacher indices up to {n_teacher}; {[list(p) for p in bad]} are out of range"
+        )
+    return [tuple(p) for p in pairs]
+
+
+def default_hidden_map(layers: list[int], n_teacher: int) -> list[tuple[int, int]]:
+    """Student hidden state k <-> teacher hidden state layers[k]; the last <-> the teacher's last.
+
+    Student layer k stands in for teacher layers layers[k] .. layers[k+1]-1, so its output should be what the
+    teacher feeds into layer layers[k+1] (and the last student layer's output what the teacher's last layer
+    gives the classifier head both share). [0, 2, 4] of 6 gives (0, 0), (1, 2), (2, 4), (3, 6).
+    """
+    return [(k, layers[k]) for k in range(len(layers))] + [(len(layers), n_teacher)]
+
+
+def default_attention_map(layers: list[int]) -> list[tuple[int, int]]:
+    """Student layer k <-> the teacher layer it was copied from."""
+    return list(enumerate(layers))

@@ -64,7 +64,7 @@ class RunContext:
 
     @cached_property
     def data(self):
-        """The task's data (`compress.data.TaskData` or `compress.text.TextData`), read once per run."""
+        """The task's data (as its `load_data` reads it), read once per run."""
         return self.task.load_data(self.recipe)
 
     @cached_property
@@ -128,10 +128,9 @@ def _step_key(ctx: RunContext, step: Step) -> tuple[str, dict]:
         from compress.hardware import cpu_info
 
         inputs["machine"] = {"cpu": cpu_info(), "versions": library_versions()}
-    if step.stage == "teacher" and r.teacher.path is not None:
-        inputs["teacher_path"] = hash_path(r.teacher.path)
-    if step.stage == "teacher" and r.teacher.path is None and r.teacher.base not in (None, "minilm"):
-        inputs["teacher_base"] = hash_path(Path(r.teacher.base))
+    if step.stage == "teacher":
+        for key, path in r.teacher_dirs().items():  # a user's model directory: its content, not its name
+            inputs[f"teacher_{key}"] = hash_path(path)
     basis = {"step": step.id, "config": step.config.model_dump(mode="json"), "seed": r.seed, "inputs": inputs}
     return hash_json(basis), basis
 
@@ -178,8 +177,6 @@ def _make_run_dir(run_dir: Path) -> None:
 
 
 def _run_locked(recipe: AnyRecipe, run_dir: Path, log: Callable[[str], None]) -> dict:
-    from benchmarks.report import write_report
-
     clean_stale_temporaries(run_dir)  # the lock is held: no live run owns a temporary here
     manifest = Manifest(run_dir / "manifest.json", recipe.model_dump(mode="json"))
     if manifest.problem:
@@ -241,7 +238,7 @@ def _run_locked(recipe: AnyRecipe, run_dir: Path, log: Callable[[str], None]) ->
     results = json.loads((ctx.out("benchmark") / "results.json").read_text())
     # Only this plan's steps: records of variants since removed from the recipe stay in the manifest only.
     planned = {**manifest.data, "stages": {s.id: manifest.stage(s.id) for s in steps}}
-    report = write_report(results, planned, run_dir)
+    report = ctx.task.write_report(run_dir, results, planned)
     for step_id, why in gate_failures(manifest, [s.id for s in steps]).items():
         log(f"quality gate: {step_id} failed ({why}); nothing was built from it and it is not in the report's figures")
     log(f"report: {run_dir / 'report.md'}")

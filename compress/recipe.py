@@ -6,209 +6,27 @@ message is one line naming the key, the value and what is allowed.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ValidationError
 
-from compress.config import (
-    NAME,
-    BenchmarkConfig,
-    DataConfig,
-    DistillConfig,
-    ExportConfig,
-    PruneConfig,
-    QuantizeConfig,
-    TeacherConfig,
-    _Config,
-)
+from compress.config import RecipeBase
 from compress.errors import RecipeError
-from compress.lm_config import (
-    LMBenchmarkConfig,
-    LMDistillConfig,
-    LMExportConfig,
-    LMQuantizeConfig,
-    LMTeacherConfig,
-    TextDataConfig,
-)
+from compress.tasks import DEFAULT_TASK, TASKS, task_for
 
-# Re-exported: the configs are part of the recipe's vocabulary.
-__all__ = [
-    "BenchmarkConfig",
-    "DataConfig",
-    "DistillConfig",
-    "ExportConfig",
-    "PruneConfig",
-    "QuantizeConfig",
-    "AnyRecipe",
-    "CausalLMRecipe",
-    "Recipe",
-    "RecipeError",
-    "TeacherConfig",
-    "load_recipe",
-    "parse_overrides",
-]
+__all__ = ["AnyRecipe", "RecipeError", "load_recipe", "parse_overrides", "recipe_class"]
+
+AnyRecipe = RecipeBase  # a task's recipe model (`compress/tasks/<task>/config.py`)
 
 
-TASKS = ("classification", "causal-lm")
-
-
-class _RecipeBase(_Config):
-    """What every task's recipe has: a name, a seed, the task, and variant sections whose names are unique."""
-
-    name: str = Field(pattern=NAME)
-    seed: int = Field(default=42, ge=0, le=2**32 - 1, description="numpy and torch take seeds below 2**32")
-
-    @field_validator("distill", "prune", "quantize", mode="before", check_fields=False)
-    @classmethod
-    def _one_or_many(cls, v: Any) -> Any:
-        return [v] if isinstance(v, dict) else v
-
-    @model_validator(mode="after")
-    def _names_and_sources(self):
-        seen = {"teacher"}
-        for section in ("distill", "prune", "quantize"):
-            for i, v in enumerate(getattr(self, section)):
-                if v.name in seen:
-                    raise ValueError(
-                        f"{section}.{i}.name = {v.name!r}: variant names must be unique (and not 'teacher')"
-                    )
-                seen.add(v.name)
-        students = [d.name for d in self.distill]
-        for i, p in enumerate(self.prune):
-            if p.source is not None and p.source not in students:
-                raise ValueError(f"prune.{i}.source = {p.source!r}: not a distill variant; choose from {students}")
-        models = self.quantize_sources()
-        for i, q in enumerate(self.quantize):
-            if q.source is not None and q.source not in models:
-                raise ValueError(f"quantize.{i}.source = {q.source!r}: not a model variant; choose from {models}")
-        return self
-
-    def quantize_sources(self) -> list[str]:
-        """The model variants a quantize variant may start from."""
-        return [d.name for d in self.distill] + [p.name for p in self.prune]
-
-    def source_of(self, variant) -> str:
-        """The model variant a prune or quantize variant starts from (the documented defaults applied)."""
-        if variant.source is not None:
-            return variant.source
-        if any(variant is p for p in self.prune):
-            return self.distill[0].name
-        return self.default_quantize_source()
-
-    def default_quantize_source(self) -> str:
-        return self.prune[0].name if self.prune else self.distill[0].name
-
-    def model_step(self, variant: str) -> str:
-        """The id of the step that makes model `variant` (the teacher, a student or a pruned model)."""
-        if variant == "teacher":
-            return "teacher"
-        if variant in {d.name for d in self.distill}:
-            return f"distill/{variant}"
-        if variant in {p.name for p in self.prune}:
-            return f"prune/{variant}"
-        raise RecipeError(f"no model variant named {variant!r}")
-
-
-class Recipe(_RecipeBase):
-    """A classification run (`task: classification`, the default): an encoder that labels a text."""
-
-    task: Literal["classification"] = "classification"
-    data: DataConfig
-    teacher: TeacherConfig = TeacherConfig()
-    # distill, prune and quantize each take one mapping or a list of them (variants, each with a unique name).
-    distill: list[DistillConfig] = Field(default=[DistillConfig()], min_length=1)
-    prune: list[PruneConfig] = Field(default=[PruneConfig()], min_length=0)
-    export: ExportConfig = ExportConfig()
-    quantize: list[QuantizeConfig] = Field(default=[QuantizeConfig()], min_length=0)
-    benchmark: BenchmarkConfig = BenchmarkConfig()
-
-    @model_validator(mode="after")
-    def _classifier_gates(self) -> Recipe:
-        for i, p in enumerate(self.prune):
-            if p.max_perplexity_ratio != PruneConfig.model_fields["max_perplexity_ratio"].default:
-                raise ValueError(f"prune.{i}.max_perplexity_ratio is a causal LM's gate; a classifier's is max_drop")
-            if p.hidden:
-                raise ValueError(f"prune.{i}.hidden: hidden-size pruning is implemented for causal LMs only")
-            if p.rounds is not None:
-                raise ValueError(
-                    f"prune.{i}.rounds: a classifier's cubic schedule tightens its masks every prune.every optimizer "
-                    "steps; rounds applies to a causal LM's structured cut"
-                )
-            if p.importance in ("activation", "wanda"):
-                raise ValueError(
-                    f"prune.{i}.importance = {p.importance!r}: implemented for causal LMs; use 'magnitude' or 'taylor'"
-                )
-        return self
-
-
-class CausalLMRecipe(_RecipeBase):
-    """A causal language-model run (`task: causal-lm`): a decoder that continues a text."""
-
-    task: Literal["causal-lm"]
-    data: TextDataConfig
-    teacher: LMTeacherConfig = LMTeacherConfig()
-    distill: list[LMDistillConfig] = Field(default=[LMDistillConfig()], min_length=1)
-    prune: list[PruneConfig] = Field(default=[], min_length=0)
-    export: LMExportConfig = LMExportConfig()
-    quantize: list[LMQuantizeConfig] = Field(default=[LMQuantizeConfig()], min_length=0)
-    benchmark: LMBenchmarkConfig = LMBenchmarkConfig()
-
-    @model_validator(mode="after")
-    def _decoder_pruning(self) -> CausalLMRecipe:
-        for i, p in enumerate(self.prune):
-            if p.method != "structured" and p.rounds is not None:
-                raise ValueError(
-                    f"prune.{i}.rounds applies to method 'structured'; {p.method} masks tighten every prune.every "
-                    "optimizer steps"
-                )
-            if p.method == "structured" and p.every != PruneConfig.model_fields["every"].default:
-                raise ValueError(
-                    f"prune.{i}.every: a structured cut of a decoder changes its matrices' shapes, so it cuts in "
-                    "prune.rounds rounds (default 3), each distilled until the next, not every N optimizer steps"
-                )
-            if p.method == "structured" and p.importance == "taylor":
-                raise ValueError(
-                    f"prune.{i}.importance = 'taylor': a decoder's structures are scored by 'activation' or 'magnitude'"
-                )
-            if p.importance == "activation" and p.method != "structured":
-                raise ValueError(f"prune.{i}.importance = 'activation' applies to method 'structured'")
-            if p.importance == "wanda" and p.method == "structured":
-                raise ValueError(f"prune.{i}.importance = 'wanda' scores single weights: method unstructured or n:m")
-            if p.importance == "wanda" and "scope" in p.model_fields_set and p.method != "n:m":
-                raise ValueError(f"prune.{i}.scope: wanda ranks the weights of each output row (leave scope out)")
-            if p.hidden_weight:
-                raise ValueError(f"prune.{i}.hidden_weight: not supported for a causal LM (leave it at 0)")
-            if p.max_drop != PruneConfig.model_fields["max_drop"].default:
-                raise ValueError(f"prune.{i}.max_drop is the classifier's gate; a causal LM's is max_perplexity_ratio")
-            if p.trim_vocab.enabled:
-                raise ValueError(f"prune.{i}.trim_vocab: vocabulary trimming is implemented for classifiers only")
-            if p.augment.copies:
-                raise ValueError(f"prune.{i}.augment: augmented copies are implemented for classifiers only")
-        return self
-
-    def quantize_sources(self) -> list[str]:
-        # The teacher too: its int4 is what a user would ship without a student (the anchor to beat).
-        return ["teacher", *super().quantize_sources()]
-
-    def default_quantize_source(self) -> str:
-        # The student, not a pruned copy: unstructured zeros make no decoder faster, int4 of the student does
-        # (a structured prune is quantized when a quantize variant names it as its source).
-        return self.distill[0].name
-
-
-AnyRecipe = Recipe | CausalLMRecipe
-
-
-def recipe_class(task: Any) -> type[_RecipeBase]:
+def recipe_class(task: Any) -> type[RecipeBase]:
     """The recipe model of a task name."""
-    match task:
-        case "classification":
-            return Recipe
-        case "causal-lm":
-            return CausalLMRecipe
-    raise RecipeError(f"task = {task!r}: expected one of {', '.join(TASKS)}")
+    if not isinstance(task, str) or task not in TASKS:
+        raise RecipeError(f"task = {task!r}: expected one of {', '.join(TASKS)}")
+    return task_for(task).recipe_class
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
@@ -249,13 +67,13 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         if not sep or not key.strip():
             raise RecipeError(f"--set {item!r}: expected stage.key=value, e.g. prune.sparsity=0.7")
         try:
-            out[key.strip()] = yaml.safe_load(raw)
+            out[key.strip()] = _yaml(raw)
         except yaml.YAMLError as e:
             raise RecipeError(f"--set {item!r}: value is not valid YAML ({e.problem})") from None
     return out
 
 
-def _model_at(loc: tuple[Any, ...], root: type[BaseModel] = Recipe) -> type[BaseModel] | None:
+def _model_at(loc: tuple[Any, ...], root: type[BaseModel]) -> type[BaseModel] | None:
     import typing
 
     model: type[BaseModel] | None = root
@@ -272,7 +90,7 @@ def _model_at(loc: tuple[Any, ...], root: type[BaseModel] = Recipe) -> type[Base
 
 
 def _format_error(
-    source: str, err: dict[str, Any], singles: set[str] = frozenset(), root: type[BaseModel] = Recipe
+    source: str, err: dict[str, Any], singles: set[str], root: type[BaseModel]
 ) -> str:
     loc = tuple(err["loc"])
     if len(loc) > 1 and loc[0] in singles and loc[1] == 0:  # written as one mapping: no index in the message
@@ -284,8 +102,19 @@ def _format_error(
         return f"{source}: unknown key '{key}'; valid keys here: {valid}"
     if err["type"] == "missing":
         return f"{source}: missing required key '{key}'"
+    msg = err["msg"].removeprefix("Value error, ")
     if not loc:  # a check across keys: its message names them
-        return f"{source}: {err['msg'].removeprefix('Value error, ')}"
+        return f"{source}: {msg}"
+    if err["type"] == "value_error" and isinstance(err.get("input"), dict):
+        # A check across one section's keys: its message names them (`prune.rounds ...`); the variant's index
+        # goes in where the section holds several (`prune.1.rounds ...`).
+        section = ".".join(str(p) for p in loc)
+        if msg.startswith(f"{loc[0]}."):
+            return f"{source}: {msg.replace(f'{loc[0]}.', f'{section}.', 1)}"
+        head, model = re.match(r"([A-Za-z_]\w*) = ", msg), _model_at(tuple(err["loc"]), root)
+        if head and model is not None and head.group(1) in model.model_fields:  # one key's value, refused
+            return f"{source}: {section}.{msg}"
+        return f"{source}: {msg}"
     return f"{source}: {key} = {_short(err.get('input'))}: {err['msg']}"
 
 
@@ -299,8 +128,28 @@ MAX_ALIASES = 100  # YAML aliases resolved per recipe: a few are handy, thousand
 
 
 class _BoundedLoader(yaml.SafeLoader):
-    """PyYAML's safe loader with a bound on alias resolutions: nested aliases can expand a 1 KB file into
-    gigabytes of structure (and a gigabyte error message)."""
+    """PyYAML's safe loader, strict: a bound on alias resolutions (nested aliases can expand a 1 KB file into
+    gigabytes of structure, and a gigabyte error message), a key repeated in one mapping refused (PyYAML keeps
+    the later value silently), and YAML 1.2's booleans only (`true`/`false`: YAML 1.1 also reads `yes`, `no`,
+    `on`, `off` and `y` as booleans, so `name: no` or `keep_chars: yes` would not mean what they say)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                    continue
+                key = key_node.value
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None,
+                        None,
+                        f"key '{key}' appears twice in one mapping (lines {seen[key] + 1} and "
+                        f"{key_node.start_mark.line + 1}); keep one",
+                        key_node.start_mark,
+                    )
+                seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
 
     def compose_node(self, parent, index):
         if self.check_event(yaml.AliasEvent):
@@ -309,6 +158,19 @@ class _BoundedLoader(yaml.SafeLoader):
                 mark = self.peek_event().start_mark
                 raise yaml.YAMLError(f"more than {MAX_ALIASES} aliases (*name) at line {mark.line + 1}: refused")
         return super().compose_node(parent, index)
+
+
+_BoundedLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_BoundedLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def _yaml(text: str):
+    return yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 def _nested_size(value: Any, limit: int = 100_000) -> int:
@@ -332,7 +194,7 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> An
         overrides: dotted keys to values, applied before validation (the CLI's `--set`).
 
     Returns:
-        The frozen recipe of its task (`Recipe` for classification, `CausalLMRecipe` for `task: causal-lm`),
+        The frozen recipe of its task (the task's `recipe_class`, `compress.tasks`),
         with paths made absolute.
 
     Raises:
@@ -348,7 +210,7 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> An
     except OSError as e:
         raise RecipeError(f"{path}: cannot be read ({e.strerror})") from None
     try:
-        tree = yaml.load(text, Loader=_BoundedLoader) or {}  # noqa: S506 - a SafeLoader subclass
+        tree = _yaml(text) or {}
     except yaml.YAMLError as e:
         where = getattr(e, "problem_mark", None)
         at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
@@ -362,7 +224,7 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> An
         tree[section] = [tree[section]]
     for dotted, value in (overrides or {}).items():
         _set_dotted(tree, dotted, value)
-    root = recipe_class(tree.get("task", "classification"))
+    root = recipe_class(tree.get("task", DEFAULT_TASK))
     try:
         recipe = root.model_validate(tree)
     except ValidationError as e:
@@ -370,46 +232,17 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> An
     return _resolve_paths(recipe, path.parent)
 
 
-_DATA_FORMATS = {
-    "classification": (".tsv", ".csv", ".jsonl"),
-    "causal-lm": (".txt", ".jsonl", ".txt.gz", ".jsonl.gz"),
-}
-
-
 def _resolve_paths(recipe: AnyRecipe, base: Path) -> AnyRecipe:
     def resolve(p: Path) -> Path:
         return p if p.is_absolute() else (base / p).resolve()
 
     data = {k: resolve(v) if isinstance(v, Path) else v for k, v in recipe.data.model_dump().items()}
-    formats = _DATA_FORMATS[recipe.task]
+    formats = recipe.DATA_FORMATS
     for key in ("train", "dev", "test"):
         p = data[key]
         if p is not None and not p.is_file():
             raise RecipeError(f"data.{key} = {str(p)!r}: file not found")
         if p is not None and not p.name.lower().endswith(formats):
             raise RecipeError(f"data.{key} = {str(p)!r}: unsupported format '{p.suffix}'; use {', '.join(formats)}")
-    data_config = type(recipe.data)(**data)
-    if recipe.task == "causal-lm":
-        teacher = recipe.teacher
-        for key in ("path", "base"):
-            value = getattr(teacher, key)
-            if value is not None:
-                tp = resolve(value)
-                if not (tp / "config.json").is_file():
-                    raise RecipeError(
-                        f"teacher.{key} = {str(tp)!r}: not a Hugging Face model directory (no config.json)"
-                    )
-                teacher = teacher.model_copy(update={key: tp})
-        return recipe.model_copy(update={"data": data_config, "teacher": teacher})
-    teacher = recipe.teacher
-    if teacher.path is not None:
-        tp = resolve(teacher.path)
-        if not (tp / "config.json").is_file():
-            raise RecipeError(f"teacher.path = {str(tp)!r}: not a Hugging Face model directory (no config.json)")
-        teacher = teacher.model_copy(update={"path": tp})
-    elif teacher.base != "minilm":
-        bp = resolve(Path(teacher.base))
-        if not (bp / "config.json").is_file():
-            raise RecipeError(f"teacher.base = {teacher.base!r}: expected 'minilm' or a Hugging Face model directory")
-        teacher = teacher.model_copy(update={"base": str(bp)})
-    return recipe.model_copy(update={"data": data_config, "teacher": teacher})
+    recipe = recipe.model_copy(update={"data": type(recipe.data)(**data)})
+    return recipe.resolve_paths(resolve)

@@ -82,7 +82,7 @@ class GradualPruningCallback(TrainerCallback):
     ends the final targets are guaranteed (level 1), whatever the step rounding did.
 
     Args:
-        pruner: tightens masks to a level; see `compress.prune.UnstructuredPruner` and
+        pruner: tightens masks to a level; see `compress.masks.UnstructuredPruner` and
             `compress.structured.StructuredPruner`.
         start: fraction of training at which pruning starts.
         end: fraction of training at which the final targets are reached (< 1 leaves steps to recover).

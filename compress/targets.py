@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 # Variants every other variant is compared with, when present in the run (ratios, paired speed-ups).
 BASELINES = ("teacher-torch", "teacher-onnx", "teacher-int8-optimum")
-# The runtimes of the causal-LM anchors (`benchmarks.anchors`): the teacher as other tools ship and run it.
+# The runtimes of the decoder anchors (a task's `anchors`): the teacher as other tools ship and run it.
 ANCHOR_RUNTIMES = ("genai", "llama.cpp")
 
 

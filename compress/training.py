@@ -27,7 +27,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.utils import logging as hf_logging
 
-from compress.data import EncodedDataset, PadCollator, length_sorted_batches
+from compress.batches import EncodedDataset, PadCollator, length_sorted_batches
 from compress.distributed import device_settings
 from compress.losses import attention_transfer_loss, distillation_loss, hidden_state_loss, value_relation_loss
 from compress.modeling import value_projection

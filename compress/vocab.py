@@ -15,7 +15,7 @@ small fraction of those rows. Trimming keeps the rows of:
   sentences hold a word whose pieces the train split never used; each such word is re-segmented into smaller
   pieces and loses the embedding the teacher learned for it. Filling a 15,000-piece budget this way (2.03x
   fewer rows than MiniLM's 30,522) cut that share to 30.5% and the dev-accuracy cost of trimming a 3-layer
-  student from 0.57 to 0.23 points (`python -m benchmarks.studies.vocab_trim`).
+  student from 0.57 to 0.23 points (the `vocab_trim` study).
 
 The new tokenizer is the old one with a smaller WordPiece vocabulary and every special-token id renumbered
 (normalizer, pre-tokenizer, post-processor and decoder unchanged). Greedy longest-match-first WordPiece on a
@@ -29,10 +29,26 @@ from __future__ import annotations
 import copy
 import json
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
+from pydantic import Field
 
-from compress.config import TrimVocabConfig
+from compress.config import _Config
+
+
+class TrimVocabConfig(_Config):
+    """Which vocabulary rows survive (recipe section `distill.trim_vocab`)."""
+
+    enabled: bool = False
+    min_frequency: int = Field(default=1, ge=1, description="keep pieces used at least this often in train")
+    keep_top: int = Field(default=0, ge=0, description="also keep the first N ids of the vocabulary")
+    keep_chars: bool | Literal["ascii"] = Field(
+        default=True, description="also keep single-character pieces (fewer [UNK]); 'ascii': only ASCII ones"
+    )
+    size: int | None = Field(
+        default=None, ge=1, description="fill up to this many pieces with the most frequent (lowest-id) others"
+    )
 
 
 @dataclass

@@ -21,7 +21,7 @@ class Artifact:
     """An artifact directory and its ONNX files by role (file names relative to the directory)."""
 
     dir: Path
-    task: str = "classification"
+    task: str | None = None  # the task that wrote it (`compress.tasks`); None: a bare model.onnx
     files: dict[str, str] = field(default_factory=lambda: {"model": "model.onnx"})
     # Set when the files' graphs were optimized offline (`export.offline`): {"onnxruntime": version, "level"}.
     # Sessions then load them with graph optimizations off (`export.session.ort_session`).
@@ -68,7 +68,7 @@ class Artifact:
         if not meta.is_file():
             return cls(directory)
         data = json.loads(meta.read_text())
-        return cls(directory, data.get("task", "classification"), dict(data["files"]), data.get("graph_optimized"))
+        return cls(directory, data.get("task"), dict(data["files"]), data.get("graph_optimized"))
 
 
 def with_external_data(onnx_path: Path) -> list[Path]:

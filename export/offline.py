@@ -3,7 +3,7 @@
 ONNX Runtime optimizes a graph every time a session is made (fusions, constant folding), and it reads an
 inline model's weights into memory, where the file bytes, the parsed protobuf and the initializers coexist
 while the session is built. Measured on the default recipe's shipped int8 model (5.8 MB, one pinned thread,
-`python -m benchmarks.studies.session_memory`): weights in an external file, which ONNX Runtime memory-maps,
+the `session_memory` study): weights in an external file, which ONNX Runtime memory-maps,
 and a graph optimized ahead of time and loaded with optimizations off, cut the model's resident memory by about
 3 MB and its load time, at the same latency. This is ONNX Runtime's own recipe (its `optimized_model_filepath`
 and external-initializer session options); the only thing written here is the bookkeeping: the artifact

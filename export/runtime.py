@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from compress.data import length_sorted_batches
+from compress.batches import length_sorted_batches
 from export.session import ort_session, session_options  # noqa: F401  (re-exported)
 
 

@@ -168,8 +168,8 @@ def trained_classifier_dir(tmp_path_factory, tiny_base_dir) -> Path:
 @pytest.fixture(scope="session")
 def tiny_onnx_dir(tmp_path_factory, trained_classifier_dir) -> Path:
     """`trained_classifier_dir` exported by `export_onnx` (model.onnx, config.json, tokenizer files)."""
-    from compress.recipe import ExportConfig
-    from export.onnx import export_onnx
+    from compress.tasks.classification.config import ExportConfig
+    from compress.tasks.classification.export import export_onnx
 
     out = tmp_path_factory.mktemp("tiny_onnx")
     texts = [t for t, _ in make_corpus()["dev"]]
@@ -254,9 +254,9 @@ def tiny_lm_dirs(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def tiny_lm_exports(tmp_path_factory, tiny_lm_dirs) -> dict[str, Path]:
     """Each tiny decoder exported by `export_causal_lm` (its check passed), per family."""
-    from compress.lm_config import LMExportConfig
-    from compress.text import prompts_from
-    from export.lm_onnx import export_causal_lm
+    from compress.tasks.causal_lm.config import LMExportConfig
+    from compress.tasks.causal_lm.data import prompts_from
+    from compress.tasks.causal_lm.export import export_causal_lm
     from tests.lm_fixtures import make_documents, tiny_tokenizer
 
     root = tmp_path_factory.mktemp("lm_onnx")

@@ -41,8 +41,8 @@ def write_text_data(d: Path, documents: dict[str, list[str]] | None = None) -> P
 
 def tiny_tokenizer(vocab_size: int = 300):
     """A byte-level BPE tokenizer trained on the tiny corpus (the teacher stage's own recipe)."""
-    from compress.lm_config import TokenizerConfig
-    from compress.text import train_tokenizer
+    from compress.tasks.causal_lm.config import TokenizerConfig
+    from compress.tasks.causal_lm.data import train_tokenizer
 
     return train_tokenizer(make_documents()["train"], TokenizerConfig(vocab_size=vocab_size), max_positions=256)
 
@@ -78,7 +78,7 @@ def save_tiny_causal_lm(d: Path, family: str, *, train_steps: int = 60) -> Path:
     are not near-ties), saved with save_pretrained into `d`."""
     import torch
 
-    from compress.text import pack_blocks, token_stream
+    from compress.tasks.causal_lm.data import pack_blocks, token_stream
 
     tok = tiny_tokenizer()
     model = tiny_causal_lm(family, len(tok), tok.eos_token_id)

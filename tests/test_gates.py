@@ -10,7 +10,7 @@ import pytest
 from compress.errors import StageError
 from compress.pipeline import run_pipeline
 from compress.recipe import load_recipe
-from export.bundle import BundleError, bundle
+from compress.tasks.classification.bundle import BundleError, bundle
 from tests.conftest import write_tiny_data, write_tiny_recipe
 from tests.lm_fixtures import write_lm_recipe, write_text_data
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-import export.onnx
+import compress.tasks.classification.export
 from compress.pipeline import plan, run_pipeline
 from compress.recipe import load_recipe
 from tests.conftest import write_tiny_data, write_tiny_recipe
@@ -163,7 +163,7 @@ def test_interrupted_stage_leaves_no_artifact_and_the_next_run_finishes(first_ru
         (out_dir / "model.onnx").write_bytes(b"half a model")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(export.onnx, "export_onnx", interrupted)
+    monkeypatch.setattr(compress.tasks.classification.export, "export_onnx", interrupted)
     with pytest.raises(KeyboardInterrupt):
         run_pipeline(recipe, run, log=lambda _: None)
     assert list((run / "export").iterdir()) == []  # neither a half-written export/teacher nor a temporary
@@ -202,7 +202,7 @@ def _copy_with_a_harsh_trim(first_run, tmp_path):
     import numpy as np
     from transformers import AutoTokenizer
 
-    from compress.data import load_task_data
+    from compress.tasks.classification.data import load_task_data
     from compress.vocab import token_counts
 
     recipe, out, _, _ = first_run
@@ -271,7 +271,7 @@ def test_a_second_run_on_the_same_directory_exits_2_naming_the_first(tmp_path, t
 def test_a_prune_step_trims_the_vocabulary_and_augments_before_it_prunes(first_run, tmp_path):
     from transformers import AutoTokenizer
 
-    from compress.data import load_task_data
+    from compress.tasks.classification.data import load_task_data
 
     recipe, run, trim = _copy_with_a_harsh_trim(first_run, tmp_path)
     prune = {"trim_vocab": trim, "augment": {"copies": 1}, "max_drop": None}
@@ -306,7 +306,7 @@ def test_the_report_gives_macs_and_the_share_of_the_measured_peak(first_run):
 def test_an_int8_model_saved_for_the_device_goes_through_benchmark_and_bundle(first_run, tmp_path):
     import shutil
 
-    from export.bundle import bundle
+    from compress.tasks.classification.bundle import bundle
 
     recipe, out, before, _ = first_run
     run = tmp_path / "run"

@@ -164,7 +164,7 @@ def test_a_users_model_directory_runs_through_with_teacher_path(family, tiny_lm_
 
 @pytest.fixture(scope="module")
 def lm_bundle(lm_run, tmp_path_factory):
-    from export.bundle import bundle
+    from compress.tasks.causal_lm.bundle import bundle_lm as bundle
 
     _, out, _, _ = lm_run
     target = tmp_path_factory.mktemp("lm_bundle") / "b"
@@ -253,7 +253,7 @@ def test_a_fresh_venv_with_only_the_three_runtime_packages_generates_the_measure
             {"prune": {"method": "structured", "ffn": 0.5, "schedule": "cubic", "every": 5}},
             "prune.0.every: a structured cut of a decoder changes its matrices' shapes",
         ),
-        ({"prune": {"sparsity": 0.5, "trim_vocab": {"enabled": True}}}, "prune.0.trim_vocab"),
+        ({"prune": {"sparsity": 0.5, "trim_vocab": {"enabled": True}}}, "unknown key 'prune.trim_vocab'"),
         (
             {
                 "teacher": {"architecture": {"family": "gpt2", "kv_heads": None}},
@@ -288,7 +288,8 @@ def test_check_names_a_bad_corpus_and_a_teacher_that_is_not_a_causal_lm(text_dat
 
 
 def test_bundle_refuses_an_unmeasured_target_and_a_loose_choice_names_the_candidates(lm_run, tmp_path):
-    from export.bundle import BundleError, bundle
+    from compress.tasks.causal_lm.bundle import bundle_lm as bundle
+    from export.bundle_checks import BundleError
 
     _, out, _, _ = lm_run
     with pytest.raises(BundleError, match="target 'iot' was not measured by this run; measured: host"):

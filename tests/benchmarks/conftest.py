@@ -9,7 +9,7 @@ from tests.conftest import make_corpus
 
 @pytest.fixture(scope="session")
 def tiny_task():
-    from compress.data import Split, TaskData
+    from compress.tasks.classification.data import Split, TaskData
 
     corpus = make_corpus()
     splits = {k: Split([t for t, _ in rows], [int(y) for _, y in rows]) for k, rows in corpus.items()}
@@ -44,7 +44,7 @@ def tiny_optimum_int8_dir(tmp_path_factory, tiny_onnx_dir):
 @pytest.fixture(scope="session")
 def tiny_variants(tiny_onnx_dir, tiny_int8_dir, tiny_optimum_int8_dir):
     """Three ONNX variants: the teacher, optimum's int8 of it (baselines) and our int8 (deployable)."""
-    from benchmarks.suite import Variant
+    from compress.tasks.classification.suite import Variant
 
     opt = tiny_optimum_int8_dir
     return [
@@ -58,7 +58,7 @@ def tiny_variants(tiny_onnx_dir, tiny_int8_dir, tiny_optimum_int8_dir):
 def tiny_torch_variant(trained_classifier_dir):
     """The teacher in PyTorch eager. Kept out of `tiny_variants`: each process that loads it spends seconds
     importing transformers (which imports scikit-learn), so only the tests about PyTorch use it."""
-    from benchmarks.suite import Variant
+    from compress.tasks.classification.suite import Variant
 
     d = trained_classifier_dir
     return Variant("teacher-torch", "baseline", "torch", None, d, d, 1, 4)
@@ -67,8 +67,8 @@ def tiny_torch_variant(trained_classifier_dir):
 @pytest.fixture(scope="session")
 def bench_results(tiny_variants, tiny_task, tmp_path_factory):
     """`benchmark` on `tiny_variants` with every measurement on, two targets, tiny budgets (about 10 s)."""
-    from benchmarks.suite import benchmark
-    from compress.config import BenchmarkConfig as BenchmarkSettings
+    from compress.tasks.classification.config import BenchmarkConfig as BenchmarkSettings
+    from compress.tasks.classification.suite import benchmark
 
     settings = BenchmarkSettings(
         targets=["iot", {"name": "mobile", "memory_limit_mb": 2048}],

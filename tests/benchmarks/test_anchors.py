@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.anchors import build_anchors, builder_python, llama_cpp_dir, runner
-from benchmarks.report_lm import _anchor_section
-from compress.lm_config import LMBenchmarkConfig
+from compress.tasks.causal_lm.anchors import build_anchors, builder_python, llama_cpp_dir, runner
+from compress.tasks.causal_lm.config import LMBenchmarkConfig
+from compress.tasks.causal_lm.report import _anchor_section
 
 
 def test_missing_tools_are_reported_with_the_reason_and_the_fix(tmp_path, monkeypatch, tiny_lm_dirs):

@@ -11,7 +11,8 @@ import struct
 import pytest
 
 from benchmarks.plots import pareto_front
-from benchmarks.report import build_report, compare_reports, render_comparison, render_markdown, write_report
+from benchmarks.report import compare_reports, render_markdown
+from compress.tasks.classification.report import build_report, compare_row, render_compare, sections, write
 
 MANIFEST = {
     "recipe": {"name": "tiny"},
@@ -37,7 +38,7 @@ def test_pareto_front():
 
 
 def test_write_report_json_md_html_and_plots(bench_results, tmp_path):
-    report = write_report(bench_results, MANIFEST, tmp_path)
+    report = write(tmp_path, bench_results, MANIFEST)
     on_disk = json.loads((tmp_path / "report.json").read_text())
     assert on_disk == json.loads(json.dumps(report))
     assert on_disk["schema_version"] == 2
@@ -81,9 +82,9 @@ def test_a_report_from_results_without_targets_still_renders(bench_results, tmp_
     old["environment"].pop("targets")
     for k in ("lengths", "protocol", "primary_target"):
         old["settings"].pop(k)
-    report = write_report(old, MANIFEST, tmp_path)
+    report = write(tmp_path, old, MANIFEST)
     assert report["pareto"] == {}
-    md = render_markdown(report)
+    md = render_markdown(sections(report))
     assert "| int8 |" in md and "Latency by target" not in md
     assert sorted(p.name for p in (tmp_path / "report_plots").iterdir()) == [
         "accuracy_vs_latency.png",
@@ -103,7 +104,7 @@ def test_compare_two_runs(bench_results):
     b["variants"].append({**by["int8"], "name": "int8-static"})
     b["environment"]["cpu"] = {**a["environment"]["cpu"], "model": "Other CPU"}
 
-    cmp = compare_reports(a, b)
+    cmp = compare_reports(a, b, compare_row)
     rows = {r["name"]: r for r in cmp["variants"]}
     assert set(rows) == {"teacher-onnx", "int8"}
     assert rows["int8"]["accuracy"]["delta"] == pytest.approx(0.03125)
@@ -113,7 +114,7 @@ def test_compare_two_runs(bench_results):
     assert set(rows["int8"]["targets"]) == {"iot", "mobile"}
     assert cmp["only_in_a"] == ["teacher-int8-optimum"] and cmp["only_in_b"] == ["int8-static"]
     assert any("different CPUs" in w for w in cmp["warnings"])
-    text = render_comparison(cmp)
+    text = render_compare(cmp)
     assert "-50.0%" in text and "+3.12 pt" in text and "+100.0%" in text
     assert "only in b: int8-static" in text and "warning: different CPUs" in text
 
@@ -123,7 +124,7 @@ def test_compare_command_reads_two_run_directories(bench_results, tmp_path, caps
 
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
-        write_report(bench_results, {**MANIFEST, "recipe": {"name": name}}, tmp_path / name)
+        write(tmp_path / name, bench_results, {**MANIFEST, "recipe": {"name": name}})
     with pytest.raises(SystemExit) as e:
         main(["compare", str(tmp_path / "a"), str(tmp_path / "b")])
     assert e.value.code == 0
@@ -135,7 +136,7 @@ def test_compare_command_reads_two_run_directories(bench_results, tmp_path, caps
 
 
 def test_step_summary_keeps_the_distill_loss_augmentation_and_vocab_figures():
-    from benchmarks.report import _step_summary
+    from compress.tasks.classification.report import _step_summary
 
     m = {
         "dev_accuracy_torch": 0.9,

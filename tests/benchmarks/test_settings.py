@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from compress.config import BenchmarkConfig as BenchmarkSettings
 from compress.targets import PRESETS, TargetSpec
+from compress.tasks.classification.config import BenchmarkConfig as BenchmarkSettings
 
 
 def test_defaults_measure_three_targets_with_mobile_first_in_the_headline():

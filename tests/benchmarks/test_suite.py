@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.suite import fixed_length_requests, throughput_batches
 from compress.targets import allowed_cpus
+from compress.tasks.classification.suite import fixed_length_requests, throughput_batches
 
 NAMES = ["teacher-onnx", "teacher-int8-optimum", "int8"]
 BASELINES = NAMES[:2]

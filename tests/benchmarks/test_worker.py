@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 
 from benchmarks.memory import measure_peak_rss
-from benchmarks.worker import measure_target
 from compress.targets import PRESETS, TargetSpec, allowed_cpus, resolve_target
+from compress.tasks.classification.worker import measure_target
+
+PROBE = "compress.tasks.classification.probe"
 
 
 def test_torch_and_onnx_variants_in_one_pinned_single_thread_worker(tiny_torch_variant, tiny_variants):
@@ -33,11 +35,18 @@ def test_torch_and_onnx_variants_in_one_pinned_single_thread_worker(tiny_torch_v
 def test_pytorch_does_not_fit_a_512_mib_address_space_and_onnx_runtime_does(tiny_torch_variant, tiny_variants):
     cap = 512 * 2**20
     torch_m = measure_peak_rss(
-        "torch", tiny_torch_variant.path, tiny_torch_variant.tokenizer_dir, ["good"], memory_limit_bytes=cap
+        "torch",
+        tiny_torch_variant.path,
+        tiny_torch_variant.tokenizer_dir,
+        ["good"],
+        memory_limit_bytes=cap,
+        probe=PROBE,
     )
     assert torch_m["fits_memory_limit"] is False and torch_m["error"]
     int8 = tiny_variants[2]
-    ort_m = measure_peak_rss("onnxruntime", int8.path, int8.tokenizer_dir, ["good"], memory_limit_bytes=cap)
+    ort_m = measure_peak_rss(
+        "onnxruntime", int8.path, int8.tokenizer_dir, ["good"], memory_limit_bytes=cap, probe=PROBE
+    )
     assert ort_m["fits_memory_limit"] is True and ort_m["peak_rss_bytes"] < cap
 
 

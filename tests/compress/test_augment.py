@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from compress.augment import AugmentConfig, augment_texts, word_neighbours
+from compress.tasks.classification.augment import AugmentConfig, augment_texts, word_neighbours
 
 VOCAB = {"[PAD]": 0, "[MASK]": 1, "good": 2, "great": 3, "bad": 4, "film": 5, "##s": 6, "a": 7, "movie": 8}
 

@@ -6,8 +6,9 @@ import json
 
 import pytest
 
-from compress.data import load_task_data
-from compress.recipe import DataConfig, RecipeError
+from compress.errors import RecipeError
+from compress.tasks.classification.config import DataConfig
+from compress.tasks.classification.data import load_task_data
 
 
 def _jsonl(path, records):

@@ -8,15 +8,10 @@ import torch
 import torch.nn.functional as F
 from pydantic import ValidationError
 
-from compress.data import Split, TaskData, encode
-from compress.distill import (
-    DistillConfig,
-    default_attention_map,
-    default_hidden_map,
-    distill,
-)
-from compress.modeling import load_classifier
+from compress.modeling import default_attention_map, default_hidden_map, load_classifier
 from compress.recipe import RecipeError
+from compress.tasks.classification.data import Split, TaskData, encode
+from compress.tasks.classification.distill import DistillConfig, distill
 from compress.training import predict_logits, train, training_args
 from compress.vocab import TrimVocabConfig
 
@@ -88,7 +83,7 @@ def test_config_forbids_unknown_keys_and_checks_bounds():
 
 
 def test_the_recipe_section_is_the_distill_config(teacher, task, tmp_path):
-    from compress.recipe import DistillConfig as RecipeDistill
+    from compress.tasks.classification.config import DistillConfig as RecipeDistill
 
     assert RecipeDistill is DistillConfig
     model, tokenizer, logits = teacher
@@ -239,12 +234,15 @@ def test_the_config_imports_without_torch():
     import subprocess
     import sys
 
-    code = "import sys, compress.distill; assert 'torch' not in sys.modules and 'transformers' not in sys.modules"
+    code = (
+        "import sys, compress.tasks.classification.distill; "
+        "assert 'torch' not in sys.modules and 'transformers' not in sys.modules"
+    )
     assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
 
 
 def test_augmented_copies_are_labelled_by_the_teacher_and_trained_on(teacher, task, tmp_path, count_calls):
-    from compress.augment import AugmentConfig
+    from compress.tasks.classification.augment import AugmentConfig
 
     model, tokenizer, logits = teacher
     lines = []

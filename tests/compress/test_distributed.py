@@ -26,9 +26,9 @@ def _run_training(work: Path, batch_size: int, dropout: float = 0.0) -> dict:
     import numpy as np
 
     import compress.training as training
-    from compress.data import Split, encode
     from compress.distributed import describe_runtime
     from compress.modeling import load_classifier
+    from compress.tasks.classification.data import Split, encode
 
     spec = json.loads((work / "task.json").read_text())
     model, tokenizer = load_classifier(work / "model")  # dropout is off in its config

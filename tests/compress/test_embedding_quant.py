@@ -12,8 +12,8 @@ from onnx import numpy_helper
 from transformers import AutoTokenizer
 
 from compress.embedding_quant import dequantize_blocks, quantize_blocks, quantize_token_embedding
-from compress.quantize import quantize
-from compress.recipe import QuantizeConfig
+from compress.tasks.classification.config import QuantizeConfig
+from compress.tasks.classification.quantize import quantize
 from export.runtime import OrtClassifier, batched_logits
 
 

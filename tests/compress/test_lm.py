@@ -12,10 +12,10 @@ import torch
 
 from compress.architectures import FAMILIES, ONNX_LAYER, family_of, projection_modules
 from compress.errors import RecipeError
-from compress.lm import check_causal_lm_dir, evaluate_blocks, load_causal_lm
-from compress.losses import causal_lm_distillation_loss, next_token_loss, token_kl_loss
+from compress.losses import next_token_distillation_loss, next_token_loss, token_kl_loss
 from compress.modeling import build_student
 from compress.structured import macs_per_token
+from compress.tasks.causal_lm.model import check_causal_lm_dir, evaluate_blocks, load_causal_lm
 from tests.lm_fixtures import tiny_causal_lm
 
 FAMILY_NAMES = ("gpt2", "llama", "qwen2")
@@ -117,8 +117,8 @@ def test_lm_losses():
     hf = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 11), ids[:, 1:].reshape(-1))
     assert torch.allclose(next_token_loss(logits, ids), hf)
     assert token_kl_loss(logits, logits, 2.0).abs() < 1e-6 and token_kl_loss(logits, other, 2.0) > 0
-    assert torch.allclose(causal_lm_distillation_loss(logits, other, ids, 1.0, 0.0), hf)
-    mixed = causal_lm_distillation_loss(logits, other, ids, 1.0, 0.25)
+    assert torch.allclose(next_token_distillation_loss(logits, other, ids, 1.0, 0.0), hf)
+    mixed = next_token_distillation_loss(logits, other, ids, 1.0, 0.25)
     assert torch.allclose(mixed, 0.25 * token_kl_loss(logits, other, 1.0) + 0.75 * hf)
 
 
@@ -195,9 +195,9 @@ def test_divergences_forward_reverse_and_skewed():
 
 @pytest.mark.parametrize("kind", ["reverse", "skew-reverse"])
 def test_a_student_trains_on_each_divergence(kind, tiny_lm_dirs, text_data_dir, tmp_path):
-    from compress.lm_config import LMDistillConfig, TextDataConfig
-    from compress.lm_distill import distill_lm
-    from compress.text import load_text_data
+    from compress.tasks.causal_lm.config import LMDistillConfig, TextDataConfig
+    from compress.tasks.causal_lm.data import load_text_data
+    from compress.tasks.causal_lm.distill import distill_lm
 
     teacher, tok = load_causal_lm(tiny_lm_dirs["llama"])
     data_cfg = TextDataConfig(

@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from compress.architectures import as_out_in, projection_modules
-from compress.config import PruneConfig
-from compress.lm_config import TextDataConfig
-from compress.lm_prune import prune_lm
-from compress.prune import UnstructuredPruner, measure_sparsity
+from compress.masks import UnstructuredPruner, measure_sparsity
 from compress.structured import remove_masks_
-from compress.text import load_text_data
+from compress.tasks.causal_lm.config import LMPruneConfig as PruneConfig
+from compress.tasks.causal_lm.config import TextDataConfig
+from compress.tasks.causal_lm.data import load_text_data
+from compress.tasks.causal_lm.prune import prune_lm
 from tests.lm_fixtures import tiny_causal_lm
 
 
@@ -39,7 +39,7 @@ def test_two_four_runs_along_each_outputs_inputs_for_conv1d():
 
 
 def test_prune_stage_fine_tunes_against_the_teacher_and_keeps_the_zeros(text_data_dir, tiny_lm_dirs, tmp_path):
-    from compress.lm import load_causal_lm
+    from compress.tasks.causal_lm.model import load_causal_lm
 
     teacher, tok = load_causal_lm(tiny_lm_dirs["llama"])
     data_cfg = TextDataConfig(
@@ -54,8 +54,8 @@ def test_prune_stage_fine_tunes_against_the_teacher_and_keeps_the_zeros(text_dat
 
 
 def test_wanda_ranks_each_output_row_by_weight_times_input_norm():
-    from compress.lm_prune import _lm_forward
-    from compress.prune import input_norms
+    from compress.masks import input_norms
+    from compress.tasks.causal_lm.prune import _lm_forward
 
     model = tiny_causal_lm("llama", 100, 0)
     batches = [{"input_ids": torch.randint(0, 100, (2, 16), generator=torch.Generator().manual_seed(0))}]
@@ -74,7 +74,7 @@ def test_wanda_ranks_each_output_row_by_weight_times_input_norm():
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
 def test_the_wanda_stage_prunes_one_shot_at_a_sparsity_and_two_four(family, text_data_dir, tiny_lm_dirs, tmp_path):
-    from compress.lm import load_causal_lm
+    from compress.tasks.causal_lm.model import load_causal_lm
 
     teacher, tok = load_causal_lm(tiny_lm_dirs[family])
     data_cfg = TextDataConfig(

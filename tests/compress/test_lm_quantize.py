@@ -9,15 +9,16 @@ import numpy as np
 import onnx
 import pytest
 
-from compress.lm_config import LMQuantizeConfig
-from compress.lm_quantize import PerplexityBudgetError, fold_constant_transposes, quantize_lm
-from compress.tasks.causal_lm import decoder_feeds, onnx_nll
-from export.lm_onnx import generator_for
+from compress.tasks.causal_lm.config import LMQuantizeConfig
+from compress.tasks.causal_lm.export import generator_for
+from compress.tasks.causal_lm.quantize import PerplexityBudgetError, quantize_lm
+from compress.tasks.causal_lm.task import decoder_feeds, onnx_nll
+from compress.weight_only import fold_constant_transposes
 from tests.lm_fixtures import make_documents, tiny_tokenizer
 
 
 def _blocks():
-    from compress.text import pack_blocks, token_stream
+    from compress.tasks.causal_lm.data import pack_blocks, token_stream
 
     return pack_blocks(token_stream(tiny_tokenizer(), make_documents()["dev"]), 32)[:6]
 

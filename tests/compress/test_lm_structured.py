@@ -11,12 +11,18 @@ import torch
 from transformers import AutoModelForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
 from compress.architectures import family_of, head_dim, weight_layers
-from compress.config import PruneConfig
+from compress.decoder_structured import (
+    DecoderImportance,
+    activation_importance,
+    apply_cut,
+    magnitude_importance,
+    plan_cut,
+)
 from compress.errors import RecipeError
-from compress.lm_config import TextDataConfig
-from compress.lm_prune import prune_lm
-from compress.lm_structured import DecoderImportance, activation_importance, apply_cut, magnitude_importance, plan_cut
-from compress.text import load_text_data, train_blocks
+from compress.tasks.causal_lm.config import LMPruneConfig as PruneConfig
+from compress.tasks.causal_lm.config import TextDataConfig
+from compress.tasks.causal_lm.data import load_text_data, train_blocks
+from compress.tasks.causal_lm.prune import prune_lm
 from tests.lm_fixtures import tiny_causal_lm
 
 IDS = torch.randint(0, 100, (2, 12), generator=torch.Generator().manual_seed(0))
@@ -147,7 +153,7 @@ def test_what_cannot_be_cut_is_refused_in_a_line():
 
 
 def test_the_prune_stage_cuts_distils_and_leaves_the_source_alone(text_data_dir, tiny_lm_dirs, tmp_path):
-    from compress.lm import load_causal_lm
+    from compress.tasks.causal_lm.model import load_causal_lm
 
     teacher, tok = load_causal_lm(tiny_lm_dirs["llama"])
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
@@ -173,7 +179,7 @@ def test_the_prune_stage_cuts_distils_and_leaves_the_source_alone(text_data_dir,
 
 
 def test_cubic_rounds_cut_most_early_and_reach_the_target_at_end():
-    from compress.lm_prune import _segments, cut_rounds
+    from compress.tasks.causal_lm.prune import _segments, cut_rounds
 
     s = PruneConfig(method="structured", ffn=0.5, schedule="cubic", rounds=4, start=0.1, end=0.7)
     rounds = cut_rounds(s)
@@ -189,7 +195,7 @@ def test_cubic_rounds_cut_most_early_and_reach_the_target_at_end():
 
 
 def test_a_gradual_cut_reaches_the_one_shot_shape_in_rounds(text_data_dir, tiny_lm_dirs, tmp_path):
-    from compress.lm import load_causal_lm
+    from compress.tasks.causal_lm.model import load_causal_lm
 
     teacher, tok = load_causal_lm(tiny_lm_dirs["llama"])
     data_cfg = TextDataConfig(
@@ -217,9 +223,9 @@ def test_a_gradual_cut_reaches_the_one_shot_shape_in_rounds(text_data_dir, tiny_
 
 
 def test_depth_selection_drops_a_layer_that_does_nothing_first(tiny_lm_dirs):
-    from compress.lm import load_causal_lm
-    from compress.lm_distill import select_layers
-    from compress.text import pack_blocks, token_stream
+    from compress.tasks.causal_lm.data import pack_blocks, token_stream
+    from compress.tasks.causal_lm.distill import select_layers
+    from compress.tasks.causal_lm.model import load_causal_lm
     from tests.lm_fixtures import make_documents
 
     model, tok = load_causal_lm(tiny_lm_dirs["llama"])  # trained on this corpus: its layers matter on its text
@@ -237,7 +243,7 @@ def test_depth_selection_drops_a_layer_that_does_nothing_first(tiny_lm_dirs):
 
 
 def test_a_recipe_takes_layers_or_num_layers_not_both():
-    from compress.lm_config import LMDistillConfig
+    from compress.tasks.causal_lm.config import LMDistillConfig
 
     assert LMDistillConfig(num_layers=3).num_layers == 3
     with pytest.raises(ValueError, match="choose one"):
@@ -245,9 +251,9 @@ def test_a_recipe_takes_layers_or_num_layers_not_both():
 
 
 def test_sequence_level_kd_adds_teacher_written_blocks_once_per_teacher(text_data_dir, tiny_lm_dirs, tmp_path):
-    from compress.lm import load_causal_lm
-    from compress.lm_config import LMDistillConfig
-    from compress.lm_distill import distill_lm
+    from compress.tasks.causal_lm.config import LMDistillConfig
+    from compress.tasks.causal_lm.distill import distill_lm
+    from compress.tasks.causal_lm.model import load_causal_lm
 
     teacher, tok = load_causal_lm(tiny_lm_dirs["llama"])
     data_cfg = TextDataConfig(

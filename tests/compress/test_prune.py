@@ -11,11 +11,12 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 from transformers import AutoModelForSequenceClassification
 
-from compress.data import load_task_data
+from compress.masks import magnitude_masks, nm_mask, prunable_linears
 from compress.modeling import count_parameters, load_classifier
-from compress.prune import magnitude_masks, nm_mask, prunable_linears, prune
-from compress.recipe import DataConfig, PruneConfig
 from compress.structured import heads_per_layer, macs_per_token
+from compress.tasks.classification.config import DataConfig, PruneConfig
+from compress.tasks.classification.data import load_task_data
+from compress.tasks.classification.prune import prune
 
 
 @pytest.fixture

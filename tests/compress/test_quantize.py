@@ -11,8 +11,8 @@ from transformers import AutoTokenizer
 import compress.hardware
 import compress.int8
 from compress.int8 import graph_summary, resolve_reduce_range
-from compress.quantize import quantize
-from compress.recipe import QuantizeConfig
+from compress.tasks.classification.config import QuantizeConfig
+from compress.tasks.classification.quantize import quantize
 from export.runtime import OrtClassifier, batched_logits
 
 

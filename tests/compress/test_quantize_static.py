@@ -10,7 +10,7 @@ from transformers import AutoTokenizer
 
 from compress.calibration import FeedReader, calibration_feeds, model_input_names
 from compress.int8 import Int8Spec, quantize_model
-from compress.recipe import QuantizeConfig
+from compress.tasks.classification.config import QuantizeConfig
 from export.optimize import optimize_onnx
 from export.runtime import OrtClassifier, batched_logits
 from tests.conftest import make_corpus

@@ -6,7 +6,8 @@ import pydantic
 import pytest
 import yaml
 
-from compress.recipe import PruneConfig, Recipe, RecipeError, load_recipe, parse_overrides
+from compress.recipe import RecipeError, load_recipe, parse_overrides
+from compress.tasks.classification.config import PruneConfig, Recipe
 
 
 def _error(path, overrides=None) -> str:

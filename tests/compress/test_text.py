@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from compress.errors import RecipeError
-from compress.lm_config import TextDataConfig
-from compress.text import (
+from compress.tasks.causal_lm.config import TextDataConfig
+from compress.tasks.causal_lm.data import (
     eval_blocks,
     load_text_data,
     pack_blocks,

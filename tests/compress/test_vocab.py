@@ -127,8 +127,8 @@ def test_metrics_report_unk_rates_on_the_eval_splits(model, tokenizer, train_tex
 def test_trimmed_artifact_reloads_and_exports_to_onnx(model, tokenizer, train_texts, tmp_path):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from compress.recipe import ExportConfig
-    from export.onnx import export_onnx
+    from compress.tasks.classification.config import ExportConfig
+    from compress.tasks.classification.export import export_onnx
 
     res = trim_vocab(model, tokenizer, train_texts, TrimVocabConfig(enabled=True))
     res.model.save_pretrained(tmp_path / "model")

@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from export.bundle import BundleError, bundle, predict, select_variant
+from compress.tasks.classification.bundle import BundleError, bundle, predict, select_variant
 from tests.conftest import make_corpus, write_tiny_data
 
 DEV = [t for t, _ in make_corpus()["dev"]]
@@ -280,7 +280,7 @@ def test_a_huge_line_is_cut_before_tokenizing_and_classified_as_the_whole_text_w
     t0 = time.perf_counter()
     rows = predict(made[0], mod_texts * 20)
     assert time.perf_counter() - t0 < 20  # tokenizing 60 lines of 100k+ characters in full took minutes
-    from export.bundle import load_predict_module
+    from compress.tasks.classification.bundle import load_predict_module
 
     clf = load_predict_module(made[0]).Classifier(made[0])
     for text, row in zip(mod_texts, rows, strict=False):

@@ -8,18 +8,18 @@ from collections import Counter
 import onnx
 import pytest
 
-from compress.lm_config import LMExportConfig, LMQuantizeConfig
-from export.genai import builder_python
+from compress.tasks.causal_lm.config import LMExportConfig, LMQuantizeConfig
+from compress.tasks.causal_lm.genai import builder_python
 from tests.lm_fixtures import make_documents, save_wide_head_llama, tiny_tokenizer
 
 pytestmark = pytest.mark.skipif(not builder_python().exists(), reason="GenAI model builder not installed")
 
 
 def test_the_genai_backend_exports_a_fused_decoder_that_matches_pytorch_and_quantizes(tmp_path):
-    from compress.lm_quantize import quantize_lm
-    from compress.tasks.causal_lm import onnx_nll
-    from compress.text import pack_blocks, prompts_from, token_stream
-    from export.lm_onnx import export_causal_lm, generator_for
+    from compress.tasks.causal_lm.data import pack_blocks, prompts_from, token_stream
+    from compress.tasks.causal_lm.export import export_causal_lm, generator_for
+    from compress.tasks.causal_lm.quantize import quantize_lm
+    from compress.tasks.causal_lm.task import onnx_nll
 
     model_dir = save_wide_head_llama(tmp_path / "model")
     prompts = prompts_from(tiny_tokenizer(), make_documents()["dev"], 3, 10)

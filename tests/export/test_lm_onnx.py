@@ -9,17 +9,17 @@ import numpy as np
 import onnx
 import pytest
 
-from compress.lm_config import LMExportConfig
-from compress.tasks.causal_lm import onnx_nll
+from compress.tasks.causal_lm.config import LMExportConfig
+from compress.tasks.causal_lm.export import LMExportCheckError, check_decoder, export_causal_lm, generator_for
+from compress.tasks.causal_lm.task import onnx_nll
 from export.artifact import Artifact
-from export.lm_onnx import LMExportCheckError, check_decoder, export_causal_lm, generator_for
 from tests.lm_fixtures import make_documents, tiny_tokenizer
 
 FAMILIES = ("gpt2", "llama", "qwen2")
 
 
 def _prompts(n=3, length=10):
-    from compress.text import prompts_from
+    from compress.tasks.causal_lm.data import prompts_from
 
     return prompts_from(tiny_tokenizer(), make_documents()["dev"], n, length)
 
@@ -41,8 +41,8 @@ def test_export_has_a_kv_cache_and_matches_pytorch_step_by_step(family, tiny_lm_
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_perplexity_of_the_onnx_artifact_equals_pytorchs(family, tiny_lm_dirs, tiny_lm_exports):
-    from compress.lm import evaluate_blocks, load_causal_lm
-    from compress.text import pack_blocks, token_stream
+    from compress.tasks.causal_lm.data import pack_blocks, token_stream
+    from compress.tasks.causal_lm.model import evaluate_blocks, load_causal_lm
 
     model, tok = load_causal_lm(tiny_lm_dirs[family])
     stream = token_stream(tok, make_documents()["dev"])
@@ -72,7 +72,7 @@ def test_a_wrong_export_fails_the_check(tmp_path, tiny_lm_dirs):
 
 
 def test_generator_sampling_is_reproducible_and_respects_limits(tiny_lm_exports):
-    from export.bundle_template.generate import PromptError
+    from compress.tasks.causal_lm.bundle_template.generate import PromptError
 
     gen = generator_for(tiny_lm_exports["llama"])
     prompt = _prompts(1, 6)[0]

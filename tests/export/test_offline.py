@@ -12,8 +12,8 @@ import pytest
 from onnx.external_data_helper import uses_external_data
 from transformers import AutoTokenizer
 
-from compress.quantize import quantize
-from compress.recipe import QuantizeConfig
+from compress.tasks.classification.config import QuantizeConfig
+from compress.tasks.classification.quantize import quantize
 from export.artifact import Artifact
 from export.offline import EXTERNAL_MIN_BYTES, optimize_offline
 from export.runtime import OrtClassifier, batched_logits

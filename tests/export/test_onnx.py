@@ -10,9 +10,9 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-import export.onnx
-from compress.recipe import ExportConfig
-from export.onnx import ExportCheckError, export_onnx
+import compress.tasks.classification.export
+from compress.tasks.classification.config import ExportConfig
+from compress.tasks.classification.export import ExportCheckError, export_onnx
 from export.runtime import OrtClassifier
 
 TEXTS = [
@@ -115,7 +115,7 @@ class _Perturbed(OrtClassifier):
 def test_failed_check_raises(tmp_path, monkeypatch, trained_classifier_dir, tiny_corpus, shift, swap, config, named):
     monkeypatch.setattr(_Perturbed, "shift", shift)
     monkeypatch.setattr(_Perturbed, "swap", swap)
-    monkeypatch.setattr(export.onnx, "OrtClassifier", _Perturbed)
+    monkeypatch.setattr(compress.tasks.classification.export, "OrtClassifier", _Perturbed)
     texts = [t for t, _ in tiny_corpus["dev"]]
     with pytest.raises(ExportCheckError) as e:
         export_onnx(trained_classifier_dir, tmp_path, config, texts, max_length=32)

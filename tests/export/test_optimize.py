@@ -11,8 +11,8 @@ import onnxruntime.transformers.optimizer
 import pytest
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from compress.recipe import ExportConfig
-from export.onnx import export_onnx
+from compress.tasks.classification.config import ExportConfig
+from compress.tasks.classification.export import export_onnx
 from export.optimize import OptimizeCheckError, attention_shape, optimize_onnx, to_fp16
 from export.runtime import OrtClassifier
 from tests.conftest import make_corpus

@@ -1,0 +1,102 @@
+"""Measurement in a fresh process: the child's environment and limits, running a worker module, and what the
+child really ran under.
+
+A fresh process per target (or per model) means one measurement's thread pools, arenas and warmed caches do
+not carry into the next. Every task's benchmark worker starts the same way: `run_worker` writes the job to a
+JSON file and runs `python -m MODULE JOB.json` with the target's thread environment; the worker's `main`
+calls `apply_limits` before importing numerical libraries and prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent  # the checkout: workers run `-m` modules from here
+
+
+def thread_env(threads: int) -> dict[str, str]:
+    """Environment for a child process: OpenMP (PyTorch's intra-op pool) sized and told not to spin."""
+    env = dict(os.environ)
+    env.update(
+        OMP_NUM_THREADS=str(threads),
+        MKL_NUM_THREADS=str(threads),
+        OMP_WAIT_POLICY="PASSIVE",  # the torch counterpart of ORT's allow_spinning=0
+        TOKENIZERS_PARALLELISM="false",
+        HF_HUB_OFFLINE="1",
+    )
+    return env
+
+
+def apply_limits(cpus: list[int] | None, memory_limit_bytes: int | None) -> None:
+    """Pin this process to `cpus` and cap its address space; call before importing numerical libraries,
+    whose thread pools size themselves from the affinity mask at import."""
+    if cpus:
+        os.sched_setaffinity(0, cpus)
+    if memory_limit_bytes:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (memory_limit_bytes, memory_limit_bytes))
+
+
+def process_facts(runners: dict) -> dict:
+    """What the worker actually ran under, read back from the process and the sessions (not the spec).
+
+    Args:
+        runners: variant -> callable; those with a `session` attribute are ONNX Runtime sessions.
+    """
+    facts: dict = {"affinity": sorted(os.sched_getaffinity(0)), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
+    sessions = [r.session for r in runners.values() if hasattr(r, "session")]
+    if sessions:
+        so = sessions[0].get_session_options()
+        facts["ort_intra_op_threads"] = so.intra_op_num_threads
+        facts["ort_allow_spinning"] = so.get_session_config_entry("session.intra_op.allow_spinning")
+    if "torch" in sys.modules:
+        facts["torch_threads"] = sys.modules["torch"].get_num_threads()
+    return facts
+
+
+def run_worker(module: str, target, spec: dict, what: str = "benchmark worker") -> dict:
+    """Run `python -m module SPEC.json` for one target in a fresh process; return its last JSON line.
+
+    Args:
+        module: the worker module (its `main` reads the spec, applies the limits, prints one JSON line).
+        target: a resolved `compress.targets.Target`: its threads and cores go into the spec and environment.
+        spec: the job; `threads` and `cpus` are added.
+
+    Returns:
+        The worker's result with `wall_s` (the whole process, seconds) added.
+
+    Raises:
+        RuntimeError: the worker failed; the message holds the last lines of its stderr.
+    """
+    spec = {"threads": target.threads, "cpus": list(target.cpus) if target.cpus is not None else None, **spec}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "spec.json"
+        path.write_text(json.dumps(spec))
+        t0 = time.perf_counter()
+        proc = subprocess.run(
+            [sys.executable, "-m", module, str(path)],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            env=thread_env(target.threads),
+        )
+    if proc.returncode != 0:
+        tail = " | ".join(proc.stderr.strip().splitlines()[-3:])
+        raise RuntimeError(f"{what} for target {target.name!r} failed: {tail}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["wall_s"] = time.perf_counter() - t0
+    return result
+
+
+def read_spec() -> dict:
+    """In a worker's `main`: the spec file named on the command line, with the target's cores applied."""
+    spec = json.loads(Path(sys.argv[1]).read_text())
+    apply_limits(spec["cpus"], None)
+    return spec

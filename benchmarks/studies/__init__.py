@@ -1,1 +1,0 @@
-"""Measurements on a finished run that answer one question each (run as `python -m benchmarks.studies.X`)."""

@@ -1,0 +1,367 @@
+"""Benchmark stage of a causal LM: every variant measured the same way, on the artifact that ships.
+
+Quality comes from the main process: perplexity on dev and test through the variant's own runtime, the share of
+positions where its greedy next token is the teacher's (teacher-forced on the dev blocks), and greedy
+continuations of dev prompts (kept, so that a bundle can be checked against them). Speed comes from one fresh
+worker process per target (`compress.tasks.causal_lm.worker`): time to first token at each prompt length and per-token
+decode latency. Memory: a fresh process per model and target generating at a fixed context
+(`benchmarks.memory`). Size: the weight files as shipped, raw and gzip.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from benchmarks.latency import percentiles
+from benchmarks.memory import measure_peak_rss
+from compress.hardware import cpu_info
+from compress.manifest import library_versions
+from compress.targets import ANCHOR_RUNTIMES, BASELINES, resolve_target
+from compress.tasks.causal_lm.anchors import runner, weight_files
+from compress.tasks.causal_lm.config import LMBenchmarkConfig, TextDataConfig
+from compress.tasks.causal_lm.data import TextData, eval_blocks, prompts_from
+from compress.tasks.causal_lm.worker import measure_lm_target
+from export.artifact import Artifact
+
+EMULATION_NOTE = (
+    "Targets emulate device classes on this CPU (thread count, intra-op spinning off, core pinning, "
+    "address-space cap); they are not measurements on those devices."
+)
+GREEDY_PROMPT_TOKENS = 32
+
+
+@dataclass(frozen=True)
+class LMVariant:
+    """One model to measure. `path`: model.onnx for onnxruntime, the model directory for torch, optimum and
+    genai, the .gguf file for llama.cpp."""
+
+    name: str
+    stage: str  # teacher, distill, prune, quantize or baseline
+    runtime: str  # torch (transformers), optimum (ORTModelForCausalLM), onnxruntime (this project's decoder loop),
+    # or an anchor's own runtime: genai (ONNX Runtime GenAI) or llama.cpp (`compress.tasks.causal_lm.anchors`)
+    parent: str | None
+    path: Path
+    model_dir: Path  # tokenizer and config
+    params: int
+    layers: int
+
+
+class _Quality:
+    """Forward passes and greedy decoding through one variant's runtime, for the quality figures."""
+
+    def __init__(self, v: LMVariant, threads: int, model_file: Path | None = None):
+        self.v = v
+        self.anchor = None
+        if v.runtime in ANCHOR_RUNTIMES:
+            self.anchor = runner(v.runtime, v.path, threads, all_logits=True)
+        elif v.runtime == "onnxruntime":
+            from compress.tasks.causal_lm.export import generator_for
+
+            # An .ort conversion lives apart from the artifact's tokenizer and config: name the file.
+            self.gen = generator_for(v.model_dir, model_file or v.path.name, threads=threads)
+        else:
+            import torch
+
+            torch.set_num_threads(threads)
+            if v.runtime == "torch":
+                from transformers import AutoModelForCausalLM
+
+                self.model = AutoModelForCausalLM.from_pretrained(v.path, local_files_only=True).eval()
+            else:
+                from optimum.onnxruntime import ORTModelForCausalLM
+
+                from export.session import session_options
+
+                self.model = ORTModelForCausalLM.from_pretrained(v.path, session_options=session_options(threads))
+
+    def logits(self, ids: np.ndarray) -> np.ndarray:
+        if self.anchor is not None:
+            return self.anchor.logits(ids)
+        if self.v.runtime == "onnxruntime":
+            return self.gen.forward(ids)[0]
+        import torch
+
+        with torch.inference_mode():
+            t = torch.as_tensor(ids)
+            return self.model(input_ids=t, attention_mask=torch.ones_like(t), use_cache=False).logits.float().numpy()
+
+    def greedy(self, prompt: list[int], n: int) -> list[int]:
+        if self.anchor is not None:
+            return list(self.anchor.stream(prompt, n))
+        if self.v.runtime == "onnxruntime":
+            return list(self.gen.stream(prompt, n, ignore_eos=True))
+        import torch
+
+        ids = torch.tensor([prompt])
+        pad = self.model.generation_config.pad_token_id
+        with torch.inference_mode():
+            out = self.model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=n,
+                min_new_tokens=n,
+                do_sample=False,
+                pad_token_id=pad if pad is not None else self.model.generation_config.eos_token_id,
+            )
+        return out[0, len(prompt) :].tolist()
+
+
+def _evaluate(q: _Quality, blocks: list[np.ndarray], batch_size: int = 4):
+    """Perplexity over `blocks` and the argmax next token at each predicting position."""
+    nll, count, preds = 0.0, 0, [None] * len(blocks)
+    order: dict[int, list[int]] = {}
+    for i, b in enumerate(blocks):
+        order.setdefault(len(b), []).append(i)
+    for idx in order.values():
+        for k in range(0, len(idx), batch_size):
+            chunk = idx[k : k + batch_size]
+            ids = np.stack([blocks[i] for i in chunk])
+            logits = q.logits(ids)[:, :-1].astype(np.float64)
+            z = logits - logits.max(-1, keepdims=True)
+            logp = np.take_along_axis(z, ids[:, 1:, None], -1)[..., 0] - np.log(np.exp(z).sum(-1))
+            nll -= float(logp.sum())
+            count += int(ids[:, 1:].size)
+            for row, i in zip(logits.argmax(-1), chunk, strict=True):
+                preds[i] = row
+    return math.exp(nll / count), count, preds
+
+
+def _prefix_match(a: list[int], b: list[int]) -> int:
+    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+
+
+def _summary(times_s: list[float]) -> dict:
+    return percentiles(times_s) if times_s else {}
+
+
+def benchmark_lm(
+    variants: list[LMVariant],
+    data: TextData,
+    data_config: TextDataConfig,
+    config: LMBenchmarkConfig,
+    *,
+    reference: str,
+    work_dir: Path,
+    log: Callable[[str], None] = print,
+    anchors: dict | None = None,
+) -> dict:
+    """Perplexity, agreement, greedy continuations, TTFT, decode speed, peak RSS and size of each variant.
+
+    Args:
+        variants: the models; names in `BASELINES` are the reference points of the report's ratios.
+        data: the corpus (dev and test are measured; dev also gives the prompts).
+        data_config: block size and evaluation caps.
+        config: the recipe's `benchmark` section.
+        reference: the variant whose greedy predictions the others' agreement is measured against.
+        work_dir: where `.ort` conversions are kept.
+        log: one line per measurement phase.
+        anchors: how the anchors among `variants` were built, and those that could not be
+            (`compress.tasks.causal_lm.anchors.build_anchors`: {"built": {...}, "unavailable": [...]}), for the report.
+
+    Returns:
+        environment, settings and one record per variant (schema in `benchmarks/report.py`).
+    """
+    import os
+
+    from transformers import AutoTokenizer
+
+    s = config
+    threads = s.eval_threads or os.cpu_count() or 1
+    tokenizer = AutoTokenizer.from_pretrained(variants[0].model_dir, local_files_only=True)
+    splits = {"dev": eval_blocks(tokenizer, data.dev, data_config, "dev")}
+    if data.test:
+        splits["test"] = eval_blocks(tokenizer, data.test, data_config, "test")
+    greedy_prompts = prompts_from(
+        tokenizer, data.dev, s.greedy_prompts, GREEDY_PROMPT_TOKENS, data_config.max_eval_tokens
+    )
+
+    records: dict[str, dict] = {}
+    preds: dict[str, list] = {}
+    greedy: dict[str, list[list[int]]] = {}
+    t0 = time.perf_counter()
+    for v in tqdm(variants, desc="perplexity and greedy", unit="variant"):
+        q = _Quality(v, threads)
+        rec = {k: (str(x) if isinstance(x, Path) else x) for k, x in asdict(v).items()}
+        for split, blocks in splits.items():
+            ppl, count, p = _evaluate(q, blocks)
+            rec["perplexity" if split == "dev" else f"perplexity_{split}"] = ppl
+            rec[f"{split}_tokens"] = count
+            if split == "dev":
+                preds[v.name] = p
+        greedy[v.name] = [q.greedy(p, s.greedy_tokens) for p in greedy_prompts]
+        rec.update(_sizes(v))
+        records[v.name] = rec
+        del q
+    quality_s = time.perf_counter() - t0
+    ref_preds, ref_greedy = preds[reference], greedy[reference]
+    for name, rec in records.items():
+        same = sum(int((a == b).sum()) for a, b in zip(preds[name], ref_preds, strict=True))
+        rec["agreement_with_teacher"] = same / sum(len(b) for b in ref_preds)
+        matches = [_prefix_match(g, r) for g, r in zip(greedy[name], ref_greedy, strict=True)]
+        rec["greedy_prefix_match"] = float(np.mean(matches)) / s.greedy_tokens
+        rec["greedy_identical_with_teacher"] = float(np.mean([m == s.greedy_tokens for m in matches]))
+        rec["greedy"] = {"prompts": len(greedy_prompts), "new_tokens": s.greedy_tokens, "tokens": greedy[name]}
+
+    deployable = [v for v in variants if v.runtime == "onnxruntime" and v.name not in BASELINES]
+    if s.ort_format:
+        for v in tqdm(deployable, desc=".ort conversion", unit="variant"):
+            records[v.name]["ort"] = _ort_format(v, work_dir / "ort", splits["dev"], greedy_prompts[:4], s, threads)
+
+    # Speed: the same prompts for every variant and target.
+    prompts = {str(n): prompts_from(tokenizer, data.dev, s.prompts, n, None) for n in s.prompt_lengths}
+    protocol = {
+        "new_tokens": s.new_tokens,
+        "runs": s.runs,
+        "warmup": s.warmup,
+        "warmup_prompt": greedy_prompts[0],
+    }
+    spec_variants = [{"name": v.name, "runtime": v.runtime, "path": str(v.path)} for v in variants]
+    targets = [resolve_target(t) for t in s.targets]
+    per_target: dict[str, dict] = {}
+    for target in targets:
+        log(
+            f"    benchmark target {target.name}: {target.threads} thread(s), cores "
+            f"{list(target.cpus) if target.cpus else 'any'}, spinning off; {len(variants)} variants interleaved, "
+            f"prompts of {s.prompt_lengths} tokens, {s.new_tokens} new tokens, {s.prompts} prompts x {s.runs} runs"
+        )
+        per_target[target.name] = measure_lm_target(target, spec_variants, prompts, protocol)
+
+    if s.memory:
+        memory_prompt = [str(t) for t in prompts_from(tokenizer, data.dev, 1, s.memory_context, None)[0]]
+        for target in targets:
+            log(
+                f"    peak RSS on target {target.name}: a fresh process per model, generating after a "
+                f"{s.memory_context}-token prompt"
+            )
+            base: dict[str, dict] = {}
+            for v in variants:
+                m = measure_peak_rss(
+                    v.runtime,
+                    v.path,
+                    v.model_dir,
+                    memory_prompt,
+                    threads=target.threads,
+                    cpus=target.cpus,
+                    memory_limit_bytes=target.memory_limit_bytes,
+                    baseline=base.get(v.runtime),
+                    probe="compress.tasks.causal_lm.probe",
+                    new_tokens=s.new_tokens,
+                )
+                base[v.runtime] = m.pop("baseline")
+                per_target[target.name].setdefault("memory", {})[v.name] = m
+
+    middle = str(sorted(s.prompt_lengths)[len(s.prompt_lengths) // 2])
+    for v in variants:
+        rec = records[v.name]
+        rec["targets"] = {}
+        for target in targets:
+            res = per_target[target.name]
+            steps_all = [x for length in res["step_s"] for x in res["step_s"][length][v.name]]
+            decode = _summary(steps_all)
+            rec["targets"][target.name] = {
+                "ttft_ms": {length: _summary(res["ttft_s"][length][v.name]) for length in res["ttft_s"]},
+                "decode_ms_per_token": decode,
+                "decode_ms_per_token_by_length": {
+                    length: _summary(res["step_s"][length][v.name]) for length in res["step_s"]
+                },
+                "tokens_per_s": 1e3 / decode["mean"] if decode else None,
+                "load_s": res["load_s"][v.name],
+                **({"memory": res["memory"][v.name]} if "memory" in res else {}),
+            }
+        primary = rec["targets"][s.primary]
+        rec["tokens_per_s"] = primary["tokens_per_s"]
+        rec["decode_ms_per_token"] = primary["decode_ms_per_token"]
+        rec["ttft_ms"] = primary["ttft_ms"][middle]
+        if "memory" in primary and "error" not in primary["memory"]:
+            rec.update({k: x for k, x in primary["memory"].items() if k != "fits_memory_limit"})
+    primary_target = next(t for t in targets if t.name == s.primary)
+    return {
+        "task": "causal-lm",
+        "environment": {
+            "cpu": cpu_info(),
+            "threads": primary_target.threads,
+            "execution_provider": "CPUExecutionProvider",
+            "versions": library_versions(),
+            "targets": {
+                t.name: {
+                    **t.describe(),
+                    "process": per_target[t.name]["process"],
+                    "worker_wall_s": per_target[t.name]["wall_s"],
+                }
+                for t in targets
+            },
+            "emulation": EMULATION_NOTE,
+        },
+        "settings": {
+            "primary_target": s.primary,
+            "ttft_headline_length": int(middle),
+            "prompt_lengths": list(s.prompt_lengths),
+            "new_tokens": s.new_tokens,
+            "prompts_per_length": s.prompts,
+            "runs": s.runs,
+            "warmup": s.warmup,
+            "decoding": "greedy, batch 1, KV cache; exactly new_tokens tokens (end-of-text ignored)",
+            "perplexity": f"non-overlapping blocks of {data_config.block_size} tokens, each read from an empty cache",
+            "dev_tokens": records[reference]["dev_tokens"],
+            "test_tokens": records[reference].get("test_tokens"),
+            "greedy_prompts": len(greedy_prompts),
+            "greedy_prompt_ids": greedy_prompts,
+            "greedy_prompt_tokens": GREEDY_PROMPT_TOKENS,
+            "greedy_tokens": s.greedy_tokens,
+            "memory_context": s.memory_context,
+            "eval_threads": threads,
+            "quality_wall_s": quality_s,
+            "protocol": s.model_dump(mode="json"),
+            "baselines": [b for b in BASELINES if b in records],
+        },
+        "reference": reference,
+        "anchors": anchors or {"built": {}, "unavailable": []},
+        "variants": [records[v.name] for v in variants],
+    }
+
+
+def _sizes(v: LMVariant) -> dict:
+    if v.runtime in ANCHOR_RUNTIMES:
+        files = weight_files(v.runtime, v.path)
+    elif v.runtime == "torch":
+        files = sorted(Path(v.path).glob("*.safetensors"))
+    elif v.runtime == "optimum":
+        files = Artifact.read(Path(v.path)).weight_files()
+    else:
+        files = Artifact.read(v.path.parent).weight_files()
+    import gzip
+
+    raw = sum(f.stat().st_size for f in files)
+    gz = sum(len(gzip.compress(f.read_bytes(), compresslevel=6)) for f in files)
+    return {"size_bytes": raw, "size_gzip_bytes": gz}
+
+
+def _ort_format(v: LMVariant, work_dir: Path, dev_blocks, prompts, s: LMBenchmarkConfig, threads: int) -> dict:
+    """Convert to .ort; perplexity of the .ort file on a few dev blocks and greedy tokens against the ONNX file."""
+    from export.mobile import convert_to_ort
+
+    out = Path(work_dir) / v.name
+    try:
+        conv = convert_to_ort(v.path, out)
+        q_ort = _Quality(v, threads, Path(conv["ort_path"]).resolve())
+    except Exception as e:  # noqa: BLE001 - a model the converter refuses, or a .ort that will not load, is a finding
+        return {"error": f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}"}
+    q_onnx = _Quality(v, threads)
+    blocks = dev_blocks[:8]
+    ppl_ort, _, _ = _evaluate(q_ort, blocks)
+    ppl_onnx, _, _ = _evaluate(q_onnx, blocks)
+    same = [q_ort.greedy(p, s.greedy_tokens) == q_onnx.greedy(p, s.greedy_tokens) for p in prompts]
+    return {
+        "path": conv["ort_path"],
+        "size_bytes": conv["size_bytes"],
+        "perplexity_first_blocks": ppl_ort,
+        "perplexity_first_blocks_onnx": ppl_onnx,
+        "greedy_identical_with_onnx": float(np.mean(same)),
+    }

@@ -1,0 +1,524 @@
+"""The causal-LM task: a decoder-only model that continues a text (GPT-2, Llama, Mistral, Qwen2 families).
+
+Data are plain-text documents packed into token blocks (`compress.tasks.causal_lm.data`); the teacher is the user's
+model, one
+trained further, or one pretrained here on the corpus (`compress.tasks.causal_lm.teacher`); students learn the teacher's
+next-token distributions (`compress.tasks.causal_lm.distill`); pruning is unstructured or n:m
+(`compress.tasks.causal_lm.prune`); the
+export carries the KV cache and is checked step by step against PyTorch (`compress.tasks.causal_lm.export`);
+quantization is
+dynamic int8 or weight-only int4/int8 (`compress.tasks.causal_lm.quantize`); quality is perplexity (lower is better),
+measured on the ONNX artifact; the benchmark times what a device feels: time to first token and decode speed
+(`compress.tasks.causal_lm.suite`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from compress.errors import RecipeError
+from compress.stage import RunContext, Step
+from compress.tasks.causal_lm.config import CausalLMRecipe
+
+_PREDICTIONS = "dev_predictions.npz"  # the teacher's greedy next tokens on the dev blocks
+_UNIGRAM = "unigram_log_probs.npy"  # the train split's unigram model: the collapse bound of every gate
+_HELDOUT_BLOCKS = 16  # held-out blocks scored by quantization choices
+
+
+class CausalLMTask:
+    """Stages of `task: causal-lm` (see `compress.tasks.Task`)."""
+
+    name = "causal-lm"
+    recipe_class = CausalLMRecipe
+    metric = "perplexity"
+    higher_is_better = False
+    export_task = "text-generation-with-past"
+
+    def load_data(self, recipe: CausalLMRecipe):
+        from compress.tasks.causal_lm.data import load_text_data
+
+        return load_text_data(recipe.data)
+
+    def summary(self, data) -> str:
+        chars = sum(len(d) for d in data.train)
+        test = f", {len(data.test)} test" if data.test is not None else ""
+        return (
+            f"{len(data.train)} train documents ({chars:,} characters), {len(data.holdout)} held out, "
+            f"{len(data.dev)} dev{test}"
+        )
+
+    def load_model(self, model_dir: Path):
+        from compress.tasks.causal_lm.model import load_causal_lm
+
+        return load_causal_lm(model_dir, str(model_dir))
+
+    # ---- checks before anything runs ----
+
+    def preflight(self, recipe: CausalLMRecipe) -> None:
+        """Everything that depends on the teacher's shape, from its config alone (no weights loaded)."""
+        from types import SimpleNamespace
+
+        from compress.architectures import family_of, ffn_width, head_dim, kv_heads
+        from compress.decoder_structured import kept_counts
+        from compress.tasks.causal_lm.model import check_causal_lm_dir, context_window
+
+        t = recipe.teacher
+        source = t.path or t.base
+        if source is not None:
+            from transformers import AutoModelForCausalLM
+
+            from compress.modeling import check_model_dir
+
+            key = "teacher.path" if t.path is not None else "teacher.base"
+            check_causal_lm_dir(source, key)
+            config = check_model_dir(source, AutoModelForCausalLM, key)
+            family = family_of(config, key).name
+            layers, hidden, ffn = int(config.num_hidden_layers), int(config.hidden_size), ffn_width(config)
+            window, groups = context_window(config), kv_heads(config)
+            n_heads, width = int(config.num_attention_heads), head_dim(config)
+        else:
+            a = t.architecture
+            layers, hidden, window = a.layers, a.hidden_size, a.max_positions
+            ffn = a.intermediate_size or 4 * a.hidden_size
+            family, groups = a.family, (a.kv_heads or a.heads) if a.family != "gpt2" else a.heads
+            n_heads, width = a.heads, a.hidden_size // a.heads
+            # the teacher's sizes under a transformers config's names, for the helpers that read a config
+            config = SimpleNamespace(
+                model_type=family, hidden_size=hidden, num_attention_heads=n_heads, num_key_value_heads=groups,
+                intermediate_size=ffn, n_inner=ffn,
+            )  # fmt: skip
+        for i, p in enumerate(recipe.prune):
+            if p.method != "structured":
+                continue
+            if family == "gpt2" and (p.heads or p.hidden):
+                what = "heads" if p.heads else "hidden"
+                raise RecipeError(
+                    f"prune.{i}.{what}: gpt2 fuses Q, K and V and ties head width to the hidden size, so only its "
+                    "FFN can be cut (prune.ffn)"
+                )
+            keep_groups, _, kept_hidden = kept_counts(
+                config, heads=p.heads, ffn=p.ffn, hidden=p.hidden, key=f"prune.{i}"
+            )
+            kept_heads = keep_groups * (n_heads // groups)
+            if recipe.export.backend == "genai" and kept_heads * width != kept_hidden:
+                # The builder takes the head width as hidden size / heads; a cut that breaks the equality builds no
+                # graph (seen: "The hidden size (256) is not a multiple of ... heads (6)").
+                raise RecipeError(
+                    f"prune.{i}: keeps {kept_heads} heads of width {width} and a hidden size of {kept_hidden}; "
+                    f"export.backend 'genai' needs hidden size = heads x width ({kept_heads * width}): cut "
+                    "prune.hidden in proportion to prune.heads, or use backend 'optimum'"
+                )
+        if recipe.export.backend == "genai":
+            from compress.tasks.causal_lm.genai import check_supported
+
+            check_supported(config)
+            for d in recipe.distill:
+                if d.hidden_size is not None:
+                    check_supported(SimpleNamespace(model_type=config.model_type, hidden_size=d.hidden_size,
+                                                    num_attention_heads=config.num_attention_heads))  # fmt: skip
+        data = recipe.data
+        if data.block_size > window:
+            raise RecipeError(f"data.block_size = {data.block_size}: the teacher's context window is {window} tokens")
+        for i, d in enumerate(recipe.distill):
+            key = "distill" if len(recipe.distill) == 1 else f"distill.{i}"
+            if d.num_layers is not None:
+                if d.num_layers >= layers:
+                    raise RecipeError(
+                        f"{key}.num_layers = {d.num_layers}: the teacher has {layers} layers; a student keeps fewer"
+                    )
+            elif any(layer >= layers for layer in d.layers):
+                raise RecipeError(f"{key}.layers = {list(d.layers)}: the teacher has layers 0..{layers - 1}")
+            if d.generated_sequences and d.generation_prompt_tokens >= recipe.data.block_size:
+                raise RecipeError(
+                    f"{key}.generation_prompt_tokens = {d.generation_prompt_tokens}: the teacher writes blocks of "
+                    f"data.block_size = {recipe.data.block_size} tokens; the prompt must be shorter"
+                )
+            if d.intermediate_size is not None and d.intermediate_size > ffn:
+                raise RecipeError(f"{key}.intermediate_size = {d.intermediate_size}: the teacher's FFN is {ffn} wide")
+            if d.hidden_size is not None and d.hidden_size > hidden:
+                raise RecipeError(f"{key}.hidden_size = {d.hidden_size}: the teacher's hidden size is {hidden}")
+        e, b = recipe.export, recipe.benchmark
+        if e.prompt_tokens + e.new_tokens > window:
+            raise RecipeError(
+                f"export.prompt_tokens + export.new_tokens = {e.prompt_tokens + e.new_tokens}: beyond the "
+                f"teacher's context window of {window} tokens"
+            )
+        too_long = [n for n in b.prompt_lengths if n + b.new_tokens > window]
+        if too_long:
+            raise RecipeError(
+                f"benchmark.prompt_lengths = {b.prompt_lengths}: {too_long} plus benchmark.new_tokens = "
+                f"{b.new_tokens} exceed the teacher's context window of {window} tokens"
+            )
+        if b.memory_context + b.new_tokens > window:
+            raise RecipeError(
+                f"benchmark.memory_context = {b.memory_context} plus benchmark.new_tokens = {b.new_tokens} exceed "
+                f"the teacher's context window of {window} tokens"
+            )
+
+    # ---- stages ----
+
+    def teacher(self, ctx: RunContext, step: Step, out: Path) -> dict:
+        from compress.tasks.causal_lm.teacher import train_teacher_lm
+
+        r = ctx.recipe
+        res = train_teacher_lm(r.teacher, ctx.data, r.data, seed=r.seed, work_dir=out / "_trainer", log=ctx.log)
+        res.model.generation_config.eos_token_id = res.tokenizer.eos_token_id
+        res.model.generation_config.pad_token_id = res.tokenizer.pad_token_id or res.tokenizer.eos_token_id
+        res.model.save_pretrained(out)
+        res.tokenizer.save_pretrained(out)
+        np.savez(out / _PREDICTIONS, *res.dev_predictions)
+        from compress.gate import unigram_log_probs
+        from compress.tasks.causal_lm.data import token_stream
+
+        log_probs = unigram_log_probs(
+            token_stream(res.tokenizer, ctx.data.train, r.data.max_train_tokens), len(res.tokenizer)
+        )
+        np.save(out / _UNIGRAM, log_probs)
+        res.metrics["gate"] = self._gate(ctx, res.metrics, log_probs, res.tokenizer)
+        ctx.log(
+            f"    teacher: dev perplexity {res.metrics['dev_perplexity_torch']:.3f} "
+            f"({res.metrics['params']:,} params, {res.metrics['train_tokens']:,} training tokens)"
+        )
+        return res.metrics
+
+    @staticmethod
+    def unigram(ctx: RunContext, tokenizer) -> np.ndarray:
+        """The train split's unigram log probabilities (saved by the teacher step; computed when a teacher step
+        from before the gates existed lacks them)."""
+        path = ctx.out("teacher") / _UNIGRAM
+        if path.is_file():
+            return np.load(path)
+        from compress.gate import unigram_log_probs
+        from compress.tasks.causal_lm.data import token_stream
+
+        return unigram_log_probs(
+            token_stream(tokenizer, ctx.data.train, ctx.recipe.data.max_train_tokens), len(tokenizer)
+        )
+
+    @staticmethod
+    def teacher_predictions(ctx: RunContext) -> list[np.ndarray]:
+        with np.load(ctx.out("teacher") / _PREDICTIONS) as z:
+            return [z[f"arr_{i}"] for i in range(len(z.files))]
+
+    def distill(self, ctx: RunContext, step: Step, out: Path) -> dict:
+        from compress.tasks.causal_lm.distill import distill_lm
+
+        r = ctx.recipe
+        teacher, tokenizer = ctx.load("teacher")
+        res = distill_lm(
+            teacher,
+            tokenizer,
+            step.config,
+            ctx.data,
+            r.data,
+            seed=r.seed,
+            work_dir=out / "_trainer",
+            teacher_predictions=self.teacher_predictions(ctx),
+            log=ctx.log,
+            cache_dir=ctx.run_dir / "_cache",
+        )
+        res.model.generation_config = teacher.generation_config
+        res.model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+        res.metrics["gate"] = self._gate(
+            ctx, res.metrics, None, tokenizer, "teacher", ctx.metrics("teacher"), step.config.max_perplexity_ratio
+        )
+        ctx.log(
+            f"    {step.name}: dev perplexity {res.metrics['dev_perplexity_torch']:.3f}, agreement with the teacher "
+            f"{res.metrics['dev_agreement_with_teacher_torch']:.1%}"
+        )
+        return res.metrics
+
+    def prune(self, ctx: RunContext, step: Step, out: Path) -> dict:
+        from compress.tasks.causal_lm.prune import prune_lm
+
+        r = ctx.recipe
+        student, tokenizer = ctx.load(r.source_of(step.config))
+        teacher, _ = ctx.load("teacher")
+        res = prune_lm(
+            student,
+            tokenizer,
+            teacher,
+            step.config,
+            ctx.data,
+            r.data,
+            seed=r.seed,
+            work_dir=out / "_trainer",
+            teacher_predictions=self.teacher_predictions(ctx),
+        )
+        res.model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+        source = r.source_of(step.config)
+        res.metrics["gate"] = self._gate(
+            ctx,
+            res.metrics,
+            None,
+            tokenizer,
+            source,
+            ctx.metrics(r.model_step(source)),
+            step.config.max_perplexity_ratio,
+        )
+        return res.metrics
+
+    def _gate(self, ctx: RunContext, metrics: dict, log_probs, tokenizer, parent=None, parent_metrics=None, ratio=None):
+        """The LM gate on the held-out slice (dev when the recipe holds nothing out): collapse against the unigram
+        model of train, and the perplexity ratio to the parent (`compress.gate.lm_gate`)."""
+        from compress.gate import lm_gate, unigram_perplexity
+        from compress.tasks.causal_lm.data import eval_blocks
+
+        key = "holdout" if ctx.data.holdout else "dev"
+        if log_probs is None:
+            log_probs = self.unigram(ctx, tokenizer)
+        blocks = eval_blocks(tokenizer, getattr(ctx.data, key), ctx.recipe.data, key)
+        parent_value = (parent_metrics or {}).get(f"{key}_perplexity_torch")
+        return lm_gate(
+            metrics[f"{key}_perplexity_torch"],
+            unigram=unigram_perplexity(log_probs, blocks),
+            parent=parent,
+            parent_perplexity=parent_value,
+            max_ratio=ratio,
+        ).to_dict()
+
+    def export(self, ctx: RunContext, step: Step, out: Path) -> dict:
+        from compress.tasks.causal_lm.data import prompts_from
+        from compress.tasks.causal_lm.export import export_causal_lm
+
+        e = step.config
+        _, tokenizer = ctx.load(step.name)
+        prompts = prompts_from(tokenizer, ctx.data.dev, e.prompts, e.prompt_tokens, ctx.recipe.data.max_eval_tokens)
+        return export_causal_lm(ctx.model_dir(step.name), out, e, prompts)
+
+    def heldout_nll(self, ctx: RunContext, artifact_dir: Path):
+        """ONNX file -> mean NLL per token on the first held-out (else dev) blocks, through ONNX Runtime."""
+        from compress.tasks.causal_lm.data import eval_blocks
+        from compress.tasks.causal_lm.export import generator_for
+
+        _, tokenizer = ctx.load("teacher")
+        docs, key = (ctx.data.holdout, "holdout") if ctx.data.holdout else (ctx.data.dev, "dev")
+        blocks = eval_blocks(tokenizer, docs, ctx.recipe.data, key)[:_HELDOUT_BLOCKS]
+
+        def nll(path: Path) -> float:
+            gen = generator_for(artifact_dir, threads=2, session=_session(path))
+            total, count = onnx_nll(gen, blocks)
+            return total / count
+
+        return nll, blocks
+
+    def quantize(self, ctx: RunContext, step: Step, out: Path) -> dict:
+        from compress.tasks.causal_lm.data import prompts_from
+        from compress.tasks.causal_lm.quantize import PerplexityBudgetError, quantize_lm
+
+        q, src, r = step.config, ctx.out(step.inputs[0]), ctx.recipe
+        nll, blocks = self.heldout_nll(ctx, src)
+        _, tokenizer = ctx.load("teacher")
+        prompt = prompts_from(tokenizer, ctx.data.dev, 1, 32, ctx.recipe.data.max_eval_tokens)[0]
+        calibration = None
+        if q.algorithm == "gptq" or q.max_perplexity_ratio is not None:
+            from compress.tasks.causal_lm.export import generator_for
+
+            gen = generator_for(src)
+            calibration = [decoder_feeds(gen, b[None, :]) for b in blocks[: q.calibration_blocks]]
+        from compress.gate import lm_gate, unigram_perplexity
+
+        try:
+            metrics = quantize_lm(
+                src, out, q, heldout_nll=nll, timing_prompt=prompt, calibration=calibration, log=ctx.log
+            )
+        except PerplexityBudgetError as e:
+            ctx.log(f"    {step.id}: not within quantize.max_perplexity_ratio = {q.max_perplexity_ratio}; not shipped")
+            return {
+                "shipped": False,
+                "reason": str(e),
+                "max_perplexity_ratio": q.max_perplexity_ratio,
+                "gate": {
+                    "passed": False,
+                    "metric": "perplexity",
+                    "bound": f"max_perplexity_ratio {q.max_perplexity_ratio}",
+                    "reasons": [str(e)],
+                },  # fmt: skip
+            }
+        _, tokenizer = ctx.load("teacher")
+        unigram = unigram_perplexity(self.unigram(ctx, tokenizer), blocks)
+        metrics["gate"] = lm_gate(
+            metrics["holdout_perplexity"],
+            unigram=unigram,
+            parent=r.source_of(q),
+            parent_perplexity=metrics["holdout_perplexity_fp32"],
+            max_ratio=q.max_perplexity_ratio,
+        ).to_dict()
+        return metrics
+
+    # ---- the report, compare and bundle ----
+
+    def write_report(self, run_dir: Path, results: dict, manifest: dict) -> dict:
+        from compress.tasks.causal_lm.report import write
+
+        return write(run_dir, results, manifest)
+
+    def compare_row(self, a: dict, b: dict) -> dict:
+        from compress.tasks.causal_lm.report import compare_row
+
+        return compare_row(a, b)
+
+    def render_comparison(self, cmp: dict) -> str:
+        from compress.tasks.causal_lm.report import render_compare
+
+        return render_compare(cmp)
+
+    bundle_rules = {"max_perplexity_ratio": 1.1}  # vs the teacher's dev perplexity
+
+    def bundle(self, run_dir: Path, target: str, out_dir: Path, variant: str | None, *, rule: dict, force: bool):
+        from compress.tasks.causal_lm.bundle import bundle_lm
+
+        return bundle_lm(run_dir, target, out_dir, variant, force=force, **{**self.bundle_rules, **rule})
+
+    def bundle_message(self, meta: dict, out_dir: Path) -> str:
+        return (
+            f"{out_dir}: {meta['variant']} for target {meta['target']} ({meta['threads']} thread(s)); "
+            f"{meta['selection']}. Greedy tokens identical to the pipeline's on {meta['check']['prompts']} "
+            f"prompts.\ntry: python {Path(out_dir) / 'generate.py'} \"The os module provides\""
+        )
+
+    def benchmark(self, ctx: RunContext, step: Step, out: Path) -> dict:
+        from benchmarks.baselines import optimum_dynamic_int8
+        from compress.manifest import write_json_atomic
+        from compress.tasks.causal_lm.suite import LMVariant, benchmark_lm
+
+        r = ctx.recipe
+
+        def ours(name: str, stage: str, parent: str | None, artifact: str, model: str) -> LMVariant:
+            m = ctx.metrics(r.model_step(model))
+            d = ctx.out(artifact)
+            return LMVariant(name, stage, "onnxruntime", parent, d / "model.onnx", d, m["params"], m["layers"])
+
+        t = ctx.metrics("teacher")
+        teacher_dir, export_dir = ctx.out("teacher"), ctx.out("export/teacher")
+        if r.export.backend != "optimum":  # the baselines are optimum's own export, whatever ours is
+            from compress.tasks.causal_lm.data import prompts_from
+            from compress.tasks.causal_lm.export import export_causal_lm
+
+            e = r.export.model_copy(update={"backend": "optimum"})
+            _, tokenizer = ctx.load("teacher")
+            prompts = prompts_from(tokenizer, ctx.data.dev, e.prompts, e.prompt_tokens, r.data.max_eval_tokens)
+            export_dir = out / "teacher-onnx"
+            export_causal_lm(teacher_dir, export_dir, e, prompts)
+        optimum_int8 = out / "teacher-int8-optimum"
+        optimum_dynamic_int8(export_dir, optimum_int8)
+        variants = [
+            LMVariant("teacher-torch", "baseline", "torch", None, teacher_dir, teacher_dir, t["params"], t["layers"]),
+            LMVariant(
+                "teacher-onnx", "baseline", "optimum", "teacher-torch", export_dir, export_dir, t["params"], t["layers"]
+            ),
+            LMVariant(
+                "teacher-int8-optimum",
+                "baseline",
+                "optimum",
+                "teacher-onnx",
+                optimum_int8,
+                optimum_int8,
+                t["params"],
+                t["layers"],
+            ),
+        ]
+        # Only what passed its quality gate (and was built): a gated model is reported, never measured or shipped.
+        built = lambda stage, name: ctx.ok(f"{stage}/{name}") and ctx.ok(f"export/{name}")  # noqa: E731
+        variants += [
+            ours(d.name, "distill", "teacher-onnx", f"export/{d.name}", d.name)
+            for d in r.distill
+            if built("distill", d.name)
+        ]
+        variants += [
+            ours(p.name, "prune", r.source_of(p), f"export/{p.name}", p.name) for p in r.prune if built("prune", p.name)
+        ]
+        for q in r.quantize:
+            if ctx.ok(f"quantize/{q.name}"):
+                src = r.source_of(q)
+                parent = "teacher-onnx" if src == "teacher" else src
+                variants.append(ours(q.name, "quantize", parent, f"quantize/{q.name}", src))
+        anchors = {"built": {}, "unavailable": []}
+        if step.config.anchors:
+            from compress.tasks.causal_lm.anchors import build_anchors
+
+            built, unavailable = build_anchors(step.config.anchors, teacher_dir, out / "anchors", log=ctx.log)
+            anchors = {"built": built, "unavailable": unavailable}
+            for name in step.config.anchors:
+                if name in built:
+                    path = Path(built[name]["path"])
+                    variants.append(
+                        LMVariant(
+                            name,
+                            "anchor",
+                            built[name]["runtime"],
+                            "teacher-torch",
+                            path,
+                            teacher_dir,
+                            t["params"],
+                            t["layers"],
+                        )  # fmt: skip
+                    )
+        results = benchmark_lm(
+            variants,
+            ctx.data,
+            r.data,
+            step.config,
+            reference="teacher-torch",
+            work_dir=out,
+            log=ctx.log,
+            anchors=anchors,
+        )
+        steps = {v.name: str(v.model_dir.relative_to(ctx.run_dir)) for v in variants if v.runtime == "onnxruntime"}
+        for v in results["variants"]:
+            v["artifact"] = steps.get(v["name"])  # the step directory, relative to the run directory
+        results = json.loads(json.dumps(results).replace(str(out.resolve()), str(ctx.out(step.id).resolve())))
+        results = json.loads(json.dumps(results).replace(str(out), str(ctx.out(step.id))))
+        write_json_atomic(out / "results.json", results)
+        return {
+            v["name"]: {"perplexity": v["perplexity"], "tokens_per_s": v.get("tokens_per_s")}
+            for v in results["variants"]
+        }
+
+
+def _session(path: Path):
+    from export.session import ort_session
+
+    return ort_session(path, 2)
+
+
+def decoder_feeds(gen, ids: np.ndarray) -> dict:
+    """The feeds of one forward pass over `ids` (B, T) with an empty cache: calibration and sensitivity inputs."""
+    b, t = ids.shape
+    feeds = {"input_ids": np.asarray(ids, dtype=np.int64)}
+    if "attention_mask" in gen.input_names:
+        feeds["attention_mask"] = np.ones((b, t), dtype=np.int64)
+    if "position_ids" in gen.input_names:
+        feeds["position_ids"] = np.broadcast_to(np.arange(t, dtype=np.int64), (b, t)).copy()
+    feeds.update(gen.empty_cache(b))
+    return feeds
+
+
+def onnx_nll(gen, blocks, batch_size: int = 4) -> tuple[float, int]:
+    """Summed NLL and predicted-token count of an ONNX decoder over `blocks` (blocks of one length batched)."""
+    total, count = 0.0, 0
+    by_length: dict[int, list[np.ndarray]] = {}
+    for b in blocks:
+        by_length.setdefault(len(b), []).append(b)
+    for same in by_length.values():
+        for k in range(0, len(same), batch_size):
+            ids = np.stack(same[k : k + batch_size])
+            logits, _ = gen.forward(ids)
+            total += float(-_log_softmax_at(logits[:, :-1], ids[:, 1:]).sum())
+            count += int(ids[:, 1:].size)
+    return total, count
+
+
+def _log_softmax_at(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64)
+    z -= z.max(-1, keepdims=True)
+    logz = np.log(np.exp(z).sum(-1))
+    return np.take_along_axis(z, targets[..., None], -1)[..., 0] - logz
+
+
+__all__ = ["CausalLMTask", "decoder_feeds", "onnx_nll"]

@@ -1,0 +1,158 @@
+"""Teacher stage of a causal LM: take the user's model, train one further on the corpus, or pretrain one here.
+
+No pretrained decoder can be downloaded at run time, so the default teacher is pretrained by this stage on the
+recipe's corpus: a byte-level BPE tokenizer trained on the train split, then a small decoder of the family and
+shape `teacher.architecture` describes (Llama-style by default: grouped-query attention, RoPE, gated FFN,
+RMSNorm), trained on next-token prediction, the weights of the lowest held-out loss kept.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from compress.errors import RecipeError
+from compress.tasks.causal_lm.config import LMTeacherConfig, TextDataConfig
+from compress.tasks.causal_lm.data import (
+    TextData,
+    end_of_text_id,
+    eval_blocks,
+    selection_blocks,
+    train_blocks,
+    train_tokenizer,
+)
+from compress.tasks.causal_lm.model import (
+    check_causal_lm_dir,
+    context_window,
+    describe_decoder,
+    evaluate_blocks,
+    final_train_loss,
+    load_causal_lm,
+    new_decoder,
+    train_lm,
+)
+from compress.training import training_args
+
+
+@dataclass
+class LMTeacherResult:
+    model: object
+    tokenizer: object
+    metrics: dict = field(default_factory=dict)
+    dev_predictions: list[np.ndarray] = field(default_factory=list)  # greedy next tokens on the dev blocks
+
+
+def check_block_size(config, data_config: TextDataConfig, what: str) -> None:
+    window = context_window(config)
+    if data_config.block_size > window:
+        raise RecipeError(
+            f"data.block_size = {data_config.block_size}: longer than {what}'s context window of {window} tokens"
+        )
+
+
+def train_teacher_lm(
+    config: LMTeacherConfig,
+    data: TextData,
+    data_config: TextDataConfig,
+    *,
+    seed: int,
+    work_dir: Path,
+    log: Callable[[str], None] = print,
+) -> LMTeacherResult:
+    """Load, continue training or pretrain the teacher; measure its perplexity on the held-out slice, dev and test.
+
+    Returns:
+        The teacher, its tokenizer, metrics (perplexities, parameters, shape, training tokens and wall time) and
+        its greedy next-token predictions on the dev blocks (the reference of every student's agreement).
+    """
+    torch.manual_seed(seed)
+    trained = config.path is None
+    if config.path is not None:
+        model, tokenizer = load_causal_lm(config.path, "teacher.path")
+    elif config.base is not None:
+        model, tokenizer = load_causal_lm(config.base, "teacher.base")
+    else:
+        arch = config.architecture
+        t0 = time.perf_counter()
+        tokenizer = train_tokenizer(data.train, config.tokenizer, arch.max_positions)
+        log(f"    tokenizer: byte-level BPE, {len(tokenizer):,} pieces, trained in {time.perf_counter() - t0:.1f}s")
+        model = new_decoder(arch, len(tokenizer), end_of_text_id(tokenizer), seed)
+    check_block_size(model.config, data_config, "the teacher")
+    end_of_text_id(tokenizer)
+    history: list[dict] = []
+    train_tokens = 0
+    if trained:
+        train_set = train_blocks(tokenizer, data.train, data_config)
+        hold = selection_blocks(tokenizer, data.holdout, data_config)
+        train_tokens = train_set.tokens
+        info = describe_decoder(model, data_config.block_size)
+        log(
+            f"    teacher {info['params']:,} params ({info['layers']} layers, hidden {info['hidden_size']}), "
+            f"{len(train_set):,} blocks of {data_config.block_size} tokens ({train_tokens:,} tokens)"
+        )
+        args = training_args(
+            work_dir,
+            epochs=config.epochs,
+            batch_size=config.batch_size,
+            learning_rate=config.learning_rate,
+            seed=seed,
+            warmup_ratio=config.warmup_ratio,
+            weight_decay=config.weight_decay,
+            evaluate=hold is not None,
+            eval_steps=config.eval_steps,
+            max_steps=config.max_steps,
+            group_by_length=False,
+            prediction_loss_only=True,
+            logging_steps=50,
+        )
+        model.train()
+        history = train_lm(model, train_set, args, eval_dataset=hold)
+    model.eval()
+    metrics, dev_eval = measure_lm(model, tokenizer, data, data_config)
+    best = next((h for h in reversed(history) if "best_eval_loss" in h), {})
+    metrics.update(
+        {
+            "trained": trained,
+            "source": str(config.path or config.base or "pretrained here"),
+            "train_tokens": train_tokens,
+            "train_steps": max((h.get("step", 0) for h in history), default=0),
+            "train_loss_final": final_train_loss(history),
+            "best_step": best.get("best_step"),
+            "holdout_perplexity_best": best.get("best_eval_perplexity"),
+            **describe_decoder(model, data_config.block_size),
+        }
+    )
+    return LMTeacherResult(model, tokenizer, metrics, dev_eval.predictions)
+
+
+def measure_lm(model, tokenizer, data: TextData, data_config: TextDataConfig, reference=None):
+    """Perplexity on held-out, dev and test (PyTorch), and the dev greedy agreement with `reference` predictions.
+
+    Returns:
+        The metrics and the dev evaluation (its predictions are what later stages compare against).
+    """
+    from compress.tasks.causal_lm.model import agreement
+
+    out = {}
+    dev_eval = None
+    for key in ("holdout", "dev", "test"):
+        docs = getattr(data, key)
+        if not docs:
+            out[f"{key}_perplexity_torch"] = None
+            continue
+        ev = evaluate_blocks(model, eval_blocks(tokenizer, docs, data_config, key), desc=f"{key} perplexity")
+        out[f"{key}_perplexity_torch"] = ev.perplexity
+        out[f"{key}_tokens"] = ev.tokens
+        if key == "dev":
+            dev_eval = ev
+    if reference is not None and dev_eval is not None:
+        out["dev_agreement_with_teacher_torch"] = agreement(dev_eval.predictions, reference)
+    return out, dev_eval
+
+
+__all__ = ["LMTeacherResult", "check_block_size", "check_causal_lm_dir", "measure_lm", "train_teacher_lm"]

@@ -1,0 +1,182 @@
+"""Time to first token and decode speed of several causal LMs under one target's constraints, in a fresh process.
+
+Run as `python -m compress.tasks.causal_lm.worker SPEC.json`: the process pins itself to the target's cores, loads every
+variant with the target's thread count (intra-op spinning off), and generates from the same prompts with each,
+interleaved (the variant order rotates from generation to generation, so a slow moment of the machine is shared),
+then prints one JSON line of raw times.
+
+Each variant generates through what a user of it runs:
+- `torch`: transformers' `generate` (greedy, its KV cache);
+- `optimum`: optimum's `ORTModelForCausalLM.generate` on the exported decoder;
+- `onnxruntime`: this project's decoder loop, the bundle's `generate.py`;
+- `genai`, `llama.cpp`: ONNX Runtime GenAI's `Generator` and llama.cpp's `Llama` (`compress.tasks.causal_lm.anchors`).
+A streamer (or the loop itself) stamps each new token: the first stamp is the time to first token (the prompt's
+forward pass and the first choice), the gaps between the others are per-token decode latencies. Every
+generation produces exactly `new_tokens` tokens (end-of-text is ignored or suppressed), so all variants do
+the same work.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from benchmarks.process import process_facts, read_spec, run_worker
+
+
+def _hf_streamer():
+    from transformers.generation.streamers import BaseStreamer
+
+    class Stamps(BaseStreamer):
+        """Wall time of each `put`: the first is the prompt, each later one a new token."""
+
+        def __init__(self):
+            self.times: list[float] = []
+
+        def put(self, value):
+            self.times.append(time.perf_counter())
+
+        def end(self):
+            pass
+
+    return Stamps
+
+
+def _runner(variant: dict, threads: int):
+    """A callable (prompt ids, new tokens) -> (seconds to the first token, [seconds per later token])."""
+    runtime = variant["runtime"]
+    from compress.targets import ANCHOR_RUNTIMES
+
+    if runtime in ANCHOR_RUNTIMES:
+        from compress.tasks.causal_lm.anchors import runner as anchor_runner
+
+        r = anchor_runner(runtime, variant["path"], threads)
+
+        def run(prompt: list[int], new_tokens: int):
+            t0 = time.perf_counter()
+            stamps = [time.perf_counter() for _ in r.stream(prompt, new_tokens)]
+            return stamps[0] - t0, [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+
+        return run
+    if runtime == "onnxruntime":
+        from compress.tasks.causal_lm.export import generator_for
+
+        path = Path(variant["path"])
+        gen = generator_for(path.parent, path.name, threads=threads)
+
+        def run(prompt: list[int], new_tokens: int):
+            t0 = time.perf_counter()
+            stamps = [time.perf_counter() for _ in gen.stream(prompt, new_tokens, ignore_eos=True)]
+            return stamps[0] - t0, [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+
+        run.session = gen.session
+        return run
+    import torch
+
+    torch.set_num_threads(threads)
+    if runtime == "torch":
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(variant["path"], local_files_only=True).eval()
+    else:
+        from optimum.onnxruntime import ORTModelForCausalLM
+
+        from export.session import session_options
+
+        model = ORTModelForCausalLM.from_pretrained(
+            variant["path"], session_options=session_options(threads), provider="CPUExecutionProvider"
+        )
+    streamer_class = _hf_streamer()
+    pad = model.generation_config.pad_token_id
+    pad = pad if pad is not None else model.generation_config.eos_token_id
+
+    def run(prompt: list[int], new_tokens: int):
+        ids = torch.tensor([prompt])
+        streamer = streamer_class()
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens,  # no early end-of-text: every variant does the same work
+                do_sample=False,
+                pad_token_id=pad,
+                streamer=streamer,
+            )
+        stamps = streamer.times[1:]  # the first put is the prompt
+        return stamps[0] - t0, [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+
+    return run
+
+
+def _run(spec: dict) -> dict:
+    threads = spec["threads"]
+    import onnxruntime  # libraries first, so that load_s is the model's load alone
+
+    runners, load_s = {}, {}
+    for v in spec["variants"]:
+        t0 = time.perf_counter()
+        runners[v["name"]] = _runner(v, threads)
+        load_s[v["name"]] = time.perf_counter() - t0
+    names = list(runners)
+    warm = spec["warmup_prompt"]
+    for _ in range(spec["warmup"]):
+        for n in names:
+            runners[n](warm, min(8, spec["new_tokens"]))
+    ttft: dict[str, dict[str, list[float]]] = {}
+    steps: dict[str, dict[str, list[float]]] = {}
+    k = 0
+    for length, prompts in spec["prompts"].items():
+        ttft[length] = {n: [] for n in names}
+        steps[length] = {n: [] for n in names}
+        for prompt in prompts:
+            for _ in range(spec["runs"]):
+                for j in range(len(names)):
+                    n = names[(k + j) % len(names)]
+                    first, later = runners[n](prompt, spec["new_tokens"])
+                    ttft[length][n].append(first)
+                    steps[length][n].extend(later)
+                k += 1
+    ours = {n: r for n, r in runners.items() if isinstance(getattr(r, "session", None), onnxruntime.InferenceSession)}
+    facts = process_facts(ours)
+    return {"load_s": load_s, "ttft_s": ttft, "step_s": steps, "process": facts}
+
+
+def measure_lm_target(target, variants: list[dict], prompts: dict[str, list[list[int]]], protocol: dict) -> dict:
+    """Run the worker for one target in a fresh process and return its raw times.
+
+    Args:
+        target: a resolved `compress.targets.Target`.
+        variants: [{"name", "runtime" (torch | optimum | onnxruntime), "path"}].
+        prompts: prompt length (as a string) -> prompts (token id lists of that length).
+        protocol: new_tokens, runs, warmup, warmup_prompt.
+
+    Returns:
+        load_s, ttft_s (length -> variant -> seconds), step_s (length -> variant -> per-token seconds), process,
+        wall_s.
+
+    Raises:
+        RuntimeError: the worker failed; the message holds the last lines of its stderr.
+    """
+    spec = {
+        "variants": variants,
+        "prompts": prompts,
+        **protocol,
+    }
+    return run_worker("compress.tasks.causal_lm.worker", target, spec, "LM benchmark worker")
+
+
+def main() -> None:
+    spec = read_spec()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    print(json.dumps(_run(spec)))
+
+
+if __name__ == "__main__":
+    main()

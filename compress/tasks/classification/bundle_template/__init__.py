@@ -1,0 +1,1 @@
+"""Files copied verbatim into every deployment bundle (see `compress.tasks.classification.bundle`)."""

@@ -1,1 +1,0 @@
-"""Files copied verbatim into every deployment bundle (see `export.bundle`)."""
