@@ -98,3 +98,10 @@ def stage_wall_time(report: dict) -> bytes | None:
     ax.grid(True, axis="x", alpha=0.3)
     ax.margins(x=0.15)
     return png(fig)
+
+
+def report_plots(report: dict, **figures: bytes | None) -> dict[str, bytes]:
+    """name -> PNG of a task's `figures` and the ones every report has (size and memory, where the time went),
+    leaving out those without data (None)."""
+    figures |= {"size_and_memory": size_and_memory(report), "stage_wall_time": stage_wall_time(report)}
+    return {k: v for k, v in figures.items() if v is not None}

@@ -18,6 +18,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent  # the checkout: workers run `-m` modules from here
+EMULATION_NOTE = (
+    "Targets emulate device classes on this CPU (thread count, intra-op spinning off, core pinning, "
+    "address-space cap); they are not measurements on those devices."
+)
 
 
 def thread_env(threads: int) -> dict[str, str]:
@@ -100,3 +104,32 @@ def read_spec() -> dict:
     spec = json.loads(Path(sys.argv[1]).read_text())
     apply_limits(spec["cpus"], None)
     return spec
+
+
+def environment(targets: list, primary: str, per_target: dict, cpu: dict | None = None) -> dict:
+    """What every benchmark's results record of where they were measured: the CPU (model, ISA), the primary
+    target's threads, library versions, and each target's settings with what its worker really ran under.
+
+    Args:
+        targets: the resolved `compress.targets.Target`s measured.
+        per_target: target name -> the worker's result (its `process` facts and `wall_s`).
+        cpu: `compress.hardware.cpu_info()`, when the caller has it already.
+    """
+    from compress.hardware import cpu_info
+    from compress.manifest import library_versions
+
+    return {
+        "cpu": cpu if cpu is not None else cpu_info(),
+        "threads": next(t for t in targets if t.name == primary).threads,
+        "execution_provider": "CPUExecutionProvider",
+        "versions": library_versions(),
+        "targets": {
+            t.name: {
+                **t.describe(),
+                "process": per_target[t.name]["process"],
+                "worker_wall_s": per_target[t.name]["wall_s"],
+            }
+            for t in targets
+        },
+        "emulation": EMULATION_NOTE,
+    }

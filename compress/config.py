@@ -42,7 +42,7 @@ def _short(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def strict_value_error(field: str, annotation: Any, value: Any) -> str | None:
+def strict_value_error(annotation: Any, value: Any) -> str | None:
     """Why `value` is refused for a field of type `annotation` without coercion, or None when it is acceptable.
 
     Pydantic's lax mode turns `True` into 1, `"yes"` or `1` into True and `3` into `"3"`; YAML 1.1 makes `yes`,
@@ -83,10 +83,20 @@ class _Config(BaseModel):
                 values = value if isinstance(value, list) and typing.get_origin(field.annotation) is list else [value]
                 inner = typing.get_args(field.annotation)[0] if values is value else field.annotation
                 for v in values:
-                    why = strict_value_error(key, inner, v)
+                    why = strict_value_error(inner, v)
                     if why is not None:
                         raise ValueError(f"{key} = {_short(v)}: {why}")
         return data
+
+
+def distinct_layers(v: list[int]) -> list[int]:
+    """A list of layer indices (a student's kept layers), checked and sorted: a `field_validator` of the
+    distill configs."""
+    if any(i < 0 for i in v):
+        raise ValueError("layer indices must be >= 0")
+    if len(set(v)) != len(v):
+        raise ValueError("layer indices must be distinct")
+    return sorted(v)
 
 
 class TargetsConfig(_Config):

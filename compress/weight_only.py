@@ -81,7 +81,7 @@ def prepare(src: Path, dst: Path) -> dict:
     return {"folded_transposes": folded, "gemm_to_matmul": gemms}
 
 
-def _weight_matmuls(model: onnx.ModelProto, min_dim: int) -> tuple[list[str], list[str]]:
+def weight_matmuls(model: onnx.ModelProto, min_dim: int) -> tuple[list[str], list[str]]:
     """MatMul nodes with a 2-D initializer weight: (those worth quantizing, those too small to block)."""
     inits = {t.name: tuple(t.dims) for t in model.graph.initializer}
     take, skip = [], []
@@ -110,7 +110,7 @@ def weight_only(
     """
     mnq = _nbits_quantizer()
     model = onnx.load(str(src))
-    take, skip = _weight_matmuls(model, config.block_size)
+    take, skip = weight_matmuls(model, config.block_size)
     ops = ("MatMul", "Gather") if config.embeddings == "int4" else ("MatMul",)
     passes = [(config.bits, skip)]
     if bits_by_node is not None:

@@ -11,7 +11,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from compress.config import NAME, PRUNE_APPLIES, PruneBase, RecipeBase, TargetsConfig, _Config
+from compress.config import NAME, PRUNE_APPLIES, PruneBase, RecipeBase, TargetsConfig, _Config, distinct_layers
 from compress.errors import RecipeError
 from compress.targets import PRESETS, TargetSpec
 
@@ -141,14 +141,7 @@ class LMDistillConfig(_Config):
     warmup_ratio: float = Field(default=0.05, ge=0, lt=1)
     weight_decay: float = Field(default=0.01, ge=0, lt=1)
 
-    @field_validator("layers")
-    @classmethod
-    def _distinct_sorted(cls, v: list[int]) -> list[int]:
-        if any(i < 0 for i in v):
-            raise ValueError("layer indices must be >= 0")
-        if len(set(v)) != len(v):
-            raise ValueError("layer indices must be distinct")
-        return sorted(v)
+    _distinct_sorted = field_validator("layers")(distinct_layers)
 
     @model_validator(mode="after")
     def _one_layer_choice(self) -> LMDistillConfig:
@@ -336,26 +329,6 @@ class LMPruneConfig(PruneBase):
         default=1.25, ge=1, le=100, description="quality gate: held-out perplexity over the source's"
     )
 
-    @model_validator(mode="after")
-    def _decoder_rules(self) -> LMPruneConfig:
-        if self.method != "structured" and self.rounds is not None:
-            raise ValueError(
-                f"prune.rounds applies to method 'structured'; {self.method} masks tighten every prune.every "
-                "optimizer steps"
-            )
-        if self.method == "structured" and self.every != PruneBase.model_fields["every"].default:
-            raise ValueError(
-                "prune.every: a structured cut of a decoder changes its matrices' shapes, so it cuts in "
-                "prune.rounds rounds (default 3), each distilled until the next, not every N optimizer steps"
-            )
-        if self.importance == "activation" and self.method != "structured":
-            raise ValueError("prune.importance = 'activation' applies to method 'structured'")
-        if self.importance == "wanda" and self.method == "structured":
-            raise ValueError("prune.importance = 'wanda' scores single weights: method unstructured or n:m")
-        if self.importance == "wanda" and "scope" in self.model_fields_set and self.method != "n:m":
-            raise ValueError("prune.scope: wanda ranks the weights of each output row (leave scope out)")
-        return self
-
 
 class CausalLMRecipe(RecipeBase):
     """A causal language-model run (`task: causal-lm`): a decoder that continues a text."""
@@ -370,6 +343,27 @@ class CausalLMRecipe(RecipeBase):
     export: LMExportConfig = LMExportConfig()
     quantize: list[LMQuantizeConfig] = Field(default=[LMQuantizeConfig()], min_length=0)
     benchmark: LMBenchmarkConfig = LMBenchmarkConfig()
+
+    @model_validator(mode="after")
+    def _decoder_pruning(self) -> CausalLMRecipe:
+        for i, p in enumerate(self.prune):
+            if p.method != "structured" and p.rounds is not None:
+                raise ValueError(
+                    f"prune.{i}.rounds applies to method 'structured'; {p.method} masks tighten every prune.every "
+                    "optimizer steps"
+                )
+            if p.method == "structured" and p.every != PruneBase.model_fields["every"].default:
+                raise ValueError(
+                    f"prune.{i}.every: a structured cut of a decoder changes its matrices' shapes, so it cuts in "
+                    "prune.rounds rounds (default 3), each distilled until the next, not every N optimizer steps"
+                )
+            if p.importance == "activation" and p.method != "structured":
+                raise ValueError(f"prune.{i}.importance = 'activation' applies to method 'structured'")
+            if p.importance == "wanda" and p.method == "structured":
+                raise ValueError(f"prune.{i}.importance = 'wanda' scores single weights: method unstructured or n:m")
+            if p.importance == "wanda" and "scope" in p.model_fields_set and p.method != "n:m":
+                raise ValueError(f"prune.{i}.scope: wanda ranks the weights of each output row (leave scope out)")
+        return self
 
     def quantize_sources(self) -> list[str]:
         # The teacher too: its int4 is what a user would ship without a student (the anchor to beat).

@@ -11,8 +11,7 @@ from benchmarks.plots import (
     plain_log_axis,
     plt,
     png,
-    size_and_memory,
-    stage_wall_time,
+    report_plots,
 )
 from compress.targets import is_reference
 
@@ -81,10 +80,4 @@ def ttft_by_length(report: dict) -> bytes | None:
 
 def all_plots(report: dict) -> dict[str, bytes]:
     """name -> PNG of every figure that has data."""
-    plots = {
-        "quality_vs_speed": quality_vs_speed(report),
-        "ttft_by_length": ttft_by_length(report),
-        "size_and_memory": size_and_memory(report),
-        "stage_wall_time": stage_wall_time(report),
-    }
-    return {k: v for k, v in plots.items() if v is not None}
+    return report_plots(report, quality_vs_speed=quality_vs_speed(report), ttft_by_length=ttft_by_length(report))

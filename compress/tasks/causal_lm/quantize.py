@@ -39,9 +39,9 @@ from compress.int8 import Int8Spec, graph_summary, int8_op_counts, quantize_mode
 from compress.tasks.causal_lm.config import LMQuantizeConfig
 from compress.weight_only import (
     WEIGHT_ONLY_OPS,
-    _weight_matmuls,
     prepare,
     set_accuracy_level,
+    weight_matmuls,
     weight_only,
 )
 from export.artifact import Artifact
@@ -59,7 +59,7 @@ def matmul_groups(src: Path, block_size: int) -> dict[str, list[str]]:
     through `compress.architectures.ONNX_LAYER`), "lm_head", or "other"."""
     from compress.architectures import ONNX_LAYER
 
-    take, _ = _weight_matmuls(onnx.load(str(src), load_external_data=False), block_size)
+    take, _ = weight_matmuls(onnx.load(str(src), load_external_data=False), block_size)
     groups: dict[str, list[str]] = {}
     for name in take:
         m = ONNX_LAYER.search(name)

@@ -21,8 +21,7 @@ from tqdm.auto import tqdm
 
 from benchmarks.latency import percentiles
 from benchmarks.memory import measure_peak_rss
-from compress.hardware import cpu_info
-from compress.manifest import library_versions
+from benchmarks.process import environment
 from compress.targets import ANCHOR_RUNTIMES, BASELINES, resolve_target
 from compress.tasks.causal_lm.anchors import runner, weight_files
 from compress.tasks.causal_lm.config import LMBenchmarkConfig, TextDataConfig
@@ -30,10 +29,6 @@ from compress.tasks.causal_lm.data import TextData, eval_blocks, prompts_from
 from compress.tasks.causal_lm.worker import measure_lm_target
 from export.artifact import Artifact
 
-EMULATION_NOTE = (
-    "Targets emulate device classes on this CPU (thread count, intra-op spinning off, core pinning, "
-    "address-space cap); they are not measurements on those devices."
-)
 GREEDY_PROMPT_TOKENS = 32
 
 
@@ -281,24 +276,9 @@ def benchmark_lm(
         rec["ttft_ms"] = primary["ttft_ms"][middle]
         if "memory" in primary and "error" not in primary["memory"]:
             rec.update({k: x for k, x in primary["memory"].items() if k != "fits_memory_limit"})
-    primary_target = next(t for t in targets if t.name == s.primary)
     return {
         "task": "causal-lm",
-        "environment": {
-            "cpu": cpu_info(),
-            "threads": primary_target.threads,
-            "execution_provider": "CPUExecutionProvider",
-            "versions": library_versions(),
-            "targets": {
-                t.name: {
-                    **t.describe(),
-                    "process": per_target[t.name]["process"],
-                    "worker_wall_s": per_target[t.name]["wall_s"],
-                }
-                for t in targets
-            },
-            "emulation": EMULATION_NOTE,
-        },
+        "environment": environment(targets, s.primary, per_target),
         "settings": {
             "primary_target": s.primary,
             "ttft_headline_length": int(middle),

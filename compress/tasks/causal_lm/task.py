@@ -14,13 +14,13 @@ measured on the ONNX artifact; the benchmark times what a device feels: time to 
 
 from __future__ import annotations
 
-import json
+from dataclasses import astuple
 from pathlib import Path
 
 import numpy as np
 
 from compress.errors import RecipeError
-from compress.stage import RunContext, Step
+from compress.stage import RunContext, Step, TaskBase, built_variants, save_results
 from compress.tasks.causal_lm.config import CausalLMRecipe
 
 _PREDICTIONS = "dev_predictions.npz"  # the teacher's greedy next tokens on the dev blocks
@@ -28,7 +28,7 @@ _UNIGRAM = "unigram_log_probs.npy"  # the train split's unigram model: the colla
 _HELDOUT_BLOCKS = 16  # held-out blocks scored by quantization choices
 
 
-class CausalLMTask:
+class CausalLMTask(TaskBase):
     """Stages of `task: causal-lm` (see `compress.tasks.Task`)."""
 
     name = "causal-lm"
@@ -353,27 +353,17 @@ class CausalLMTask:
 
     # ---- the report, compare and bundle ----
 
-    def write_report(self, run_dir: Path, results: dict, manifest: dict) -> dict:
-        from compress.tasks.causal_lm.report import write
+    def report_module(self):
+        from compress.tasks.causal_lm import report
 
-        return write(run_dir, results, manifest)
+        return report
 
-    def compare_row(self, a: dict, b: dict) -> dict:
-        from compress.tasks.causal_lm.report import compare_row
-
-        return compare_row(a, b)
-
-    def render_comparison(self, cmp: dict) -> str:
-        from compress.tasks.causal_lm.report import render_compare
-
-        return render_compare(cmp)
-
-    bundle_rules = {"max_perplexity_ratio": 1.1}  # vs the teacher's dev perplexity
-
-    def bundle(self, run_dir: Path, target: str, out_dir: Path, variant: str | None, *, rule: dict, force: bool):
+    def bundle_function(self):
         from compress.tasks.causal_lm.bundle import bundle_lm
 
-        return bundle_lm(run_dir, target, out_dir, variant, force=force, **{**self.bundle_rules, **rule})
+        return bundle_lm
+
+    bundle_rules = {"max_perplexity_ratio": 1.1}  # vs the teacher's dev perplexity
 
     def bundle_message(self, meta: dict, out_dir: Path) -> str:
         return (
@@ -384,7 +374,6 @@ class CausalLMTask:
 
     def benchmark(self, ctx: RunContext, step: Step, out: Path) -> dict:
         from benchmarks.baselines import optimum_dynamic_int8
-        from compress.manifest import write_json_atomic
         from compress.tasks.causal_lm.suite import LMVariant, benchmark_lm
 
         r = ctx.recipe
@@ -423,21 +412,7 @@ class CausalLMTask:
                 t["layers"],
             ),
         ]
-        # Only what passed its quality gate (and was built): a gated model is reported, never measured or shipped.
-        built = lambda stage, name: ctx.ok(f"{stage}/{name}") and ctx.ok(f"export/{name}")  # noqa: E731
-        variants += [
-            ours(d.name, "distill", "teacher-onnx", f"export/{d.name}", d.name)
-            for d in r.distill
-            if built("distill", d.name)
-        ]
-        variants += [
-            ours(p.name, "prune", r.source_of(p), f"export/{p.name}", p.name) for p in r.prune if built("prune", p.name)
-        ]
-        for q in r.quantize:
-            if ctx.ok(f"quantize/{q.name}"):
-                src = r.source_of(q)
-                parent = "teacher-onnx" if src == "teacher" else src
-                variants.append(ours(q.name, "quantize", parent, f"quantize/{q.name}", src))
+        variants += [ours(*astuple(b)) for b in built_variants(ctx)]
         anchors = {"built": {}, "unavailable": []}
         if step.config.anchors:
             from compress.tasks.causal_lm.anchors import build_anchors
@@ -469,12 +444,8 @@ class CausalLMTask:
             log=ctx.log,
             anchors=anchors,
         )
-        steps = {v.name: str(v.model_dir.relative_to(ctx.run_dir)) for v in variants if v.runtime == "onnxruntime"}
-        for v in results["variants"]:
-            v["artifact"] = steps.get(v["name"])  # the step directory, relative to the run directory
-        results = json.loads(json.dumps(results).replace(str(out.resolve()), str(ctx.out(step.id).resolve())))
-        results = json.loads(json.dumps(results).replace(str(out), str(ctx.out(step.id))))
-        write_json_atomic(out / "results.json", results)
+        dirs = {v.name: v.model_dir for v in variants if v.runtime == "onnxruntime"}
+        results = save_results(ctx, step, out, results, dirs)
         return {
             v["name"]: {"perplexity": v["perplexity"], "tokens_per_s": v.get("tokens_per_s")}
             for v in results["variants"]

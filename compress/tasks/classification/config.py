@@ -11,7 +11,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from compress.config import NAME, PRUNE_APPLIES, PruneBase, RecipeBase, TargetsConfig, _Config
+from compress.config import NAME, PRUNE_APPLIES, PruneBase, RecipeBase, TargetsConfig, _Config, distinct_layers
 from compress.errors import RecipeError
 from compress.targets import PRESETS, TargetSpec
 from compress.vocab import TrimVocabConfig
@@ -110,14 +110,7 @@ class DistillConfig(_Config):
     warmup_ratio: float = Field(default=0.06, ge=0, lt=1)
     weight_decay: float = Field(default=0.01, ge=0, lt=1)
 
-    @field_validator("layers")
-    @classmethod
-    def _distinct_sorted(cls, v: list[int]) -> list[int]:
-        if any(i < 0 for i in v):
-            raise ValueError("layer indices must be >= 0")
-        if len(set(v)) != len(v):
-            raise ValueError("layer indices must be distinct")
-        return sorted(v)
+    _distinct_sorted = field_validator("layers")(distinct_layers)
 
     @field_validator("hidden_layer_map", "attention_layer_map")
     @classmethod

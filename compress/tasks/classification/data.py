@@ -12,7 +12,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from compress.batches import EncodedDataset, PadCollator, length_sorted_batches  # noqa: F401 (re-exported)
+from compress.batches import EncodedDataset
 from compress.datafiles import jsonl_objects, read_text
 from compress.errors import RecipeError
 from compress.tasks.classification.config import DataConfig

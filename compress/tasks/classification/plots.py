@@ -11,8 +11,7 @@ from benchmarks.plots import (
     plain_log_axis,
     plt,
     png,
-    size_and_memory,
-    stage_wall_time,
+    report_plots,
 )
 from compress.targets import is_reference
 
@@ -32,9 +31,7 @@ def accuracy_vs_latency(report: dict) -> bytes:
         pts = [(lat["p50"], v["accuracy"]) for v, lat in rows]
         front = pareto_front(pts)
         fx, fy = zip(*[pts[i] for i in front], strict=True)
-        ax.step(
-            fx, [y * 100 for y in fy], where="post", color=GREEN, lw=1.5, alpha=0.7, label="Pareto front", zorder=1
-        )
+        ax.step(fx, [y * 100 for y in fy], where="post", color=GREEN, lw=1.5, alpha=0.7, label="Pareto front", zorder=1)
         for i, (v, lat) in enumerate(rows):
             base = is_reference(v)
             lo, hi = lat.get("ci", {}).get("p50", [lat["p50"], lat["p50"]])
@@ -106,10 +103,6 @@ def latency_by_length(report: dict) -> bytes | None:
 
 def all_plots(report: dict) -> dict[str, bytes]:
     """name -> PNG of every figure that has data."""
-    plots = {
-        "accuracy_vs_latency": accuracy_vs_latency(report),
-        "latency_by_length": latency_by_length(report),
-        "size_and_memory": size_and_memory(report),
-        "stage_wall_time": stage_wall_time(report),
-    }
-    return {k: v for k, v in plots.items() if v is not None}
+    return report_plots(
+        report, accuracy_vs_latency=accuracy_vs_latency(report), latency_by_length=latency_by_length(report)
+    )

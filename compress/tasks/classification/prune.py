@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from compress.batches import EncodedDataset, PadCollator
 from compress.losses import distillation_loss
 from compress.masks import UnstructuredPruner, measure_sparsity
 from compress.modeling import count_parameters, num_layers
@@ -40,7 +41,7 @@ from compress.structured import (
     remove_masks_,
 )
 from compress.tasks.classification.config import PruneConfig
-from compress.tasks.classification.data import EncodedDataset, PadCollator, TaskData, encode
+from compress.tasks.classification.data import TaskData, encode
 from compress.training import LossSpec, accuracy, predict_logits, train, training_args
 
 

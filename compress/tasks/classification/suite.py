@@ -21,8 +21,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from benchmarks.memory import measure_peak_rss
+from benchmarks.process import environment
 from compress.hardware import cpu_info
-from compress.manifest import library_versions
 from compress.targets import BASELINES, Target, resolve_target
 from compress.tasks.classification.config import BenchmarkConfig
 from compress.tasks.classification.data import TaskData
@@ -32,10 +32,6 @@ from export.runtime import OrtClassifier, TorchClassifier, batched_logits, token
 
 # Distinct sentences used at each fixed length: the content hardly matters when the length is fixed.
 FIXED_LENGTH_EXAMPLES = 128
-EMULATION_NOTE = (
-    "Targets emulate device classes on this CPU (thread count, intra-op spinning off, core pinning, "
-    "address-space cap); they are not measurements on those devices."
-)
 
 
 @dataclass(frozen=True)
@@ -359,24 +355,8 @@ def benchmark(
 
     first = next(iter(request_sets))
     peaks = _compute(variants, records, targets, request_sets[first], log)
-    primary_target = next(t for t in targets if t.name == s.primary)
     return {
-        "environment": {
-            "cpu": cpu,
-            "threads": primary_target.threads,
-            "execution_provider": "CPUExecutionProvider",
-            "versions": library_versions(),
-            "targets": {
-                t.name: {
-                    **t.describe(),
-                    "process": per_target[t.name]["process"],
-                    "worker_wall_s": per_target[t.name]["wall_s"],
-                }
-                for t in targets
-            },
-            "emulation": EMULATION_NOTE,
-            "peak_macs_per_s": peaks,
-        },
+        "environment": environment(targets, s.primary, per_target, cpu=cpu) | {"peak_macs_per_s": peaks},
         "settings": {
             "latency": "single stream, batch 1, each dev sentence at its real tokenized length"
             if first == "real"

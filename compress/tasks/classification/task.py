@@ -10,18 +10,17 @@ accuracy, measured on the ONNX artifact one sentence per call; the benchmark tim
 
 from __future__ import annotations
 
-import json
+from dataclasses import astuple
 from pathlib import Path
 
 import numpy as np
 
 from compress.errors import RecipeError
-from compress.manifest import write_json_atomic
-from compress.stage import RunContext, Step
+from compress.stage import RunContext, Step, TaskBase, built_variants, save_results
 from compress.tasks.classification.config import Recipe
 
 
-class ClassificationTask:
+class ClassificationTask(TaskBase):
     """Stages of `task: classification` (see `compress.tasks.Task`)."""
 
     name = "classification"
@@ -261,27 +260,17 @@ class ClassificationTask:
 
     # ---- the report, compare and bundle ----
 
-    def write_report(self, run_dir: Path, results: dict, manifest: dict) -> dict:
-        from compress.tasks.classification.report import write
+    def report_module(self):
+        from compress.tasks.classification import report
 
-        return write(run_dir, results, manifest)
+        return report
 
-    def compare_row(self, a: dict, b: dict) -> dict:
-        from compress.tasks.classification.report import compare_row
-
-        return compare_row(a, b)
-
-    def render_comparison(self, cmp: dict) -> str:
-        from compress.tasks.classification.report import render_compare
-
-        return render_compare(cmp)
-
-    bundle_rules = {"max_accuracy_drop": 0.01}  # vs the teacher's dev accuracy
-
-    def bundle(self, run_dir: Path, target: str, out_dir: Path, variant: str | None, *, rule: dict, force: bool):
+    def bundle_function(self):
         from compress.tasks.classification.bundle import bundle
 
-        return bundle(run_dir, target, out_dir, variant, force=force, **{**self.bundle_rules, **rule})
+        return bundle
+
+    bundle_rules = {"max_accuracy_drop": 0.01}  # vs the teacher's dev accuracy
 
     def bundle_message(self, meta: dict, out_dir: Path) -> str:
         check = meta["check"]
@@ -329,21 +318,7 @@ class ClassificationTask:
                 t["layers"],
             ),
         ]
-        # Only what passed its quality gate (and was built): a gated model is reported, never measured or shipped.
-        built = lambda stage, name: ctx.ok(f"{stage}/{name}") and ctx.ok(f"export/{name}")  # noqa: E731
-        variants += [
-            onnx(d.name, "distill", "teacher-onnx", f"export/{d.name}", d.name)
-            for d in r.distill
-            if built("distill", d.name)
-        ]
-        variants += [
-            onnx(p.name, "prune", r.source_of(p), f"export/{p.name}", p.name) for p in r.prune if built("prune", p.name)
-        ]
-        variants += [
-            onnx(q.name, "quantize", r.source_of(q), f"quantize/{q.name}", r.source_of(q))
-            for q in r.quantize
-            if ctx.ok(f"quantize/{q.name}")
-        ]
+        variants += [onnx(*astuple(b)) for b in built_variants(ctx)]
         results = benchmark(
             variants,
             ctx.data,
@@ -353,14 +328,8 @@ class ClassificationTask:
             work_dir=out,
             log=ctx.log,
         )
-        # Artifacts written here (the optimum baseline, .ort files) are recorded under their final path, not the
-        # temporary directory this step writes into.
-        steps = {v.name: str(v.tokenizer_dir.relative_to(ctx.run_dir)) for v in variants if v.runtime == "onnxruntime"}
-        for v in results["variants"]:
-            v["artifact"] = steps.get(v["name"])  # the step directory, relative to the run directory
-        results = json.loads(json.dumps(results).replace(str(out.resolve()), str(ctx.out(step.id).resolve())))
-        results = json.loads(json.dumps(results).replace(str(out), str(ctx.out(step.id))))
-        write_json_atomic(out / "results.json", results)
+        dirs = {v.name: v.tokenizer_dir for v in variants if v.runtime == "onnxruntime"}
+        results = save_results(ctx, step, out, results, dirs)
         return {v["name"]: {"accuracy": v["accuracy"], "p50_ms": v["latency_ms"]["p50"]} for v in results["variants"]}
 
 
