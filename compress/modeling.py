@@ -379,8 +379,11 @@ def describe(model, seq_len: int) -> dict:
     }
 
 
-def check_layer_map(key: str, pairs, n_student: int, n_teacher: int) -> list[tuple[int, int]]:
+def check_layer_map(section: str, key: str, pairs, n_student: int, n_teacher: int) -> list[tuple[int, int]]:
     """A (student, teacher) index map checked against both models: indices up to `n_student` and `n_teacher`.
+
+    Args:
+        section: the recipe section the map is in (`distill`, `distill.1`), for the message.
 
     Raises:
         RecipeError: a pair names a layer either model does not have (the message lists them).
@@ -390,7 +393,7 @@ def check_layer_map(key: str, pairs, n_student: int, n_teacher: int) -> list[tup
     bad = [(s, t) for s, t in pairs if s > n_student or t > n_teacher]
     if bad:
         raise RecipeError(
-            f"distill.{key} = {[list(p) for p in pairs]}: student indices go up to {n_student}, "
+            f"{section}.{key} = {[list(p) for p in pairs]}: student indices go up to {n_student}, "
             f"teacher indices up to {n_teacher}; {[list(p) for p in bad]} are out of range"
         )
     return [tuple(p) for p in pairs]

@@ -68,6 +68,12 @@ RECIPE_CASES = [
     ({"data": {"labels": ["0", "0.0"]}}, "two entries name one class"),
     ({"data": {"max_length": 512}}, "data.max_length = 512: the teacher has 128 positions"),
     ({"export": {"atol": "tight"}}, "export.atol = 'tight'"),
+    ({"distill": {"hidden_weight": 1.0, "hidden_layer_map": [[1, 9]]}}, "distill.hidden_layer_map = [[1, 9]]: student"),
+    ({"distill": {"attention_weight": 1.0, "attention_layer_map": [[0, 4]]}}, "distill.attention_layer_map = [[0, 4]]"),
+    ({"teacher": {"epochs": True}}, "teacher.epochs = True: expected a number, got the boolean true"),
+    ({"benchmark": {"memory": "yes"}}, "benchmark.memory = 'yes': expected true or false"),
+    ({"distill": {"batch_size": 8.5}}, "distill.batch_size = 8.5: expected an integer"),
+    ({"data": {"text_column": 3}}, "data.text_column = 3: expected a string, got a number"),
 ]
 
 

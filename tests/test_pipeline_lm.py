@@ -245,6 +245,10 @@ def test_a_fresh_venv_with_only_the_three_runtime_packages_generates_the_measure
     ("change", "message"),
     [
         ({"distill": {"layers": [0, 7]}}, "distill.layers = [0, 7]: the teacher has layers 0..3"),
+        (
+            {"distill": {"hidden_weight": 1.0, "hidden_layer_map": [[1, 9]]}},
+            "distill.hidden_layer_map = [[1, 9]]: student indices go up to 2, teacher indices up to 4",
+        ),
         ({"benchmark": {"prompt_lengths": [8, 250]}}, "benchmark.prompt_lengths = [8, 250]"),
         ({"data": {"block_size": 512}}, "data.block_size = 512"),
         ({"prune": {"method": "structured", "heads": 0.25}}, "prune.0.heads = 0.25: removes no group"),

@@ -150,3 +150,23 @@ def test_relative_paths_resolve_against_the_recipe_file(tmp_path, tiny_data_dir,
     assert r.data.dev == (tiny_data_dir / "dev.tsv").resolve()
     assert r.data.test is None
     assert r.teacher.base == str(tiny_base_dir.resolve())
+
+
+def _with_raw_section(path, section: str, text: str):
+    """The recipe at `path` with `section` written as raw YAML (as a user types it), not through a YAML dumper."""
+    tree = yaml.safe_load(path.read_text())
+    tree.pop(section, None)
+    path.write_text(yaml.safe_dump(tree, sort_keys=False) + f"{section}:\n{text}")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("section", "text", "message"),
+    [
+        ("prune", "  sparsity: 0.3\n  sparsity: 0.6\n", "key 'sparsity' appears twice in one mapping"),
+        ("prune", "  sparsity: 0.3\n  scope: yes\n", "prune.scope = 'yes'"),  # YAML 1.1's `yes`: a word here
+        ("benchmark", "  memory: on\n", "benchmark.memory = 'on': expected true or false"),
+    ],
+)
+def test_repeated_keys_and_yaml_1_1_booleans_are_refused(write_recipe, section, text, message):
+    assert message in _error(_with_raw_section(write_recipe(), section, text))

@@ -79,7 +79,7 @@ def distill_lm(
         kind=cfg.loss,
         skew=cfg.skew,
         hidden_weight=cfg.hidden_weight,
-        hidden_layer_map=tuple(check_layer_map("hidden_layer_map", hidden_map, n_s, n_t)),
+        hidden_layer_map=tuple(check_layer_map("distill", "hidden_layer_map", hidden_map, n_s, n_t)),
     )
     train_set = train_blocks(tokenizer, data.train, data_config)
     generated = None

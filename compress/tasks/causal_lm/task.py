@@ -63,6 +63,7 @@ class CausalLMTask(TaskBase):
 
         from compress.architectures import family_of, ffn_width, head_dim, kv_heads
         from compress.decoder_structured import kept_counts
+        from compress.modeling import check_layer_map
         from compress.tasks.causal_lm.model import check_causal_lm_dir, context_window
 
         t = recipe.teacher
@@ -131,6 +132,9 @@ class CausalLMTask(TaskBase):
                     )
             elif any(layer >= layers for layer in d.layers):
                 raise RecipeError(f"{key}.layers = {list(d.layers)}: the teacher has layers 0..{layers - 1}")
+            if d.hidden_layer_map:  # (student, teacher) hidden states, the embeddings as 0
+                kept = d.num_layers if d.num_layers is not None else len(d.layers)
+                check_layer_map(key, "hidden_layer_map", d.hidden_layer_map, kept, layers)
             if d.generated_sequences and d.generation_prompt_tokens >= recipe.data.block_size:
                 raise RecipeError(
                     f"{key}.generation_prompt_tokens = {d.generation_prompt_tokens}: the teacher writes blocks of "

@@ -40,9 +40,11 @@ def _loss_spec(cfg: DistillConfig, student, teacher):
 
     n_s, n_t = num_layers(student), num_layers(teacher)
     hidden_map = check_layer_map(
+        "distill",
         "hidden_layer_map", cfg.hidden_layer_map or default_hidden_map(cfg.layers, n_t), n_s, n_t
     )
     attention_map = check_layer_map(
+        "distill",
         "attention_layer_map", cfg.attention_layer_map or default_attention_map(cfg.layers), n_s - 1, n_t - 1
     )
     relation_heads = cfg.relation_heads or teacher.config.num_attention_heads

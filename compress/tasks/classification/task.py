@@ -53,7 +53,7 @@ class ClassificationTask(TaskBase):
         from transformers import AutoModel, AutoModelForSequenceClassification
 
         from compress.architectures import family_of, ffn_width
-        from compress.modeling import base_model_dir, check_model_dir
+        from compress.modeling import base_model_dir, check_layer_map, check_model_dir
 
         t = recipe.teacher
         key = "teacher.path" if t.path is not None else "teacher.base"
@@ -68,6 +68,11 @@ class ClassificationTask(TaskBase):
             k = "distill" if len(recipe.distill) == 1 else f"distill.{i}"
             if any(layer >= n for layer in d.layers):
                 raise RecipeError(f"{k}.layers = {list(d.layers)}: the teacher has layers 0..{n - 1}")
+            # (student, teacher) maps: hidden states count the embeddings as 0, attention maps count layers
+            if d.hidden_layer_map:
+                check_layer_map(k, "hidden_layer_map", d.hidden_layer_map, len(d.layers), n)
+            if d.attention_layer_map:
+                check_layer_map(k, "attention_layer_map", d.attention_layer_map, len(d.layers) - 1, n - 1)
             if d.heads is not None and d.hidden_size is None and d.heads > heads:
                 raise RecipeError(f"{k}.heads = {d.heads}: the teacher has {heads} heads per layer")
             if d.intermediate_size is not None and d.intermediate_size > ffn:
