@@ -158,7 +158,13 @@ def add_subparsers(sub: argparse._SubParsersAction) -> None:
     # The rules' options of the tasks whose runs can be bundled (`Task.bundle_rules`); each run takes its own.
     b.add_argument("--max-accuracy-drop", type=float, default=None, help="vs the teacher's dev accuracy (default 0.01)")
     b.add_argument(
-        "--max-perplexity-ratio", type=float, default=None, help="vs the teacher's dev perplexity (default 1.1)"
+        "--max-perplexity-ratio", type=float, default=None, help="vs the teacher's dev perplexity (default 1.25)"
+    )
+    b.add_argument(
+        "--max-kl-to-teacher",
+        type=float,
+        default=None,
+        help="KL(teacher || variant) on dev, nats per token (default 0.5)",
     )
     b.add_argument("--force", action="store_true", help="replace a bundle already at --out (never anything else)")
 
@@ -197,7 +203,11 @@ def dispatch(args: argparse.Namespace) -> int:
                 args.target,
                 args.out,
                 args.variant,
-                rule={"max_accuracy_drop": args.max_accuracy_drop, "max_perplexity_ratio": args.max_perplexity_ratio},
+                rule={
+                    "max_accuracy_drop": args.max_accuracy_drop,
+                    "max_perplexity_ratio": args.max_perplexity_ratio,
+                    "max_kl_to_teacher": args.max_kl_to_teacher,
+                },
                 force=args.force,
             )
             return 0

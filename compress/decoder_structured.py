@@ -204,6 +204,38 @@ def _index(t: torch.Tensor, dim: int, idx: torch.Tensor | None) -> torch.Tensor:
     return t if idx is None else t.index_select(dim, idx)
 
 
+def _cut_config(cfg, fam: Family, keep_g: int, keep_f: int, r: int, hd: int, ch: torch.Tensor | None):
+    """A copy of `cfg` with the kept FFN width, key/value groups (and their query heads) and hidden size."""
+    new_cfg = copy.deepcopy(cfg)
+    setattr(new_cfg, fam.ffn_key, keep_f)
+    if not fam.qkv:
+        new_cfg.head_dim = hd
+        new_cfg.num_key_value_heads = keep_g
+        new_cfg.num_attention_heads = keep_g * r
+    if ch is not None:
+        new_cfg.hidden_size = len(ch)
+    return new_cfg
+
+
+def _layer_roles(fam: Family, cut: DecoderCut, i: int, r: int, hd: int, ch: torch.Tensor | None):
+    """Layer `i`'s kept (output, input) indices per projection path, with its kept query and key/value rows."""
+    grp = torch.tensor(cut.groups[i])
+    q_rows = (grp[:, None] * (r * hd) + torch.arange(r * hd)).flatten()
+    kv_rows = (grp[:, None] * hd + torch.arange(hd)).flatten()
+    neu = torch.tensor(cut.neurons[i])
+    roles = {
+        fam.query: (q_rows, ch),
+        fam.key: (kv_rows, ch),
+        fam.value: (kv_rows, ch),
+        fam.out: (ch, q_rows),
+        fam.ffn_in: (neu, ch),
+        fam.ffn_gate: (neu, ch),
+        fam.ffn_out: (ch, neu),
+        fam.qkv: (None, ch),
+    }
+    return roles, q_rows, kv_rows
+
+
 @torch.no_grad()
 def apply_cut(model, cut: DecoderCut):
     """A new model of a smaller config holding only what `cut` keeps; `model` is not modified.
@@ -226,14 +258,7 @@ def apply_cut(model, cut: DecoderCut):
         raise RecipeError(f"{fam.name}: attention groups cannot be removed (prune.ffn only)")
     d = int(cfg.hidden_size)
     ch = torch.tensor(cut.channels) if cut.channels is not None else None
-    new_cfg = copy.deepcopy(cfg)
-    setattr(new_cfg, fam.ffn_key, keep_f)
-    if not fam.qkv:
-        new_cfg.head_dim = hd
-        new_cfg.num_key_value_heads = keep_g
-        new_cfg.num_attention_heads = keep_g * r
-    if ch is not None:
-        new_cfg.hidden_size = len(ch)
+    new_cfg = _cut_config(cfg, fam, keep_g, keep_f, r, hd, ch)
 
     src = model.state_dict()
     prefix = f"{fam.layers}."
@@ -246,20 +271,7 @@ def apply_cut(model, cut: DecoderCut):
         if local.startswith(prefix):
             i_str, _, rest = local[len(prefix) :].partition(".")
             i = int(i_str)
-            grp = torch.tensor(cut.groups[i])
-            q_rows = (grp[:, None] * (r * hd) + torch.arange(r * hd)).flatten()
-            kv_rows = (grp[:, None] * hd + torch.arange(hd)).flatten()
-            neu = torch.tensor(cut.neurons[i])
-            roles = {
-                fam.query: (q_rows, ch),
-                fam.key: (kv_rows, ch),
-                fam.value: (kv_rows, ch),
-                fam.out: (ch, q_rows),
-                fam.ffn_in: (neu, ch),
-                fam.ffn_gate: (neu, ch),
-                fam.ffn_out: (ch, neu),
-                fam.qkv: (None, ch),
-            }
+            roles, q_rows, kv_rows = _layer_roles(fam, cut, i, r, hd, ch)
             path, _, leaf = rest.rpartition(".")
             if path is not None and path in roles and leaf in ("weight", "bias"):
                 out_idx, in_idx = roles[path]

@@ -221,7 +221,7 @@ def quantize_model(
     Raises:
         ValueError: static without calibration feeds (and no existing cache).
     """
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization import QuantType
 
     src, dst = Path(src), Path(dst)
     reduce_range, why = resolve_reduce_range(spec.reduce_range)
@@ -236,7 +236,27 @@ def quantize_model(
         nodes_to_quantize=list(nodes_to_quantize) if nodes_to_quantize else None,
         nodes_to_exclude=list(spec.nodes_to_exclude) or None,
     )
-    settings = {
+    settings = _settings(spec, reduce_range, why)
+    if spec.method == "static":
+        static_extra, static_settings = _static_options(spec, calibration, calibration_cache)
+        extra |= static_extra
+        settings |= static_settings
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dst.parent, prefix=".quantize-") as tmp:
+        model_in = src if preprocessed else preprocess(src, Path(tmp) / "preprocessed.onnx")
+        _run_quantizer(model_in, dst, spec, calibration, calibration_cache, types, extra, common)
+    summary = graph_summary(dst)
+    return {
+        **settings,
+        **summary,
+        "int8_ops": int8_op_counts(summary["op_counts"]),
+        "size_bytes": dst.stat().st_size,
+    }
+
+
+def _settings(spec: Int8Spec, reduce_range: bool, why: str) -> dict:
+    """The settings `quantize_model` reports for every method."""
+    return {
         "method": spec.method,
         "name": spec.name,
         "activation_type": spec.activation_type,
@@ -247,50 +267,62 @@ def quantize_model(
         "reduce_range_reason": why,
         "nodes_to_exclude": list(spec.nodes_to_exclude),
     }
-    if spec.method == "static":
-        has_cache = calibration_cache is not None and Path(calibration_cache).is_file()
-        if not calibration and not has_cache:
-            raise ValueError("static int8 needs calibration feeds")
+
+
+def _static_options(
+    spec: Int8Spec, calibration: Sequence[Feed] | None, calibration_cache: Path | None
+) -> tuple[dict, dict]:
+    """Static int8's extra quantizer options and reported settings; raises without feeds or an existing cache."""
+    has_cache = calibration_cache is not None and Path(calibration_cache).is_file()
+    if not calibration and not has_cache:
+        raise ValueError("static int8 needs calibration feeds")
+    extra: dict = {}
+    if spec.calibrate_method == "percentile":
+        extra["CalibPercentile"] = spec.percentile
+    if spec.calibrate_method != "minmax":
+        # The histogram calibrators stack every collected output into one array, which fails on requests of
+        # different lengths; ONNX Runtime's strided collection (meant for memory) with a stride of one
+        # request merges their histograms one at a time instead.
+        extra["CalibStridedMinMax"] = 1
+    settings = {
+        "format": "QDQ",
+        "calibrate_method": spec.calibrate_method,
+        "calibration_examples": len(calibration) if calibration else None,
+    }
+    if spec.calibrate_method == "percentile":
+        settings["percentile"] = spec.percentile
+    return extra, settings
+
+
+def _run_quantizer(
+    model_in: Path,
+    dst: Path,
+    spec: Int8Spec,
+    calibration: Sequence[Feed] | None,
+    calibration_cache: Path | None,
+    types: dict,
+    extra: dict,
+    common: dict,
+) -> None:
+    """Run ONNX Runtime's dynamic or static (QDQ) quantizer on `model_in`, writing `dst`."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_dynamic, quantize_static
+
+    if spec.method == "dynamic":
+        quantize_dynamic(model_in, dst, extra_options=extra, **common)
+    else:
         methods = {
             "minmax": CalibrationMethod.MinMax,
             "entropy": CalibrationMethod.Entropy,
             "percentile": CalibrationMethod.Percentile,
         }
-        if spec.calibrate_method == "percentile":
-            extra["CalibPercentile"] = spec.percentile
-        if spec.calibrate_method != "minmax":
-            # The histogram calibrators stack every collected output into one array, which fails on requests of
-            # different lengths; ONNX Runtime's strided collection (meant for memory) with a stride of one
-            # request merges their histograms one at a time instead.
-            extra["CalibStridedMinMax"] = 1
-        settings |= {
-            "format": "QDQ",
-            "calibrate_method": spec.calibrate_method,
-            "calibration_examples": len(calibration) if calibration else None,
-        }
-        if spec.calibrate_method == "percentile":
-            settings["percentile"] = spec.percentile
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=dst.parent, prefix=".quantize-") as tmp:
-        model_in = src if preprocessed else preprocess(src, Path(tmp) / "preprocessed.onnx")
-        if spec.method == "dynamic":
-            quantize_dynamic(model_in, dst, extra_options=extra, **common)
-        else:
-            quantize_static(
-                model_in,
-                dst,
-                FeedReader(calibration) if calibration else None,
-                quant_format=QuantFormat.QDQ,
-                activation_type=types[spec.activation_type],
-                calibrate_method=methods[spec.calibrate_method],
-                extra_options=extra,
-                calibration_cache_path=calibration_cache,
-                **common,
-            )
-    summary = graph_summary(dst)
-    return {
-        **settings,
-        **summary,
-        "int8_ops": int8_op_counts(summary["op_counts"]),
-        "size_bytes": dst.stat().st_size,
-    }
+        quantize_static(
+            model_in,
+            dst,
+            FeedReader(calibration) if calibration else None,
+            quant_format=QuantFormat.QDQ,
+            activation_type=types[spec.activation_type],
+            calibrate_method=methods[spec.calibrate_method],
+            extra_options=extra,
+            calibration_cache_path=calibration_cache,
+            **common,
+        )

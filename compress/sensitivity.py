@@ -214,55 +214,12 @@ def quantize_within_budget(
         groups = group_nodes(quantizable_nodes(pre, spec), granularity)
         if not groups:
             raise ValueError(f"nothing in {fp32_path} is quantized by {spec.name} (op_types {list(spec.ops)})")
-        ranking: list[tuple[str, float]] = []
-        trials: dict[int, dict] = {}  # k -> what the result reports
-        made: dict[int, tuple[dict, tuple[str, ...]]] = {}  # k -> (quantize_model metrics, excluded nodes)
-
-        def fits(k: int) -> bool:
-            kept = [u for u, _ in ranking[:k]]
-            excluded = tuple(n for u in kept for n in groups[u])
-            path = tmp / f"keep_{k}.onnx"
-            metrics = quantize_model(
-                pre,
-                path,
-                replace(spec, nodes_to_exclude=spec.nodes_to_exclude + excluded),
-                feeds,
-                preprocessed=True,
-                calibration_cache=cache,
-            )
-            accuracy = float(evaluate(path))
-            ok = base - accuracy <= max_accuracy_drop
-            trials[k] = {"float32_units": kept, "accuracy": accuracy, "size_bytes": metrics["size_bytes"], "fits": ok}
-            made[k] = metrics, excluded
-            if not ok:
-                path.unlink()
-            return ok
-
-        n = len(groups)
-        best = 0 if fits(0) else None
-        if best is None and n > 1:
-            ranking = rank_sensitivity(pre, spec, groups, feeds, tmp, calibration_cache=cache)
-            failing, k = 0, 1
-            while best is None:
-                if fits(k):
-                    best = k
-                elif k == n - 1:
-                    break
-                else:
-                    failing, k = k, min(2 * k, n - 1)
-            while best is not None and best - failing > 1:  # the smallest passing k, if the drop falls with k
-                mid = (failing + best) // 2
-                if fits(mid):
-                    best = mid
-                else:
-                    failing = mid
+        best, ranking, trials, made = _search_budget(
+            pre, tmp, spec, groups, feeds, cache, evaluate, base, max_accuracy_drop
+        )
         trail = tuple(trials.values())  # in the order tried
         if best is None:
-            tried = ", ".join(f"{t['accuracy']:.4f} with {len(t['float32_units'])} of {n} units float32" for t in trail)
-            raise AccuracyBudgetError(
-                f"no {spec.name} int8 model of {fp32_path} within max_accuracy_drop {max_accuracy_drop}: "
-                f"float32 accuracy {base:.4f}; tried {tried}. Keep the float32 model."
-            )
+            raise _budget_error(spec, fp32_path, max_accuracy_drop, base, trail, len(groups))
         os.replace(tmp / f"keep_{best}.onnx", out_path)
     metrics, excluded = made[best]
     return BudgetResult(
@@ -276,6 +233,81 @@ def quantize_within_budget(
         metrics=metrics,
         trials=trail,
         sensitivity=tuple(ranking),
+    )
+
+
+def _search_budget(
+    pre: Path,
+    tmp: Path,
+    spec: Int8Spec,
+    groups: dict[str, tuple[str, ...]],
+    feeds: Sequence[Feed],
+    cache: Path | None,
+    evaluate: Evaluate,
+    base: float,
+    max_accuracy_drop: float,
+) -> tuple[int | None, list[tuple[str, float]], dict[int, dict], dict[int, tuple[dict, tuple[str, ...]]]]:
+    """Try k = 0, then rank the units and find the smallest k most sensitive kept float32 that fits the budget."""
+    ranking: list[tuple[str, float]] = []
+    trials: dict[int, dict] = {}  # k -> what the result reports
+    made: dict[int, tuple[dict, tuple[str, ...]]] = {}  # k -> (quantize_model metrics, excluded nodes)
+
+    def fits(k: int) -> bool:
+        kept = [u for u, _ in ranking[:k]]
+        excluded = tuple(n for u in kept for n in groups[u])
+        path = tmp / f"keep_{k}.onnx"
+        metrics = quantize_model(
+            pre,
+            path,
+            replace(spec, nodes_to_exclude=spec.nodes_to_exclude + excluded),
+            feeds,
+            preprocessed=True,
+            calibration_cache=cache,
+        )
+        accuracy = float(evaluate(path))
+        ok = base - accuracy <= max_accuracy_drop
+        trials[k] = {"float32_units": kept, "accuracy": accuracy, "size_bytes": metrics["size_bytes"], "fits": ok}
+        made[k] = metrics, excluded
+        if not ok:
+            path.unlink()
+        return ok
+
+    n = len(groups)
+    best = 0 if fits(0) else None
+    if best is None and n > 1:
+        ranking = rank_sensitivity(pre, spec, groups, feeds, tmp, calibration_cache=cache)
+        best = _smallest_passing_k(fits, n)
+    return best, ranking, trials, made
+
+
+def _smallest_passing_k(fits: Callable[[int], bool], n: int) -> int | None:
+    """Double k from 1 to at most n - 1 until `fits(k)`, then bisect to the smallest passing k (None: none passes)."""
+    best = None
+    failing, k = 0, 1
+    while best is None:
+        if fits(k):
+            best = k
+        elif k == n - 1:
+            break
+        else:
+            failing, k = k, min(2 * k, n - 1)
+    while best is not None and best - failing > 1:  # the smallest passing k, if the drop falls with k
+        mid = (failing + best) // 2
+        if fits(mid):
+            best = mid
+        else:
+            failing = mid
+    return best
+
+
+def _budget_error(
+    spec: Int8Spec, fp32_path: Path, max_accuracy_drop: float, base: float, trail: tuple[dict, ...], n: int
+) -> AccuracyBudgetError:
+    """The error that lists every quantization tried when none fits the budget."""
+    tried = ", ".join(f"{t['accuracy']:.4f} with {len(t['float32_units'])} of {n} units float32" for t in trail)
+    return AccuracyBudgetError(
+        f"no {spec.name} int8 model of {fp32_path} within max_accuracy_drop {max_accuracy_drop}: "
+        f"float32 accuracy {base:.4f}; tried {tried}. Keep the float32 model."
     )
 
 
@@ -339,6 +371,36 @@ def choose_int8_variant(
     if len({s.name for s in specs}) != len(specs):
         raise ValueError("choose_int8_variant: two candidate specs have the same name")
     out_dir.mkdir(parents=True, exist_ok=True)
+    rows = _quantize_candidates(fp32_path, out_dir, specs, evaluate, calibration)
+    if latency_feeds:
+        latency = _candidate_latency(rows, latency_feeds, latency_warmup)
+        for r in rows:
+            r["latency_ms"] = latency[r["name"]]
+    best = max(r["score"] for r in rows)
+    ties = [r for r in rows if r["score"] >= best - tolerance]
+    chosen = min(ties, key=lambda r: (r["latency_ms"]["p50"] if latency_feeds else 0.0, r["size_bytes"]))
+    if len(ties) == 1:
+        reason = f"best score {chosen['score']:.6g}"
+    elif latency_feeds:
+        reason = f"fastest p50 of {len(ties)} variants within {tolerance} of the best score"
+    else:
+        reason = f"smallest of {len(ties)} variants within {tolerance} of the best score"
+    return {
+        "table": rows,
+        "chosen": chosen["name"],
+        "chosen_spec": next(s for s in specs if s.name == chosen["name"]),
+        "reason": reason,
+    }
+
+
+def _quantize_candidates(
+    fp32_path: Path,
+    out_dir: Path,
+    specs: Sequence[Int8Spec],
+    evaluate: Evaluate,
+    calibration: Sequence[Feed] | None,
+) -> list[dict]:
+    """Write each spec's int8 model to `out_dir/<spec name>.onnx` and return one scored table row per spec."""
     rows = []
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".choose-") as tmp:
         pre = preprocess(fp32_path, Path(tmp) / "preprocessed.onnx")
@@ -357,31 +419,18 @@ def choose_int8_variant(
                     "path": str(path),
                 }
             )
-    if latency_feeds:
-        from benchmarks.latency import measure_latency
-        from export.session import ort_session
+    return rows
 
-        def runner(path: str):
-            session = ort_session(path, 1)
-            return lambda feed: session.run(None, feed)
 
-        latency = measure_latency(
-            {r["name"]: runner(r["path"]) for r in rows}, list(latency_feeds), warmup=latency_warmup, passes=5
-        )
-        for r in rows:
-            r["latency_ms"] = latency[r["name"]]
-    best = max(r["score"] for r in rows)
-    ties = [r for r in rows if r["score"] >= best - tolerance]
-    chosen = min(ties, key=lambda r: (r["latency_ms"]["p50"] if latency_feeds else 0.0, r["size_bytes"]))
-    if len(ties) == 1:
-        reason = f"best score {chosen['score']:.6g}"
-    elif latency_feeds:
-        reason = f"fastest p50 of {len(ties)} variants within {tolerance} of the best score"
-    else:
-        reason = f"smallest of {len(ties)} variants within {tolerance} of the best score"
-    return {
-        "table": rows,
-        "chosen": chosen["name"],
-        "chosen_spec": next(s for s in specs if s.name == chosen["name"]),
-        "reason": reason,
-    }
+def _candidate_latency(rows: list[dict], latency_feeds: Sequence[Feed], latency_warmup: int) -> dict:
+    """Row name -> single-thread latency statistics of its model, timed interleaved over `latency_feeds`."""
+    from benchmarks.latency import measure_latency
+    from export.session import ort_session
+
+    def runner(path: str):
+        session = ort_session(path, 1)
+        return lambda feed: session.run(None, feed)
+
+    return measure_latency(
+        {r["name"]: runner(r["path"]) for r in rows}, list(latency_feeds), warmup=latency_warmup, passes=5
+    )

@@ -175,6 +175,42 @@ class KeepBest(TrainerCallback):
             model.load_state_dict(self.state)
 
 
+class StopWhenConverged(TrainerCallback):
+    """Evaluates the held-out set at the end of every epoch and stops training after an epoch that lowered its
+    loss by less than `min_gain` as a relative perplexity gain (`1 - ppl_now / ppl_before`).
+
+    `curve` keeps each epoch's held-out perplexity (the curve a model card shows); `converged` says whether the
+    stop came from the rule (False when the epochs ran out first). transformers' EarlyStoppingCallback counts
+    evaluations without improvement; this rule is "one more epoch is worth less than X%", which it cannot say.
+    """
+
+    def __init__(self, min_gain: float):
+        self.min_gain = min_gain
+        self.curve: list[dict] = []
+        self.converged = False
+        self._epoch_end = False
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        self._epoch_end = True
+        control.should_evaluate = True
+        return control
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if not self._epoch_end:
+            return control
+        self._epoch_end = False
+        perplexity = float(np.exp(metrics["eval_loss"]))
+        gain = 1.0 - perplexity / self.curve[-1]["heldout_perplexity"] if self.curve else None
+        self.curve.append(
+            {"epoch": round(float(state.epoch or 0.0), 3), "step": state.global_step, "heldout_perplexity": perplexity,
+             "gain": gain}
+        )
+        if gain is not None and gain < self.min_gain:
+            self.converged = True
+            control.should_training_stop = True
+        return control
+
+
 class _SeededLengthGrouping(Trainer):
     """A Trainer whose length-grouped sampler shuffles with its own generator, seeded from `args.data_seed`.
 

@@ -124,6 +124,32 @@ def test_onnx_perplexity_equals_the_pytorch_models_and_quantized_graphs_hold_the
     assert by["cut"]["size_bytes"] < 0.8 * by["student"]["size_bytes"]
 
 
+def test_each_student_and_cut_has_an_equal_training_control_and_every_variant_a_kl_to_the_teacher(lm_run):
+    _, out, report, _ = lm_run
+    manifest = json.loads((out / "manifest.json").read_text())
+    student = manifest["stages"]["distill/student"]["metrics"]
+    cut = manifest["stages"]["prune/cut"]["metrics"]
+    assert "control" not in manifest["stages"]["prune/pruned"]["metrics"]  # unstructured: the student's shape
+    batch = 8  # the fixtures' distill and cut batch size
+    # the student's control reads as many blocks as the student did; the cut's, the student's and its own
+    assert student["control"]["train_steps"] == -(-student["train_blocks_seen"] // batch)
+    lineage = student["train_blocks_seen"] + cut["train_blocks_seen"]
+    assert cut["control"]["train_steps"] == -(-lineage // batch)
+    for m in (student, cut):
+        c = m["control"]
+        assert c["dev_perplexity_torch"] > 1 and c["loss"].startswith("next-token cross-entropy")
+        assert c["dev_perplexity_ratio"] == pytest.approx(m["dev_perplexity_torch"] / c["dev_perplexity_torch"])
+    by = {v["name"]: v for v in report["variants"]}
+    assert by["teacher-torch"]["kl_to_teacher"] == 0.0
+    assert by["teacher-onnx"]["kl_to_teacher"] == pytest.approx(0.0, abs=1e-6)  # the same model, other runtime
+    assert by["student"]["kl_to_teacher"] > 1e-3 and by["int4"]["kl_to_teacher"] > 0
+    # a quantized student is measured against its source's control; the teacher has none
+    assert by["int4"]["control"]["model"] == "student" and by["cut"]["control"]["model"] == "cut"
+    assert "control" not in by["teacher-torch"]
+    md = (out / "report.md").read_text()
+    assert "Compression against equal training" in md and "KL nats" in md
+
+
 def test_every_anchor_is_measured_or_reported_with_its_reason(lm_run):
     _, out, _, _ = lm_run
     report = json.loads((out / "report.json").read_text())
@@ -168,7 +194,7 @@ def lm_bundle(lm_run, tmp_path_factory):
 
     _, out, _, _ = lm_run
     target = tmp_path_factory.mktemp("lm_bundle") / "b"
-    return target, bundle(out, "host", target, max_perplexity_ratio=100.0)
+    return target, bundle(out, "host", target, max_perplexity_ratio=100.0, max_kl_to_teacher=100.0)
 
 
 def test_the_bundle_holds_what_a_device_needs_and_reproduces_the_measured_tokens(lm_bundle, lm_run):

@@ -35,13 +35,21 @@ def _tokens_per_s(v: dict, target: str) -> float | None:
 SPEED_TIE = 0.05  # decode speeds this close to the fastest are one speed on a shared machine
 
 
-def select_lm_variant(report: dict, target: str, *, max_perplexity_ratio: float = 1.1) -> tuple[dict, str]:
+def select_lm_variant(
+    report: dict, target: str, *, max_perplexity_ratio: float = 1.25, max_kl_to_teacher: float = 0.5
+) -> tuple[dict, str]:
     """The variant to ship to `target`: among the deployable ONNX variants whose dev perplexity is within
-    `max_perplexity_ratio` of the teacher's, the fastest decoder there (tokens/s); speeds within 5% of the fastest
-    count as ties, and among them the smallest download (gzip size) wins.
+    `max_perplexity_ratio` of the teacher's *and* whose next-token distributions are within `max_kl_to_teacher`
+    nats per token of the teacher's (KL(teacher || variant) on dev, measured by the benchmark), the fastest decoder
+    there (tokens/s); speeds within 5% of the fastest count as ties, and among them the smallest download (gzip
+    size) wins.
+
+    Perplexity alone cannot tell a compressed teacher from another model of similar quality: a student that
+    learned the corpus its own way (or a teacher undertrained enough that any extra training helps) passes a
+    perplexity ratio while predicting other tokens than the model it claims to replace; the KL bound excludes it.
 
     Raises:
-        LMBundleError: no deployable variant, or none within the bound (names the candidates).
+        LMBundleError: no deployable variant, or none within both bounds (names each candidate and its figures).
     """
     variants = report["variants"]
     deployable = [v for v in variants if v["runtime"] == "onnxruntime" and v["name"] not in BASELINES]
@@ -50,12 +58,23 @@ def select_lm_variant(report: dict, target: str, *, max_perplexity_ratio: float 
     by = {v["name"]: v for v in variants}
     ref = by.get(report.get("reference") or "teacher-torch")
     ceiling = ref["perplexity"] * max_perplexity_ratio
-    ok = [v for v in deployable if v["perplexity"] <= ceiling * (1 + 1e-9)]
+
+    def kl(v: dict) -> float:
+        value = v.get("kl_to_teacher")
+        return float("inf") if value is None else value  # not measured (a report from before KL): not shown safe
+
+    ok = [v for v in deployable if v["perplexity"] <= ceiling * (1 + 1e-9) and kl(v) <= max_kl_to_teacher]
     if not ok:
-        listed = ", ".join(f"{v['name']} ({v['perplexity']:.3f})" for v in deployable)
+        listed = ", ".join(
+            f"{v['name']} (perplexity {v['perplexity']:.3f}, KL "
+            + (f"{v['kl_to_teacher']:.3f}" if v.get("kl_to_teacher") is not None else "not measured")
+            + ")"
+            for v in deployable
+        )
         raise LMBundleError(
-            f"no variant within {max_perplexity_ratio:g}x the teacher's dev perplexity {ref['perplexity']:.3f}: "
-            f"{listed}; name one with --variant, or allow a larger ratio (--max-perplexity-ratio)"
+            f"no variant within {max_perplexity_ratio:g}x the teacher's dev perplexity {ref['perplexity']:.3f} and "
+            f"within {max_kl_to_teacher:g} nats/token of KL to the teacher: {listed}; name one with --variant, or "
+            "loosen the rule (--max-perplexity-ratio, --max-kl-to-teacher)"
         )
     fastest = max(_tokens_per_s(v, target) or 0.0 for v in ok)
     ties = [v for v in ok if (_tokens_per_s(v, target) or 0.0) >= fastest * (1 - SPEED_TIE)]
@@ -64,11 +83,10 @@ def select_lm_variant(report: dict, target: str, *, max_perplexity_ratio: float 
         f"fastest decoder on target {target} ({_tokens_per_s(best, target):.0f} tokens/s"
         + (f"; {len(ties)} within {SPEED_TIE:.0%} of the fastest, the smallest of them" if len(ties) > 1 else "")
         + f") among the {len(ok)} deployable variant(s) within {max_perplexity_ratio:g}x the teacher's dev "
-        f"perplexity ({best['perplexity']:.3f} vs {ref['perplexity']:.3f})"
+        f"perplexity and {max_kl_to_teacher:g} nats/token of KL to it ({best['perplexity']:.3f} vs "
+        f"{ref['perplexity']:.3f}; KL {best['kl_to_teacher']:.3f})"
     )
     return best, why
-
-
 
 
 def load_generate_module(bundle_dir: Path):
@@ -107,21 +125,27 @@ def bundle_lm(
     out_dir: Path,
     variant: str | None = None,
     *,
-    max_perplexity_ratio: float = 1.1,
+    max_perplexity_ratio: float = 1.25,
+    max_kl_to_teacher: float = 0.5,
     force: bool = False,
 ) -> dict:
     """Write the bundle of a causal-LM run (see the module docstring); returns its metadata (bundle.json).
 
     Without `variant`, the fastest decoder on `target` whose dev perplexity is within `max_perplexity_ratio`
-    of the teacher's (`select_lm_variant`).
+    of the teacher's and whose KL to the teacher is within `max_kl_to_teacher` (`select_lm_variant`).
     """
     from export.mobile import convert_to_ort
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     report, manifest = open_run(run_dir, out_dir, force, variant)
     chosen, why, threads = choose_variant(
-        report, run_dir, target, variant, lambda r, t: select_lm_variant(r, t,
-        max_perplexity_ratio=max_perplexity_ratio)
+        report,
+        run_dir,
+        target,
+        variant,
+        lambda r, t: select_lm_variant(
+            r, t, max_perplexity_ratio=max_perplexity_ratio, max_kl_to_teacher=max_kl_to_teacher
+        ),
     )
     if not chosen.get("artifact"):
         raise LMBundleError(f"variant {chosen['name']!r}: the report does not name its artifact directory")
@@ -148,36 +172,49 @@ def bundle_lm(
             shutil.copy2(gen_cfg, tmp / "generation_config.json")
         shutil.copy2(run_dir / "manifest.json", tmp / "manifest.json")
         shutil.copy2(TEMPLATE, tmp / "generate.py")
-        meta = {
-            "format": 1,
-            "task": "causal-lm",
-            "run": report.get("run"),
-            "variant": chosen["name"],
-            "target": target,
-            "threads": threads,
-            "selection": why,
-            "context_window": window,
-            "eos_token_ids": eos,
-            "generation": dict(GENERATION_DEFAULTS),
-            "measured": {
-                k: chosen.get(k)
-                for k in ("perplexity", "perplexity_test", "agreement_with_teacher", "size_bytes", "size_gzip_bytes")
-            }
-            | {
-                "tokens_per_s_on_target": _tokens_per_s(chosen, target),
-                "ttft_ms_on_target": chosen.get("targets", {}).get(target, {}).get("ttft_ms"),
-                "cpu": report.get("environment", {}).get("cpu", {}).get("model"),
-            },
-            "ort_conversion": conv if conv is None or "error" in conv else {k: conv[k] for k in ("target_platform",)},
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "versions": {k: v for k, v in library_versions().items() if k in ("onnxruntime", "onnx", "tokenizers")},
-        }
+        meta = _metadata(report, chosen, target, threads, why, window, eos, conv)
         (tmp / "bundle.json").write_text(json.dumps(meta, indent=2) + "\n")
         meta["check"] = _check(tmp, prompts, greedy, threads)
         (tmp / "README.md").write_text(_readme(meta))
         meta["files"] = {f.name: sha256(f) for f in sorted(tmp.iterdir()) if f.is_file() and f.name != "bundle.json"}
         (tmp / "bundle.json").write_text(json.dumps(meta, indent=2) + "\n")
     return meta
+
+
+def _metadata(report: dict, chosen: dict, target: str, threads: int, why: str, window: int, eos: list[int],
+              conv: dict | None) -> dict:  # fmt: skip
+    """The bundle's record (bundle.json) before its check and checksums: what it is and what was measured."""
+    return {
+        "format": 1,
+        "task": "causal-lm",
+        "run": report.get("run"),
+        "variant": chosen["name"],
+        "target": target,
+        "threads": threads,
+        "selection": why,
+        "context_window": window,
+        "eos_token_ids": eos,
+        "generation": dict(GENERATION_DEFAULTS),
+        "measured": {
+            k: chosen.get(k)
+            for k in (
+                "perplexity",
+                "perplexity_test",
+                "kl_to_teacher",
+                "agreement_with_teacher",
+                "size_bytes",
+                "size_gzip_bytes",
+            )
+        }
+        | {
+            "tokens_per_s_on_target": _tokens_per_s(chosen, target),
+            "ttft_ms_on_target": chosen.get("targets", {}).get(target, {}).get("ttft_ms"),
+            "cpu": report.get("environment", {}).get("cpu", {}).get("model"),
+        },
+        "ort_conversion": conv if conv is None or "error" in conv else {k: conv[k] for k in ("target_platform",)},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "versions": {k: v for k, v in library_versions().items() if k in ("onnxruntime", "onnx", "tokenizers")},
+    }
 
 
 def _check(bundle_dir: Path, prompts: list[list[int]], greedy: dict, threads: int) -> dict:

@@ -87,6 +87,13 @@ class LMTeacherConfig(_Config):
     warmup_ratio: float = Field(default=0.05, ge=0, lt=1)
     weight_decay: float = Field(default=0.1, ge=0, lt=1)
     eval_steps: int | None = Field(default=None, ge=1, description="held-out evaluation every N steps")
+    min_epoch_gain: float | None = Field(
+        default=None,
+        gt=0,
+        lt=1,
+        description="train until an epoch lowers held-out perplexity by less than this fraction (0.02 = 2%), "
+        "`epochs` at most; the learning-rate schedule spans `epochs`",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> LMTeacherConfig:
@@ -121,6 +128,11 @@ class LMDistillConfig(_Config):
         default=None, description="(student, teacher) hidden-state indices, 0 = embeddings; default from layers"
     )
     eval_steps: int | None = Field(default=None, ge=1, description="held-out evaluation every N steps")
+    control: bool = Field(
+        default=True,
+        description="also train the equal-training control: the student's shape from random weights, on the corpus "
+        "alone, for as many blocks as the student saw; its perplexity is reported beside the student's",
+    )
     generated_sequences: int = Field(
         default=0,
         ge=0,
@@ -305,6 +317,7 @@ class LMPruneConfig(PruneBase):
         "hidden": ("method", ("structured",)),
         "rounds": ("schedule", ("cubic",)),
         "calibration_batches": ("importance", ("activation", "wanda")),
+        "control": ("method", ("structured",)),
     }
     STRUCTURES: ClassVar[tuple[str, ...]] = ("heads", "ffn", "hidden")
 
@@ -325,6 +338,11 @@ class LMPruneConfig(PruneBase):
     calibration_batches: int = Field(
         default=8, ge=1, le=10_000, description="activation, wanda: training batches run to measure activations"
     )
+    control: bool = Field(
+        default=True,
+        description="structured: also train the equal-training control, the cut's shape from random weights on the "
+        "corpus alone for as many blocks as the cut and its source student saw",
+    )
     max_perplexity_ratio: float | None = Field(
         default=1.25, ge=1, le=100, description="quality gate: held-out perplexity over the source's"
     )
@@ -343,6 +361,14 @@ class CausalLMRecipe(RecipeBase):
     export: LMExportConfig = LMExportConfig()
     quantize: list[LMQuantizeConfig] = Field(default=[LMQuantizeConfig()], min_length=0)
     benchmark: LMBenchmarkConfig = LMBenchmarkConfig()
+
+    @model_validator(mode="after")
+    def _teacher_training(self) -> CausalLMRecipe:
+        t = self.teacher
+        if t.min_epoch_gain is not None and (t.path is not None or self.data.holdout_fraction == 0):
+            why = "teacher.path is used as it is" if t.path is not None else "data.holdout_fraction is 0"
+            raise ValueError(f"teacher.min_epoch_gain: measured on held-out train pages, but {why}")
+        return self
 
     @model_validator(mode="after")
     def _decoder_pruning(self) -> CausalLMRecipe:

@@ -20,6 +20,7 @@ import torch
 
 from compress.modeling import default_hidden_map
 from compress.tasks.causal_lm.config import LMDistillConfig, TextDataConfig
+from compress.tasks.causal_lm.control import blocks_seen
 from compress.tasks.causal_lm.data import BlockDataset, TextData, selection_blocks, train_blocks
 from compress.tasks.causal_lm.model import LMLossSpec, describe_decoder, final_train_loss, train_lm
 from compress.tasks.causal_lm.teacher import measure_lm
@@ -52,35 +53,8 @@ def distill_lm(
         The student and metrics: perplexity on held-out, dev and test, dev agreement with the teacher's greedy
         next tokens, parameters and MACs per token of student and teacher, training tokens, steps, wall time.
     """
-    from compress.modeling import build_student, check_layer_map
-
     cfg = config
-    layers, selection = list(cfg.layers), None
-    if cfg.num_layers is not None:
-        blocks = _selection_blocks(tokenizer, data, data_config)
-        layers, selection = select_layers(teacher, blocks, cfg.num_layers)
-        log(
-            f"    layers chosen by held-out perplexity: {layers} (dropped in order {[s['dropped'] for s in selection]})"
-        )
-    torch.manual_seed(seed)
-    student = build_student(
-        teacher,
-        layers,
-        intermediate_size=cfg.intermediate_size,
-        hidden_size=cfg.hidden_size,
-        hidden_init=cfg.hidden_init,
-        seed=seed,
-    )
-    n_t, n_s = int(teacher.config.num_hidden_layers), int(student.config.num_hidden_layers)
-    hidden_map = cfg.hidden_layer_map or default_hidden_map(layers, n_t)
-    spec = LMLossSpec(
-        temperature=cfg.temperature,
-        alpha=cfg.alpha,
-        kind=cfg.loss,
-        skew=cfg.skew,
-        hidden_weight=cfg.hidden_weight,
-        hidden_layer_map=tuple(check_layer_map("distill", "hidden_layer_map", hidden_map, n_s, n_t)),
-    )
+    student, layers, selection, spec = _build_student(teacher, tokenizer, cfg, data, data_config, seed, log)
     train_set = train_blocks(tokenizer, data.train, data_config)
     generated = None
     if cfg.generated_sequences:
@@ -117,43 +91,86 @@ def distill_lm(
     train_s = time.perf_counter() - t0
     student.eval()
     metrics, _ = measure_lm(student, tokenizer, data, data_config, reference=teacher_predictions)
-    best = next((h for h in reversed(history) if "best_eval_loss" in h), {})
     metrics.update(
         {
-            "holdout_perplexity_best": best.get("best_eval_perplexity"),
-            "best_step": best.get("best_step"),
             **describe_decoder(student, data_config.block_size),
             "teacher_params": t_info["params"],
             "teacher_macs_per_token": t_info["macs_per_token"],
             "layer_indices": layers,
             "layer_selection": selection,
-            "loss": {
-                "temperature": spec.temperature,
-                "alpha": spec.alpha,
-                "kind": spec.kind,
-                "skew": spec.skew if spec.kind.startswith("skew") else None,
-                "hidden_weight": spec.hidden_weight,
-                "hidden_layer_map": [list(p) for p in spec.hidden_layer_map],
-                "teacher": "online (run on each batch)",
-            },
-            "train_tokens": train_set.tokens,
-            "generated_sequences": (
-                {
-                    "blocks": len(generated),
-                    "tokens": int(generated.size),
-                    "prompt_tokens": cfg.generation_prompt_tokens,
-                    "temperature": cfg.generation_temperature,
-                    "top_p": cfg.generation_top_p,
-                }
-                if generated is not None
-                else None
-            ),
-            "train_steps": max((h.get("step", 0) for h in history), default=0),
-            "train_wall_s": train_s,
-            "train_loss_final": final_train_loss(history),
         }
     )
+    metrics.update(_training_record(cfg, spec, train_set, generated, history, train_s))
     return LMDistillResult(student, metrics)
+
+
+def _build_student(teacher, tokenizer, cfg: LMDistillConfig, data: TextData, data_config: TextDataConfig, seed: int,
+                   log: Callable[[str], None]):  # fmt: skip
+    """The student (its layers given, or chosen by measurement), the layers, the choice's record and its loss."""
+    from compress.modeling import build_student, check_layer_map
+
+    layers, selection = list(cfg.layers), None
+    if cfg.num_layers is not None:
+        blocks = _selection_blocks(tokenizer, data, data_config)
+        layers, selection = select_layers(teacher, blocks, cfg.num_layers)
+        log(
+            f"    layers chosen by held-out perplexity: {layers} (dropped in order {[s['dropped'] for s in selection]})"
+        )
+    torch.manual_seed(seed)
+    student = build_student(
+        teacher,
+        layers,
+        intermediate_size=cfg.intermediate_size,
+        hidden_size=cfg.hidden_size,
+        hidden_init=cfg.hidden_init,
+        seed=seed,
+    )
+    n_t, n_s = int(teacher.config.num_hidden_layers), int(student.config.num_hidden_layers)
+    hidden_map = cfg.hidden_layer_map or default_hidden_map(layers, n_t)
+    spec = LMLossSpec(
+        temperature=cfg.temperature,
+        alpha=cfg.alpha,
+        kind=cfg.loss,
+        skew=cfg.skew,
+        hidden_weight=cfg.hidden_weight,
+        hidden_layer_map=tuple(check_layer_map("distill", "hidden_layer_map", hidden_map, n_s, n_t)),
+    )
+    return student, layers, selection, spec
+
+
+def _training_record(cfg: LMDistillConfig, spec: LMLossSpec, train_set, generated, history: list[dict],
+                     train_s: float) -> dict:  # fmt: skip
+    """What the student was trained on and how: the loss, the tokens and teacher-written blocks, steps, time."""
+    best = next((h for h in reversed(history) if "best_eval_loss" in h), {})
+    return {
+        "holdout_perplexity_best": best.get("best_eval_perplexity"),
+        "best_step": best.get("best_step"),
+        "loss": {
+            "temperature": spec.temperature,
+            "alpha": spec.alpha,
+            "kind": spec.kind,
+            "skew": spec.skew if spec.kind.startswith("skew") else None,
+            "hidden_weight": spec.hidden_weight,
+            "hidden_layer_map": [list(p) for p in spec.hidden_layer_map],
+            "teacher": "online (run on each batch)",
+        },
+        "train_tokens": train_set.tokens,
+        "train_blocks_seen": blocks_seen(cfg.epochs, cfg.max_steps, cfg.batch_size, len(train_set)),
+        "generated_sequences": (
+            {
+                "blocks": len(generated),
+                "tokens": int(generated.size),
+                "prompt_tokens": cfg.generation_prompt_tokens,
+                "temperature": cfg.generation_temperature,
+                "top_p": cfg.generation_top_p,
+            }
+            if generated is not None
+            else None
+        ),
+        "train_steps": max((h.get("step", 0) for h in history), default=0),
+        "train_wall_s": train_s,
+        "train_loss_final": final_train_loss(history),
+    }
 
 
 def _selection_blocks(tokenizer, data: TextData, data_config: TextDataConfig, n: int = 16) -> list[np.ndarray]:

@@ -30,6 +30,7 @@ from compress.masks import UnstructuredPruner, measure_sparsity
 from compress.schedule import GradualPruningCallback
 from compress.structured import remove_masks_
 from compress.tasks.causal_lm.config import LMPruneConfig, TextDataConfig
+from compress.tasks.causal_lm.control import blocks_seen
 from compress.tasks.causal_lm.data import BlockDataset, TextData, train_blocks
 from compress.tasks.causal_lm.model import LMLossSpec, describe_decoder, final_train_loss, train_lm
 from compress.tasks.causal_lm.teacher import measure_lm
@@ -234,6 +235,11 @@ def _structured(model, tokenizer, teacher, s, data, data_config, train_set, seed
             **describe_decoder(model, data_config.block_size),
             "dev_perplexity_torch_before_finetune": (before or {}).get("dev_perplexity_torch"),
             "train_loss_final": final_train_loss(history),
+            "train_blocks_seen": (
+                sum(len(seg) for seg in segments)
+                if segments is not None
+                else blocks_seen(s.epochs, None, 1, len(train_set))
+            ),
         }
     )
     return LMPruneResult(model, metrics)

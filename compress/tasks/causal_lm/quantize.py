@@ -284,50 +284,11 @@ def quantize_lm(
         prepared = tmp / "prepared.onnx"
         metrics["rewrites"] = prepare(src, prepared)
         if config.method == "dynamic":
-            spec = Int8Spec(
-                "dynamic",
-                "uint8",
-                "int8",
-                reduce_range=config.reduce_range,
-                per_channel=config.per_channel,
-                op_types=("MatMul", "Gather"),
-            )
-            if config.max_perplexity_ratio is not None and calibration:
-                from compress.sensitivity import AccuracyBudgetError, quantize_within_budget
-
-                try:
-                    res = quantize_within_budget(
-                        prepared,
-                        tmp / "model.onnx",
-                        spec,
-                        lambda p: -heldout_nll(p),
-                        math.log(config.max_perplexity_ratio),
-                        calibration or [],
-                        granularity="block",
-                    )
-                except AccuracyBudgetError as e:
-                    raise PerplexityBudgetError(str(e)) from None
-                metrics.update(res.metrics)
-                metrics["budget"] = {k: v for k, v in res.to_dict().items() if k not in ("path", "metrics")}
-            else:
-                metrics.update(quantize_model(prepared, tmp / "model.onnx", spec))
+            metrics.update(_dynamic_int8(prepared, tmp, config, heldout_nll, calibration))
         else:
-            level = config.accuracy_level
-            base = tmp / ("level0.onnx" if level == "measure" else "model.onnx")
-            if config.precision == "mixed":
-                mixed, metrics["mixed_precision"] = mixed_precision(prepared, tmp, config, heldout_nll, fp32_nll, log)
-                model = onnx.load(str(mixed))
-                set_accuracy_level(model, 0 if level == "measure" else level)
-                onnx.save(model, str(base))
-            else:
-                metrics.update(weight_only(prepared, base, config, 0 if level == "measure" else level, calibration))
-            if level == "measure":
-                metrics["accuracy_level"] = _choose_accuracy_level(onnx_dir, base, tmp, heldout_nll, timing_prompt, log)
-            else:
-                metrics["accuracy_level"] = {"chosen": level, "reason": "set in the recipe"}
-            summary = graph_summary(tmp / "model.onnx")
-            metrics.update(summary)
-            metrics["weight_only_ops"] = {op: summary["op_counts"].get(op, 0) for op in WEIGHT_ONLY_OPS}
+            metrics.update(
+                _weight_only(prepared, tmp, config, heldout_nll, fp32_nll, onnx_dir, timing_prompt, calibration, log)
+            )
         nll = heldout_nll(tmp / "model.onnx")
         metrics["holdout_perplexity"] = math.exp(nll)
         metrics["holdout_perplexity_ratio"] = math.exp(nll - fp32_nll)
@@ -352,6 +313,65 @@ def quantize_lm(
         raise RuntimeError(f"quantize: no quantized operator in {out_dir / 'model.onnx'}")
     metrics["size_bytes"] = (out_dir / "model.onnx").stat().st_size
     metrics["source_size_bytes"] = src.stat().st_size
+    return metrics
+
+
+def _dynamic_int8(prepared: Path, tmp: Path, config: LMQuantizeConfig, heldout_nll: HeldOutNLL,
+                  calibration: Sequence[dict] | None) -> dict:  # fmt: skip
+    """Dynamic int8 of `prepared` into tmp/model.onnx: every MatMul and Gather, or (with a perplexity budget and
+    calibration feeds) the blocks the budget search keeps."""
+    metrics: dict = {}
+    spec = Int8Spec(
+        "dynamic",
+        "uint8",
+        "int8",
+        reduce_range=config.reduce_range,
+        per_channel=config.per_channel,
+        op_types=("MatMul", "Gather"),
+    )
+    if config.max_perplexity_ratio is not None and calibration:
+        from compress.sensitivity import AccuracyBudgetError, quantize_within_budget
+
+        try:
+            res = quantize_within_budget(
+                prepared,
+                tmp / "model.onnx",
+                spec,
+                lambda p: -heldout_nll(p),
+                math.log(config.max_perplexity_ratio),
+                calibration or [],
+                granularity="block",
+            )
+        except AccuracyBudgetError as e:
+            raise PerplexityBudgetError(str(e)) from None
+        metrics.update(res.metrics)
+        metrics["budget"] = {k: v for k, v in res.to_dict().items() if k not in ("path", "metrics")}
+    else:
+        metrics.update(quantize_model(prepared, tmp / "model.onnx", spec))
+    return metrics
+
+
+def _weight_only(prepared: Path, tmp: Path, config: LMQuantizeConfig, heldout_nll: HeldOutNLL, fp32_nll: float,
+                 onnx_dir: Path, timing_prompt, calibration, log) -> dict:  # fmt: skip
+    """Weight-only int4 (uniform, or mixed per block) of `prepared` into tmp/model.onnx, at the recipe's
+    accuracy_level or the one measured best."""
+    metrics: dict = {}
+    level = config.accuracy_level
+    base = tmp / ("level0.onnx" if level == "measure" else "model.onnx")
+    if config.precision == "mixed":
+        mixed, metrics["mixed_precision"] = mixed_precision(prepared, tmp, config, heldout_nll, fp32_nll, log)
+        model = onnx.load(str(mixed))
+        set_accuracy_level(model, 0 if level == "measure" else level)
+        onnx.save(model, str(base))
+    else:
+        metrics.update(weight_only(prepared, base, config, 0 if level == "measure" else level, calibration))
+    if level == "measure":
+        metrics["accuracy_level"] = _choose_accuracy_level(onnx_dir, base, tmp, heldout_nll, timing_prompt, log)
+    else:
+        metrics["accuracy_level"] = {"chosen": level, "reason": "set in the recipe"}
+    summary = graph_summary(tmp / "model.onnx")
+    metrics.update(summary)
+    metrics["weight_only_ops"] = {op: summary["op_counts"].get(op, 0) for op in WEIGHT_ONLY_OPS}
     return metrics
 
 

@@ -12,6 +12,8 @@
     variants: [{name, stage, runtime (torch | optimum | onnxruntime | genai | llama.cpp), parent, path, model_dir,
         params, layers,
         perplexity (dev), perplexity_test, dev_tokens, agreement_with_teacher (teacher-forced greedy next token),
+        kl_to_teacher (KL(teacher || variant) on dev, nats per token),
+        control {model, perplexity, perplexity_ratio} (its own or its nearest ancestor's equal-training control),
         greedy_prefix_match, greedy_identical_with_teacher, greedy {prompts, new_tokens, tokens},
         size_bytes, size_gzip_bytes,
         ttft_ms (primary target, headline prompt length), decode_ms_per_token, tokens_per_s (primary target),
@@ -22,6 +24,7 @@
         ratios {BASELINE: {tokens_per_s_ratio, ttft_speedup, size_ratio, perplexity_ratio, peak_rss_ratio,
                            tokens_per_s_ratio_by_target {NAME}}}}]
     pareto {TARGET: [variant names on the perplexity / per-token latency front, fastest first]}
+    controls {STUDENT OR CUT: the equal-training control's metrics (compress.tasks.causal_lm.control)}
 """
 
 from __future__ import annotations
@@ -134,11 +137,79 @@ def build_lm_report(results: dict, manifest: dict) -> dict:
     }
     report["anchors"] = results.get("anchors") or {"built": {}, "unavailable": []}
     report["pareto"] = _pareto(report["variants"])
+    report["controls"] = {
+        name.split("/", 1)[-1]: rec["metrics"]["control"]
+        for name, rec in stages.items()
+        if rec and isinstance((rec.get("metrics") or {}).get("control"), dict)
+    }
+    by_name = {v["name"]: v for v in report["variants"]}
+    for v in report["variants"]:
+        model = _control_of(v, by_name, report["controls"])
+        if model is not None:
+            control = report["controls"][model]["dev_perplexity_torch"]
+            v["control"] = {"model": model, "perplexity": control, "perplexity_ratio": v["perplexity"] / control}
     return report
+
+
+def _control_of(v: dict, by_name: dict, controls: dict) -> str | None:
+    """The student or cut whose equal-training control `v` is measured against: itself, or its nearest ancestor
+    (an int4 of a cut: the cut)."""
+    seen = set()
+    while v is not None and v["name"] not in seen:
+        if v["name"] in controls:
+            return v["name"]
+        seen.add(v["name"])
+        v = by_name.get(v.get("parent"))
+    return None
 
 
 def _ppl(x: float | None) -> str:
     return "–" if x is None else f"{x:.2f}"
+
+
+def _kl(x: float | None) -> str:
+    return "–" if x is None else f"{x:.3f}"
+
+
+def _control_section(report: dict) -> list[Section]:
+    """Each student and cut (and what was made of them) against the teacher and against its equal-training
+    control: distillation's and pruning's value, measured."""
+    controls = report.get("controls") or {}
+    rows = [v for v in report["variants"] if v.get("control")]
+    if not rows:
+        return []
+    sec = Section(
+        "Compression against equal training",
+        paragraphs=[
+            "Each student and structured cut has a control: a model of its shape, from random weights, trained on "
+            "the corpus alone (no teacher) for as many training blocks as the variant saw in its lineage (a cut: "
+            "the student's distillation and its own fine-tune). A variant below its control's perplexity owes "
+            "that to the teacher; a control below the variant says the teacher's knowledge did not survive the "
+            "compression. KL: KL(teacher || variant) of the next-token distributions on dev, nats per token (0 = "
+            "the teacher's predictions exactly). Control perplexities are measured in PyTorch; the variants' "
+            "through their own runtime.",
+        ],
+        header=["variant", "runtime", "dev ppl", "× teacher", "KL nats", "agree", "control", "control dev ppl",
+                "× control", "control steps"],  # fmt: skip
+        right={2, 3, 4, 5, 7, 8, 9},
+    )
+    for v in rows:
+        c, r = v["control"], v["ratios"].get("teacher-torch", {})
+        sec.rows.append(
+            [
+                v["name"],
+                v["runtime"],
+                _ppl(v["perplexity"]),
+                f"{r['perplexity_ratio']:.3f}" if r.get("perplexity_ratio") else "–",
+                _kl(v.get("kl_to_teacher")),
+                pct(v["agreement_with_teacher"]),
+                c["model"],
+                _ppl(c["perplexity"]),
+                f"{c['perplexity_ratio']:.3f}",
+                f"{controls[c['model']]['train_steps']:,}",
+            ]
+        )
+    return [sec]
 
 
 def _main_table(report: dict) -> Section:
@@ -167,6 +238,7 @@ def _main_table(report: dict) -> Section:
             "params",
             "dev ppl",
             "× teacher ppl",
+            "KL nats",
             "test ppl",
             "agree",
             "greedy prefix",
@@ -181,7 +253,7 @@ def _main_table(report: dict) -> Section:
             "model RSS MB",
             "gate",
         ],  # fmt: skip
-        right=set(range(3, 19)),
+        right=set(range(3, 20)),
     )
     front = set(report.get("pareto", {}).get(primary, []))
     for v in report["variants"]:
@@ -196,6 +268,7 @@ def _main_table(report: dict) -> Section:
                 f"{v['params'] / 1e6:.1f}M",
                 _ppl(v["perplexity"]),
                 f"{r['perplexity_ratio']:.3f}" if r.get("perplexity_ratio") else "–",
+                _kl(v.get("kl_to_teacher")),
                 _ppl(v.get("perplexity_test")),
                 pct(v["agreement_with_teacher"]),
                 pct(v["greedy_prefix_match"]),
@@ -402,6 +475,7 @@ def _ort_section(report: dict) -> list[Section]:
 def lm_sections(report: dict) -> list[Section]:
     """The causal-LM report's sections, in order."""
     out = [Section(f"edge-compress report: {report['run']} (causal LM)", level=1), _main_table(report)]
+    out += _control_section(report)
     out += _anchor_section(report)
     out += _target_sections(report)
     out.append(Section("Size and memory", plot="size_and_memory", caption="Size on disk and peak memory"))

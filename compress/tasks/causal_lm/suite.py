@@ -108,9 +108,26 @@ class _Quality:
         return out[0, len(prompt) :].tolist()
 
 
-def _evaluate(q: _Quality, blocks: list[np.ndarray], batch_size: int = 4):
-    """Perplexity over `blocks` and the argmax next token at each predicting position."""
-    nll, count, preds = 0.0, 0, [None] * len(blocks)
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64)
+    z -= z.max(-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+@dataclass
+class _Evaluation:
+    perplexity: float
+    tokens: int
+    predictions: list  # the argmax next token at each predicting position, per block
+    kl_to_reference: float | None = None  # mean KL(reference || variant) per token, nats
+
+
+def _evaluate(q: _Quality, blocks: list[np.ndarray], batch_size: int = 4, reference: _Quality | None = None):
+    """Perplexity over `blocks`, the argmax next token at each predicting position and, with `reference` (the
+    teacher), the mean per-token KL divergence KL(teacher || variant) of the next-token distributions, exact over
+    the whole vocabulary: the reference's logits are computed again for each chunk rather than kept (160 blocks
+    of a 152k vocabulary would be 25 GB)."""
+    nll, kl, count, preds = 0.0, 0.0, 0, [None] * len(blocks)
     order: dict[int, list[int]] = {}
     for i, b in enumerate(blocks):
         order.setdefault(len(b), []).append(i)
@@ -118,14 +135,17 @@ def _evaluate(q: _Quality, blocks: list[np.ndarray], batch_size: int = 4):
         for k in range(0, len(idx), batch_size):
             chunk = idx[k : k + batch_size]
             ids = np.stack([blocks[i] for i in chunk])
-            logits = q.logits(ids)[:, :-1].astype(np.float64)
-            z = logits - logits.max(-1, keepdims=True)
-            logp = np.take_along_axis(z, ids[:, 1:, None], -1)[..., 0] - np.log(np.exp(z).sum(-1))
-            nll -= float(logp.sum())
+            logits = q.logits(ids)[:, :-1]
+            ref_logits = reference.logits(ids)[:, :-1] if reference is not None else None
+            for r, i in enumerate(chunk):  # one block at a time: float64 temporaries of (block, vocabulary)
+                logp = _log_softmax(logits[r])
+                nll -= float(np.take_along_axis(logp, ids[r, 1:, None], -1).sum())
+                if ref_logits is not None:
+                    ref = _log_softmax(ref_logits[r])
+                    kl += float((np.exp(ref) * (ref - logp)).sum())
+                preds[i] = logits[r].argmax(-1)
             count += int(ids[:, 1:].size)
-            for row, i in zip(logits.argmax(-1), chunk, strict=True):
-                preds[i] = row
-    return math.exp(nll / count), count, preds
+    return _Evaluation(math.exp(nll / count), count, preds, kl / count if reference is not None else None)
 
 
 def _prefix_match(a: list[int], b: list[int]) -> int:
@@ -177,32 +197,9 @@ def benchmark_lm(
         tokenizer, data.dev, s.greedy_prompts, GREEDY_PROMPT_TOKENS, data_config.max_eval_tokens
     )
 
-    records: dict[str, dict] = {}
-    preds: dict[str, list] = {}
-    greedy: dict[str, list[list[int]]] = {}
     t0 = time.perf_counter()
-    for v in tqdm(variants, desc="perplexity and greedy", unit="variant"):
-        q = _Quality(v, threads)
-        rec = {k: (str(x) if isinstance(x, Path) else x) for k, x in asdict(v).items()}
-        for split, blocks in splits.items():
-            ppl, count, p = _evaluate(q, blocks)
-            rec["perplexity" if split == "dev" else f"perplexity_{split}"] = ppl
-            rec[f"{split}_tokens"] = count
-            if split == "dev":
-                preds[v.name] = p
-        greedy[v.name] = [q.greedy(p, s.greedy_tokens) for p in greedy_prompts]
-        rec.update(_sizes(v))
-        records[v.name] = rec
-        del q
+    records = _quality(variants, splits, greedy_prompts, reference, s, threads)
     quality_s = time.perf_counter() - t0
-    ref_preds, ref_greedy = preds[reference], greedy[reference]
-    for name, rec in records.items():
-        same = sum(int((a == b).sum()) for a, b in zip(preds[name], ref_preds, strict=True))
-        rec["agreement_with_teacher"] = same / sum(len(b) for b in ref_preds)
-        matches = [_prefix_match(g, r) for g, r in zip(greedy[name], ref_greedy, strict=True)]
-        rec["greedy_prefix_match"] = float(np.mean(matches)) / s.greedy_tokens
-        rec["greedy_identical_with_teacher"] = float(np.mean([m == s.greedy_tokens for m in matches]))
-        rec["greedy"] = {"prompts": len(greedy_prompts), "new_tokens": s.greedy_tokens, "tokens": greedy[name]}
 
     deployable = [v for v in variants if v.runtime == "onnxruntime" and v.name not in BASELINES]
     if s.ort_format:
@@ -211,14 +208,93 @@ def benchmark_lm(
 
     # Speed: the same prompts for every variant and target.
     prompts = {str(n): prompts_from(tokenizer, data.dev, s.prompts, n, None) for n in s.prompt_lengths}
-    protocol = {
+    targets = [resolve_target(t) for t in s.targets]
+    per_target = _speed(variants, targets, prompts, greedy_prompts[0], s, log)
+    if s.memory:
+        memory_prompt = [str(t) for t in prompts_from(tokenizer, data.dev, 1, s.memory_context, None)[0]]
+        _memory(variants, targets, memory_prompt, s, per_target, log)
+    middle = str(sorted(s.prompt_lengths)[len(s.prompt_lengths) // 2])
+    for v in variants:
+        _target_figures(records[v.name], v.name, targets, per_target, s.primary, middle)
+    return {
+        "task": "causal-lm",
+        "environment": environment(targets, s.primary, per_target),
+        "settings": _settings(s, data_config, records[reference], greedy_prompts, middle, threads, quality_s)
+        | {"baselines": [b for b in BASELINES if b in records]},
+        "reference": reference,
+        "anchors": anchors or {"built": {}, "unavailable": []},
+        "variants": [records[v.name] for v in variants],
+    }
+
+
+def _settings(s: LMBenchmarkConfig, data_config: TextDataConfig, ref: dict, greedy_prompts: list[list[int]],
+              middle: str, threads: int, quality_s: float) -> dict:  # fmt: skip
+    """How the figures were measured, for the report."""
+    return {
+        "primary_target": s.primary,
+        "ttft_headline_length": int(middle),
+        "prompt_lengths": list(s.prompt_lengths),
         "new_tokens": s.new_tokens,
+        "prompts_per_length": s.prompts,
         "runs": s.runs,
         "warmup": s.warmup,
-        "warmup_prompt": greedy_prompts[0],
+        "decoding": "greedy, batch 1, KV cache; exactly new_tokens tokens (end-of-text ignored)",
+        "perplexity": f"non-overlapping blocks of {data_config.block_size} tokens, each read from an empty cache",
+        "kl_to_teacher": "KL(teacher || variant) of the next-token distributions on the dev blocks, nats per "
+        "token, exact over the vocabulary",
+        "dev_tokens": ref["dev_tokens"],
+        "test_tokens": ref.get("test_tokens"),
+        "greedy_prompts": len(greedy_prompts),
+        "greedy_prompt_ids": greedy_prompts,
+        "greedy_prompt_tokens": GREEDY_PROMPT_TOKENS,
+        "greedy_tokens": s.greedy_tokens,
+        "memory_context": s.memory_context,
+        "eval_threads": threads,
+        "quality_wall_s": quality_s,
+        "protocol": s.model_dump(mode="json"),
     }
+
+
+def _quality(variants: list[LMVariant], splits: dict, greedy_prompts: list[list[int]], reference: str,
+             s: LMBenchmarkConfig, threads: int) -> dict[str, dict]:  # fmt: skip
+    """Perplexity on each split, KL to the reference and agreement with it on dev, greedy continuations and
+    sizes: one record per variant. The reference is measured first and kept loaded, since every other variant's
+    KL reads its logits."""
+    records: dict[str, dict] = {}
+    preds: dict[str, list] = {}
+    greedy: dict[str, list[list[int]]] = {}
+    ref_q = None
+    for v in tqdm(sorted(variants, key=lambda v: v.name != reference), desc="perplexity and greedy", unit="variant"):
+        q = _Quality(v, threads)
+        rec = {k: (str(x) if isinstance(x, Path) else x) for k, x in asdict(v).items()}
+        for split, blocks in splits.items():
+            ev = _evaluate(q, blocks, reference=ref_q if split == "dev" else None)
+            rec["perplexity" if split == "dev" else f"perplexity_{split}"] = ev.perplexity
+            rec[f"{split}_tokens"] = ev.tokens
+            if split == "dev":
+                preds[v.name] = ev.predictions
+                rec["kl_to_teacher"] = 0.0 if v.name == reference else ev.kl_to_reference
+        greedy[v.name] = [q.greedy(p, s.greedy_tokens) for p in greedy_prompts]
+        rec.update(_sizes(v))
+        records[v.name] = rec
+        if v.name == reference:
+            ref_q = q
+    ref_preds, ref_greedy = preds[reference], greedy[reference]
+    for name, rec in records.items():
+        same = sum(int((a == b).sum()) for a, b in zip(preds[name], ref_preds, strict=True))
+        rec["agreement_with_teacher"] = same / sum(len(b) for b in ref_preds)
+        matches = [_prefix_match(g, r) for g, r in zip(greedy[name], ref_greedy, strict=True)]
+        rec["greedy_prefix_match"] = float(np.mean(matches)) / s.greedy_tokens
+        rec["greedy_identical_with_teacher"] = float(np.mean([m == s.greedy_tokens for m in matches]))
+        rec["greedy"] = {"prompts": len(greedy_prompts), "new_tokens": s.greedy_tokens, "tokens": greedy[name]}
+    return {v.name: records[v.name] for v in variants}
+
+
+def _speed(variants: list[LMVariant], targets: list, prompts: dict, warmup_prompt: list[int], s: LMBenchmarkConfig,
+           log: Callable[[str], None]) -> dict[str, dict]:  # fmt: skip
+    """Raw time to first token and per-token decode times of every variant, one fresh worker per target."""
+    protocol = {"new_tokens": s.new_tokens, "runs": s.runs, "warmup": s.warmup, "warmup_prompt": warmup_prompt}
     spec_variants = [{"name": v.name, "runtime": v.runtime, "path": str(v.path)} for v in variants]
-    targets = [resolve_target(t) for t in s.targets]
     per_target: dict[str, dict] = {}
     for target in targets:
         log(
@@ -227,84 +303,59 @@ def benchmark_lm(
             f"prompts of {s.prompt_lengths} tokens, {s.new_tokens} new tokens, {s.prompts} prompts x {s.runs} runs"
         )
         per_target[target.name] = measure_lm_target(target, spec_variants, prompts, protocol)
+    return per_target
 
-    if s.memory:
-        memory_prompt = [str(t) for t in prompts_from(tokenizer, data.dev, 1, s.memory_context, None)[0]]
-        for target in targets:
-            log(
-                f"    peak RSS on target {target.name}: a fresh process per model, generating after a "
-                f"{s.memory_context}-token prompt"
+
+def _memory(variants: list[LMVariant], targets: list, memory_prompt: list[str], s: LMBenchmarkConfig,
+            per_target: dict[str, dict], log: Callable[[str], None]) -> None:  # fmt: skip
+    """Peak RSS of each variant on each target (a fresh process per model), into `per_target[target]["memory"]`."""
+    for target in targets:
+        log(
+            f"    peak RSS on target {target.name}: a fresh process per model, generating after a "
+            f"{s.memory_context}-token prompt"
+        )
+        base: dict[str, dict] = {}
+        for v in variants:
+            m = measure_peak_rss(
+                v.runtime,
+                v.path,
+                v.model_dir,
+                memory_prompt,
+                threads=target.threads,
+                cpus=target.cpus,
+                memory_limit_bytes=target.memory_limit_bytes,
+                baseline=base.get(v.runtime),
+                probe="compress.tasks.causal_lm.probe",
+                new_tokens=s.new_tokens,
             )
-            base: dict[str, dict] = {}
-            for v in variants:
-                m = measure_peak_rss(
-                    v.runtime,
-                    v.path,
-                    v.model_dir,
-                    memory_prompt,
-                    threads=target.threads,
-                    cpus=target.cpus,
-                    memory_limit_bytes=target.memory_limit_bytes,
-                    baseline=base.get(v.runtime),
-                    probe="compress.tasks.causal_lm.probe",
-                    new_tokens=s.new_tokens,
-                )
-                base[v.runtime] = m.pop("baseline")
-                per_target[target.name].setdefault("memory", {})[v.name] = m
+            base[v.runtime] = m.pop("baseline")
+            per_target[target.name].setdefault("memory", {})[v.name] = m
 
-    middle = str(sorted(s.prompt_lengths)[len(s.prompt_lengths) // 2])
-    for v in variants:
-        rec = records[v.name]
-        rec["targets"] = {}
-        for target in targets:
-            res = per_target[target.name]
-            steps_all = [x for length in res["step_s"] for x in res["step_s"][length][v.name]]
-            decode = _summary(steps_all)
-            rec["targets"][target.name] = {
-                "ttft_ms": {length: _summary(res["ttft_s"][length][v.name]) for length in res["ttft_s"]},
-                "decode_ms_per_token": decode,
-                "decode_ms_per_token_by_length": {
-                    length: _summary(res["step_s"][length][v.name]) for length in res["step_s"]
-                },
-                "tokens_per_s": 1e3 / decode["mean"] if decode else None,
-                "load_s": res["load_s"][v.name],
-                **({"memory": res["memory"][v.name]} if "memory" in res else {}),
-            }
-        primary = rec["targets"][s.primary]
-        rec["tokens_per_s"] = primary["tokens_per_s"]
-        rec["decode_ms_per_token"] = primary["decode_ms_per_token"]
-        rec["ttft_ms"] = primary["ttft_ms"][middle]
-        if "memory" in primary and "error" not in primary["memory"]:
-            rec.update({k: x for k, x in primary["memory"].items() if k != "fits_memory_limit"})
-    return {
-        "task": "causal-lm",
-        "environment": environment(targets, s.primary, per_target),
-        "settings": {
-            "primary_target": s.primary,
-            "ttft_headline_length": int(middle),
-            "prompt_lengths": list(s.prompt_lengths),
-            "new_tokens": s.new_tokens,
-            "prompts_per_length": s.prompts,
-            "runs": s.runs,
-            "warmup": s.warmup,
-            "decoding": "greedy, batch 1, KV cache; exactly new_tokens tokens (end-of-text ignored)",
-            "perplexity": f"non-overlapping blocks of {data_config.block_size} tokens, each read from an empty cache",
-            "dev_tokens": records[reference]["dev_tokens"],
-            "test_tokens": records[reference].get("test_tokens"),
-            "greedy_prompts": len(greedy_prompts),
-            "greedy_prompt_ids": greedy_prompts,
-            "greedy_prompt_tokens": GREEDY_PROMPT_TOKENS,
-            "greedy_tokens": s.greedy_tokens,
-            "memory_context": s.memory_context,
-            "eval_threads": threads,
-            "quality_wall_s": quality_s,
-            "protocol": s.model_dump(mode="json"),
-            "baselines": [b for b in BASELINES if b in records],
-        },
-        "reference": reference,
-        "anchors": anchors or {"built": {}, "unavailable": []},
-        "variants": [records[v.name] for v in variants],
-    }
+
+def _target_figures(rec: dict, name: str, targets: list, per_target: dict, primary: str, middle: str) -> None:
+    """A variant's summaries per target (TTFT per prompt length, decode latency, tokens/s, load time, memory), and
+    the primary target's at the top level of its record."""
+    rec["targets"] = {}
+    for target in targets:
+        res = per_target[target.name]
+        steps_all = [x for length in res["step_s"] for x in res["step_s"][length][name]]
+        decode = _summary(steps_all)
+        rec["targets"][target.name] = {
+            "ttft_ms": {length: _summary(res["ttft_s"][length][name]) for length in res["ttft_s"]},
+            "decode_ms_per_token": decode,
+            "decode_ms_per_token_by_length": {
+                length: _summary(res["step_s"][length][name]) for length in res["step_s"]
+            },
+            "tokens_per_s": 1e3 / decode["mean"] if decode else None,
+            "load_s": res["load_s"][name],
+            **({"memory": res["memory"][name]} if "memory" in res else {}),
+        }
+    first = rec["targets"][primary]
+    rec["tokens_per_s"] = first["tokens_per_s"]
+    rec["decode_ms_per_token"] = first["decode_ms_per_token"]
+    rec["ttft_ms"] = first["ttft_ms"][middle]
+    if "memory" in first and "error" not in first["memory"]:
+        rec.update({k: x for k, x in first["memory"].items() if k != "fits_memory_limit"})
 
 
 def _sizes(v: LMVariant) -> dict:
@@ -335,8 +386,8 @@ def _ort_format(v: LMVariant, work_dir: Path, dev_blocks, prompts, s: LMBenchmar
         return {"error": f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}"}
     q_onnx = _Quality(v, threads)
     blocks = dev_blocks[:8]
-    ppl_ort, _, _ = _evaluate(q_ort, blocks)
-    ppl_onnx, _, _ = _evaluate(q_onnx, blocks)
+    ppl_ort = _evaluate(q_ort, blocks).perplexity
+    ppl_onnx = _evaluate(q_onnx, blocks).perplexity
     same = [q_ort.greedy(p, s.greedy_tokens) == q_onnx.greedy(p, s.greedy_tokens) for p in prompts]
     return {
         "path": conv["ort_path"],

@@ -59,108 +59,25 @@ class CausalLMTask(TaskBase):
 
     def preflight(self, recipe: CausalLMRecipe) -> None:
         """Everything that depends on the teacher's shape, from its config alone (no weights loaded)."""
-        from types import SimpleNamespace
-
-        from compress.architectures import family_of, ffn_width, head_dim, kv_heads
-        from compress.decoder_structured import kept_counts
-        from compress.modeling import check_layer_map
-        from compress.tasks.causal_lm.model import check_causal_lm_dir, context_window
-
-        t = recipe.teacher
-        source = t.path or t.base
-        if source is not None:
-            from transformers import AutoModelForCausalLM
-
-            from compress.modeling import check_model_dir
-
-            key = "teacher.path" if t.path is not None else "teacher.base"
-            check_causal_lm_dir(source, key)
-            config = check_model_dir(source, AutoModelForCausalLM, key)
-            family = family_of(config, key).name
-            layers, hidden, ffn = int(config.num_hidden_layers), int(config.hidden_size), ffn_width(config)
-            window, groups = context_window(config), kv_heads(config)
-            n_heads, width = int(config.num_attention_heads), head_dim(config)
-        else:
-            a = t.architecture
-            layers, hidden, window = a.layers, a.hidden_size, a.max_positions
-            ffn = a.intermediate_size or 4 * a.hidden_size
-            family, groups = a.family, (a.kv_heads or a.heads) if a.family != "gpt2" else a.heads
-            n_heads, width = a.heads, a.hidden_size // a.heads
-            # the teacher's sizes under a transformers config's names, for the helpers that read a config
-            config = SimpleNamespace(
-                model_type=family, hidden_size=hidden, num_attention_heads=n_heads, num_key_value_heads=groups,
-                intermediate_size=ffn, n_inner=ffn,
-            )  # fmt: skip
-        for i, p in enumerate(recipe.prune):
-            if p.method != "structured":
-                continue
-            if family == "gpt2" and (p.heads or p.hidden):
-                what = "heads" if p.heads else "hidden"
-                raise RecipeError(
-                    f"prune.{i}.{what}: gpt2 fuses Q, K and V and ties head width to the hidden size, so only its "
-                    "FFN can be cut (prune.ffn)"
-                )
-            keep_groups, _, kept_hidden = kept_counts(
-                config, heads=p.heads, ffn=p.ffn, hidden=p.hidden, key=f"prune.{i}"
-            )
-            kept_heads = keep_groups * (n_heads // groups)
-            if recipe.export.backend == "genai" and kept_heads * width != kept_hidden:
-                # The builder takes the head width as hidden size / heads; a cut that breaks the equality builds no
-                # graph (seen: "The hidden size (256) is not a multiple of ... heads (6)").
-                raise RecipeError(
-                    f"prune.{i}: keeps {kept_heads} heads of width {width} and a hidden size of {kept_hidden}; "
-                    f"export.backend 'genai' needs hidden size = heads x width ({kept_heads * width}): cut "
-                    "prune.hidden in proportion to prune.heads, or use backend 'optimum'"
-                )
+        shape = _teacher_shape(recipe.teacher)
+        _check_cuts(recipe, shape)
         if recipe.export.backend == "genai":
+            from types import SimpleNamespace
+
             from compress.tasks.causal_lm.genai import check_supported
 
-            check_supported(config)
+            check_supported(shape.config)
             for d in recipe.distill:
                 if d.hidden_size is not None:
-                    check_supported(SimpleNamespace(model_type=config.model_type, hidden_size=d.hidden_size,
-                                                    num_attention_heads=config.num_attention_heads))  # fmt: skip
+                    check_supported(SimpleNamespace(model_type=shape.config.model_type, hidden_size=d.hidden_size,
+                                                    num_attention_heads=shape.config.num_attention_heads))  # fmt: skip
         data = recipe.data
-        if data.block_size > window:
-            raise RecipeError(f"data.block_size = {data.block_size}: the teacher's context window is {window} tokens")
-        for i, d in enumerate(recipe.distill):
-            key = "distill" if len(recipe.distill) == 1 else f"distill.{i}"
-            if d.num_layers is not None:
-                if d.num_layers >= layers:
-                    raise RecipeError(
-                        f"{key}.num_layers = {d.num_layers}: the teacher has {layers} layers; a student keeps fewer"
-                    )
-            elif any(layer >= layers for layer in d.layers):
-                raise RecipeError(f"{key}.layers = {list(d.layers)}: the teacher has layers 0..{layers - 1}")
-            if d.hidden_layer_map:  # (student, teacher) hidden states, the embeddings as 0
-                kept = d.num_layers if d.num_layers is not None else len(d.layers)
-                check_layer_map(key, "hidden_layer_map", d.hidden_layer_map, kept, layers)
-            if d.generated_sequences and d.generation_prompt_tokens >= recipe.data.block_size:
-                raise RecipeError(
-                    f"{key}.generation_prompt_tokens = {d.generation_prompt_tokens}: the teacher writes blocks of "
-                    f"data.block_size = {recipe.data.block_size} tokens; the prompt must be shorter"
-                )
-            if d.intermediate_size is not None and d.intermediate_size > ffn:
-                raise RecipeError(f"{key}.intermediate_size = {d.intermediate_size}: the teacher's FFN is {ffn} wide")
-            if d.hidden_size is not None and d.hidden_size > hidden:
-                raise RecipeError(f"{key}.hidden_size = {d.hidden_size}: the teacher's hidden size is {hidden}")
-        e, b = recipe.export, recipe.benchmark
-        if e.prompt_tokens + e.new_tokens > window:
+        if data.block_size > shape.window:
             raise RecipeError(
-                f"export.prompt_tokens + export.new_tokens = {e.prompt_tokens + e.new_tokens}: beyond the "
-                f"teacher's context window of {window} tokens"
+                f"data.block_size = {data.block_size}: the teacher's context window is {shape.window} tokens"
             )
-        too_long = [n for n in b.prompt_lengths if n + b.new_tokens > window]
-        if too_long:
-            raise RecipeError(
-                f"benchmark.prompt_lengths = {b.prompt_lengths}: {too_long} plus benchmark.new_tokens = "
-                f"{b.new_tokens} exceed the teacher's context window of {window} tokens"
-            )
-        if b.memory_context + b.new_tokens > window:
-            raise RecipeError(
-                f"benchmark.memory_context = {b.memory_context} plus benchmark.new_tokens = {b.new_tokens} exceed "
-                f"the teacher's context window of {window} tokens"
-            )
+        _check_students(recipe, shape)
+        _check_windows(recipe, shape.window)
 
     # ---- stages ----
 
@@ -230,6 +147,8 @@ class CausalLMTask(TaskBase):
         res.metrics["gate"] = self._gate(
             ctx, res.metrics, None, tokenizer, "teacher", ctx.metrics("teacher"), step.config.max_perplexity_ratio
         )
+        if step.config.control:
+            res.metrics["control"] = self._control(ctx, res.model, tokenizer, step.config, res.metrics, out)
         ctx.log(
             f"    {step.name}: dev perplexity {res.metrics['dev_perplexity_torch']:.3f}, agreement with the teacher "
             f"{res.metrics['dev_agreement_with_teacher_torch']:.1%}"
@@ -265,7 +184,43 @@ class CausalLMTask(TaskBase):
             ctx.metrics(r.model_step(source)),
             step.config.max_perplexity_ratio,
         )
+        if step.config.method == "structured" and step.config.control:
+            lineage = res.metrics["train_blocks_seen"]
+            if source != "teacher":  # the student's own training is part of the cut's
+                lineage += ctx.metrics(r.model_step(source)).get("train_blocks_seen") or 0
+            res.metrics["control"] = self._control(
+                ctx, res.model, tokenizer, step.config, {**res.metrics, "train_blocks_seen": lineage}, out
+            )
         return res.metrics
+
+    @staticmethod
+    def _control(ctx: RunContext, model, tokenizer, config, metrics: dict, out: Path) -> dict:
+        """The equal-training control of a student or cut (`compress.tasks.causal_lm.control`), and the variant's
+        held-out and dev perplexity as ratios to it."""
+        from compress.tasks.causal_lm.control import train_control
+
+        control = train_control(
+            model,
+            tokenizer,
+            ctx.data,
+            ctx.recipe.data,
+            blocks=metrics["train_blocks_seen"],
+            batch_size=config.batch_size,
+            learning_rate=config.learning_rate,
+            warmup_ratio=getattr(config, "warmup_ratio", 0.0),
+            weight_decay=getattr(config, "weight_decay", 0.0),
+            seed=ctx.recipe.seed,
+            work_dir=out / "_control",
+            log=ctx.log,
+        )
+        for key in ("holdout", "dev"):
+            mine, theirs = metrics.get(f"{key}_perplexity_torch"), control.get(f"{key}_perplexity_torch")
+            control[f"{key}_perplexity_ratio"] = mine / theirs if mine and theirs else None
+        ctx.log(
+            f"    control ({control['train_steps']:,} steps, no teacher): dev perplexity "
+            f"{control['dev_perplexity_torch']:.3f}; the variant's is {control['dev_perplexity_ratio']:.3f}x that"
+        )
+        return control
 
     def _gate(self, ctx: RunContext, metrics: dict, log_probs, tokenizer, parent=None, parent_metrics=None, ratio=None):
         """The LM gate on the held-out slice (dev when the recipe holds nothing out): collapse against the unigram
@@ -367,7 +322,8 @@ class CausalLMTask(TaskBase):
 
         return bundle_lm
 
-    bundle_rules = {"max_perplexity_ratio": 1.1}  # vs the teacher's dev perplexity
+    # vs the teacher on dev: perplexity ratio, and KL(teacher || variant) in nats per token
+    bundle_rules = {"max_perplexity_ratio": 1.25, "max_kl_to_teacher": 0.5}
 
     def bundle_message(self, meta: dict, out_dir: Path) -> str:
         return (
@@ -454,6 +410,117 @@ class CausalLMTask(TaskBase):
             v["name"]: {"perplexity": v["perplexity"], "tokens_per_s": v.get("tokens_per_s")}
             for v in results["variants"]
         }
+
+
+def _teacher_shape(t):
+    """The teacher's family and sizes, from its config (teacher.path / base) or the recipe's architecture; `config`
+    holds them under a transformers config's names, for the helpers that read a config."""
+    from types import SimpleNamespace
+
+    from compress.architectures import family_of, ffn_width, head_dim, kv_heads
+    from compress.tasks.causal_lm.model import check_causal_lm_dir, context_window
+
+    source = t.path or t.base
+    if source is not None:
+        from transformers import AutoModelForCausalLM
+
+        from compress.modeling import check_model_dir
+
+        key = "teacher.path" if t.path is not None else "teacher.base"
+        check_causal_lm_dir(source, key)
+        config = check_model_dir(source, AutoModelForCausalLM, key)
+        family = family_of(config, key).name
+        layers, hidden, ffn = int(config.num_hidden_layers), int(config.hidden_size), ffn_width(config)
+        window, groups = context_window(config), kv_heads(config)
+        n_heads, width = int(config.num_attention_heads), head_dim(config)
+    else:
+        a = t.architecture
+        layers, hidden, window = a.layers, a.hidden_size, a.max_positions
+        ffn = a.intermediate_size or 4 * a.hidden_size
+        family, groups = a.family, (a.kv_heads or a.heads) if a.family != "gpt2" else a.heads
+        n_heads, width = a.heads, a.hidden_size // a.heads
+        config = SimpleNamespace(
+            model_type=family, hidden_size=hidden, num_attention_heads=n_heads, num_key_value_heads=groups,
+            intermediate_size=ffn, n_inner=ffn,
+        )  # fmt: skip
+    return SimpleNamespace(family=family, layers=layers, hidden=hidden, ffn=ffn, window=window, groups=groups,
+                           n_heads=n_heads, width=width, config=config)  # fmt: skip
+
+
+def _check_cuts(recipe: CausalLMRecipe, shape) -> None:
+    """Each structured cut keeps something of every structure, and what it keeps the export backend can build."""
+    from compress.decoder_structured import kept_counts
+
+    for i, p in enumerate(recipe.prune):
+        if p.method != "structured":
+            continue
+        if shape.family == "gpt2" and (p.heads or p.hidden):
+            what = "heads" if p.heads else "hidden"
+            raise RecipeError(
+                f"prune.{i}.{what}: gpt2 fuses Q, K and V and ties head width to the hidden size, so only its "
+                "FFN can be cut (prune.ffn)"
+            )
+        keep_groups, _, kept_hidden = kept_counts(
+            shape.config, heads=p.heads, ffn=p.ffn, hidden=p.hidden, key=f"prune.{i}"
+        )
+        kept_heads = keep_groups * (shape.n_heads // shape.groups)
+        if recipe.export.backend == "genai" and kept_heads * shape.width != kept_hidden:
+            # The builder takes the head width as hidden size / heads; a cut that breaks the equality builds no
+            # graph (seen: "The hidden size (256) is not a multiple of ... heads (6)").
+            raise RecipeError(
+                f"prune.{i}: keeps {kept_heads} heads of width {shape.width} and a hidden size of {kept_hidden}; "
+                f"export.backend 'genai' needs hidden size = heads x width ({kept_heads * shape.width}): cut "
+                "prune.hidden in proportion to prune.heads, or use backend 'optimum'"
+            )
+
+
+def _check_students(recipe: CausalLMRecipe, shape) -> None:
+    """Each student's layers, layer map, widths and teacher-written prompts fit the teacher."""
+    from compress.modeling import check_layer_map
+
+    layers, ffn, hidden = shape.layers, shape.ffn, shape.hidden
+    for i, d in enumerate(recipe.distill):
+        key = "distill" if len(recipe.distill) == 1 else f"distill.{i}"
+        if d.num_layers is not None:
+            if d.num_layers >= layers:
+                raise RecipeError(
+                    f"{key}.num_layers = {d.num_layers}: the teacher has {layers} layers; a student keeps fewer"
+                )
+        elif any(layer >= layers for layer in d.layers):
+            raise RecipeError(f"{key}.layers = {list(d.layers)}: the teacher has layers 0..{layers - 1}")
+        if d.hidden_layer_map:  # (student, teacher) hidden states, the embeddings as 0
+            kept = d.num_layers if d.num_layers is not None else len(d.layers)
+            check_layer_map(key, "hidden_layer_map", d.hidden_layer_map, kept, layers)
+        if d.generated_sequences and d.generation_prompt_tokens >= recipe.data.block_size:
+            raise RecipeError(
+                f"{key}.generation_prompt_tokens = {d.generation_prompt_tokens}: the teacher writes blocks of "
+                f"data.block_size = {recipe.data.block_size} tokens; the prompt must be shorter"
+            )
+        if d.intermediate_size is not None and d.intermediate_size > ffn:
+            raise RecipeError(f"{key}.intermediate_size = {d.intermediate_size}: the teacher's FFN is {ffn} wide")
+        if d.hidden_size is not None and d.hidden_size > hidden:
+            raise RecipeError(f"{key}.hidden_size = {d.hidden_size}: the teacher's hidden size is {hidden}")
+
+
+def _check_windows(recipe: CausalLMRecipe, window: int) -> None:
+    """The export check's and the benchmark's prompts plus new tokens fit the teacher's context window."""
+    e, b = recipe.export, recipe.benchmark
+    if e.prompt_tokens + e.new_tokens > window:
+        raise RecipeError(
+            f"export.prompt_tokens + export.new_tokens = {e.prompt_tokens + e.new_tokens}: beyond the "
+            f"teacher's context window of {window} tokens"
+        )
+    too_long = [n for n in b.prompt_lengths if n + b.new_tokens > window]
+    if too_long:
+        raise RecipeError(
+            f"benchmark.prompt_lengths = {b.prompt_lengths}: {too_long} plus benchmark.new_tokens = "
+            f"{b.new_tokens} exceed the teacher's context window of {window} tokens"
+        )
+    if b.memory_context + b.new_tokens > window:
+        raise RecipeError(
+            f"benchmark.memory_context = {b.memory_context} plus benchmark.new_tokens = {b.new_tokens} exceed "
+            f"the teacher's context window of {window} tokens"
+        )
 
 
 def _session(path: Path):

@@ -36,7 +36,7 @@ from compress.tasks.causal_lm.model import (
     new_decoder,
     train_lm,
 )
-from compress.training import training_args
+from compress.training import StopWhenConverged, training_args
 
 
 @dataclass
@@ -87,34 +87,11 @@ def train_teacher_lm(
     history: list[dict] = []
     train_tokens = 0
     if trained:
-        train_set = train_blocks(tokenizer, data.train, data_config)
-        hold = selection_blocks(tokenizer, data.holdout, data_config)
-        train_tokens = train_set.tokens
-        info = describe_decoder(model, data_config.block_size)
-        log(
-            f"    teacher {info['params']:,} params ({info['layers']} layers, hidden {info['hidden_size']}), "
-            f"{len(train_set):,} blocks of {data_config.block_size} tokens ({train_tokens:,} tokens)"
-        )
-        args = training_args(
-            work_dir,
-            epochs=config.epochs,
-            batch_size=config.batch_size,
-            learning_rate=config.learning_rate,
-            seed=seed,
-            warmup_ratio=config.warmup_ratio,
-            weight_decay=config.weight_decay,
-            evaluate=hold is not None,
-            eval_steps=config.eval_steps,
-            max_steps=config.max_steps,
-            group_by_length=False,
-            prediction_loss_only=True,
-            logging_steps=50,
-        )
-        model.train()
-        history = train_lm(model, train_set, args, eval_dataset=hold)
+        history, train_tokens = _train(model, tokenizer, config, data, data_config, seed, work_dir, log)
     model.eval()
     metrics, dev_eval = measure_lm(model, tokenizer, data, data_config)
     best = next((h for h in reversed(history) if "best_eval_loss" in h), {})
+    curve = next((h for h in reversed(history) if "heldout_curve" in h), {})
     metrics.update(
         {
             "trained": trained,
@@ -124,10 +101,50 @@ def train_teacher_lm(
             "train_loss_final": final_train_loss(history),
             "best_step": best.get("best_step"),
             "holdout_perplexity_best": best.get("best_eval_perplexity"),
+            "epochs_trained": round(max((h.get("epoch", 0.0) for h in history), default=0.0), 3),
+            "heldout_curve": curve.get("heldout_curve"),
+            "converged": curve.get("converged"),
             **describe_decoder(model, data_config.block_size),
         }
     )
     return LMTeacherResult(model, tokenizer, metrics, dev_eval.predictions)
+
+
+def _train(model, tokenizer, config: LMTeacherConfig, data: TextData, data_config: TextDataConfig, seed: int,
+           work_dir: Path, log: Callable[[str], None]) -> tuple[list[dict], int]:  # fmt: skip
+    """Train the teacher on the train blocks (held-out selection, the convergence rule when asked); returns the
+    log history and the tokens per epoch."""
+    train_set = train_blocks(tokenizer, data.train, data_config)
+    hold = selection_blocks(tokenizer, data.holdout, data_config)
+    train_tokens = train_set.tokens
+    info = describe_decoder(model, data_config.block_size)
+    log(
+        f"    teacher {info['params']:,} params ({info['layers']} layers, hidden {info['hidden_size']}), "
+        f"{len(train_set):,} blocks of {data_config.block_size} tokens ({train_tokens:,} tokens)"
+    )
+    args = training_args(
+        work_dir,
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        learning_rate=config.learning_rate,
+        seed=seed,
+        warmup_ratio=config.warmup_ratio,
+        weight_decay=config.weight_decay,
+        evaluate=hold is not None,
+        eval_steps=config.eval_steps,
+        max_steps=config.max_steps,
+        group_by_length=False,
+        prediction_loss_only=True,
+        logging_steps=50,
+    )
+    if config.min_epoch_gain is not None and hold is None:
+        raise RecipeError("teacher.min_epoch_gain: the train split is too small to hold out a slice to measure")
+    converge = StopWhenConverged(config.min_epoch_gain) if config.min_epoch_gain is not None else None
+    model.train()
+    history = train_lm(model, train_set, args, eval_dataset=hold, callbacks=[converge] if converge else None)
+    if converge is not None:
+        history.append({"heldout_curve": converge.curve, "converged": converge.converged})
+    return history, train_tokens
 
 
 def measure_lm(model, tokenizer, data: TextData, data_config: TextDataConfig, reference=None):

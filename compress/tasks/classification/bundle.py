@@ -153,6 +153,88 @@ def _model_lines(meta: dict) -> str:
     return onnx_line + "\n" + ort_line
 
 
+def _copy_files(tmp: Path, model_dir: Path, run_dir: Path, target: str) -> tuple[bool, dict, list[str]]:
+    """Write model, .ort, tokenizer, labels, manifest, predict.py into `tmp`; returns (external data?, conv, labels)."""
+    from export.mobile import convert_to_ort
+
+    copy_model(model_dir / "model.onnx", tmp, "model.onnx")
+    external = len(with_external_data(tmp / "model.onnx")) > 1
+    conv = convert_to_ort(tmp / "model.onnx", tmp, target_platform="arm" if target in ("mobile", "iot") else None)
+    shutil.copy2(model_dir / "tokenizer.json", tmp / "tokenizer.json")
+    labels = _labels(model_dir)
+    (tmp / "labels.json").write_text(json.dumps(labels, ensure_ascii=False) + "\n")
+    shutil.copy2(run_dir / "manifest.json", tmp / "manifest.json")
+    shutil.copy2(TEMPLATE, tmp / "predict.py")
+    return external, conv, labels
+
+
+def _metadata(
+    report: dict,
+    chosen: dict,
+    target: str,
+    *,
+    threads,
+    why: str,
+    max_length: int,
+    labels: list[str],
+    inputs: list[str],
+    conv: dict,
+    graph_optimized,
+    external: bool,
+) -> dict:
+    """The bundle's metadata: what was chosen and why, its inputs and labels, figures measured for it."""
+    return {
+        "format": 1,
+        "run": report.get("run"),
+        "variant": chosen["name"],
+        "target": target,
+        "threads": threads,
+        "selection": why,
+        "max_length": max_length,
+        "labels": labels,
+        "inputs": inputs,
+        "measured": {
+            k: chosen.get(k)
+            for k in ("accuracy", "accuracy_test", "agreement_with_teacher", "size_bytes", "size_gzip_bytes")
+        }
+        | {
+            "p50_ms_on_target": _target_p50(chosen, target),
+            "cpu": report.get("environment", {}).get("cpu", {}).get("model"),
+            "isa": [k for k, on in report.get("environment", {}).get("cpu", {}).get("isa", {}).items() if on],
+            "mobile_usability": chosen.get("ort", {}).get("mobile_usability", {}).get("verdict"),
+        },
+        "ort_conversion": {k: conv[k] for k in ("target_platform", "optimization_style")},
+        # model.onnx's graph was optimized offline: predict.py loads it with ONNX Runtime's optimizations off.
+        "graph_optimized": graph_optimized,
+        # What predict.py loads by default: the form the benchmark measured. With its weights memory-mapped
+        # from model.onnx.data, model.onnx loads in less memory than model.ort, which ONNX Runtime reads
+        # whole; model.ort stays for mobile packages and minimal builds, which load only that format.
+        "default_model": "onnx" if external else "ort",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "versions": {k: v for k, v in library_versions().items() if k in ("onnxruntime", "onnx", "tokenizers")},
+    }
+
+
+def _check(tmp: Path, manifest: dict, labels: list[str]) -> dict:
+    """How far model.ort and model.onnx agree on sample sentences, through the bundle's predict.py."""
+    texts = _sample_texts(manifest)
+    via_ort, via_onnx = predict(tmp, texts, model="ort"), predict(tmp, texts, model="onnx")
+    diffs = [
+        abs(a["scores"][lab] - b["scores"][lab])
+        for a, b in zip(via_ort, via_onnx, strict=True)
+        if "scores" in a and "scores" in b
+        for lab in labels
+    ]
+    return {
+        "texts": len(texts),
+        "ort_vs_onnx_label_agreement": sum(
+            a.get("label") == b.get("label") for a, b in zip(via_ort, via_onnx, strict=True)
+        )
+        / len(texts),
+        "ort_vs_onnx_max_score_diff": max(diffs) if diffs else None,
+    }
+
+
 def bundle(
     run_dir: Path,
     target: str,
@@ -186,72 +268,30 @@ def bundle(
     )
     step_id = chosen.get("artifact") or _legacy_step(chosen, run_dir)
     model_dir = measured_artifact(run_dir, manifest, step_id)  # inside the run directory given, as measured
-    model = model_dir / "model.onnx"
     max_length = int(manifest.get("recipe", {}).get("data", {}).get("max_length", 128))
-
-    from export.mobile import convert_to_ort
 
     artifact = Artifact.read(model_dir)
     with atomic_dir(out_dir) as tmp:
-        copy_model(model, tmp, "model.onnx")
-        external = len(with_external_data(tmp / "model.onnx")) > 1
-        conv = convert_to_ort(tmp / "model.onnx", tmp, target_platform="arm" if target in ("mobile", "iot") else None)
-        shutil.copy2(model_dir / "tokenizer.json", tmp / "tokenizer.json")
-        labels = _labels(model_dir)
-        (tmp / "labels.json").write_text(json.dumps(labels, ensure_ascii=False) + "\n")
-        shutil.copy2(run_dir / "manifest.json", tmp / "manifest.json")
-        shutil.copy2(TEMPLATE, tmp / "predict.py")
+        external, conv, labels = _copy_files(tmp, model_dir, run_dir, target)
         import onnx
 
         graph = onnx.load(str(tmp / "model.onnx"), load_external_data=False).graph
-        meta = {
-            "format": 1,
-            "run": report.get("run"),
-            "variant": chosen["name"],
-            "target": target,
-            "threads": threads,
-            "selection": why,
-            "max_length": max_length,
-            "labels": labels,
-            "inputs": [i.name for i in graph.input],
-            "measured": {
-                k: chosen.get(k)
-                for k in ("accuracy", "accuracy_test", "agreement_with_teacher", "size_bytes", "size_gzip_bytes")
-            }
-            | {
-                "p50_ms_on_target": _target_p50(chosen, target),
-                "cpu": report.get("environment", {}).get("cpu", {}).get("model"),
-                "isa": [k for k, on in report.get("environment", {}).get("cpu", {}).get("isa", {}).items() if on],
-                "mobile_usability": chosen.get("ort", {}).get("mobile_usability", {}).get("verdict"),
-            },
-            "ort_conversion": {k: conv[k] for k in ("target_platform", "optimization_style")},
-            # model.onnx's graph was optimized offline: predict.py loads it with ONNX Runtime's optimizations off.
-            "graph_optimized": artifact.graph_optimized,
-            # What predict.py loads by default: the form the benchmark measured. With its weights memory-mapped
-            # from model.onnx.data, model.onnx loads in less memory than model.ort, which ONNX Runtime reads
-            # whole; model.ort stays for mobile packages and minimal builds, which load only that format.
-            "default_model": "onnx" if external else "ort",
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "versions": {k: v for k, v in library_versions().items() if k in ("onnxruntime", "onnx", "tokenizers")},
-        }
+        meta = _metadata(
+            report,
+            chosen,
+            target,
+            threads=threads,
+            why=why,
+            max_length=max_length,
+            labels=labels,
+            inputs=[i.name for i in graph.input],
+            conv=conv,
+            graph_optimized=artifact.graph_optimized,
+            external=external,
+        )
         (tmp / "bundle.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
         # The shipped files must agree: the .ort conversion against the ONNX model, through predict.py itself.
-        texts = _sample_texts(manifest)
-        via_ort, via_onnx = predict(tmp, texts, model="ort"), predict(tmp, texts, model="onnx")
-        diffs = [
-            abs(a["scores"][lab] - b["scores"][lab])
-            for a, b in zip(via_ort, via_onnx, strict=True)
-            if "scores" in a and "scores" in b
-            for lab in labels
-        ]
-        meta["check"] = {
-            "texts": len(texts),
-            "ort_vs_onnx_label_agreement": sum(
-                a.get("label") == b.get("label") for a, b in zip(via_ort, via_onnx, strict=True)
-            )
-            / len(texts),
-            "ort_vs_onnx_max_score_diff": max(diffs) if diffs else None,
-        }
+        meta["check"] = _check(tmp, manifest, labels)
         (tmp / "README.md").write_text(_readme(meta))
         meta["files"] = {f.name: sha256(f) for f in sorted(tmp.iterdir()) if f.is_file() and f.name != "bundle.json"}
         (tmp / "bundle.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")

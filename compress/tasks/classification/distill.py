@@ -67,6 +67,145 @@ def _loss_spec(cfg: DistillConfig, student, teacher):
     )
 
 
+def _build_student(teacher, cfg: DistillConfig, seed: int):
+    """Seed torch and build the student from the teacher's layers."""
+    import torch
+
+    from compress.modeling import build_student
+
+    torch.manual_seed(seed)
+    return build_student(
+        teacher,
+        cfg.layers,
+        heads=cfg.heads,
+        intermediate_size=cfg.intermediate_size,
+        hidden_size=cfg.hidden_size,
+        hidden_init=cfg.hidden_init,
+        seed=seed,
+    )
+
+
+def _training_sets(
+    teacher,
+    tokenizer,
+    teacher_logits: np.ndarray,
+    cfg: DistillConfig,
+    data,
+    *,
+    seed: int,
+    max_length: int,
+    log: Callable[[str], None],
+):
+    """The encoded train set (augmented when asked), the encoded hold-out set (or None) and the augmentation metrics."""
+    from compress.tasks.classification.augment import augment_train
+    from compress.tasks.classification.data import encode
+
+    train_split, train_logits, augment_metrics = data.train, teacher_logits, None
+    if cfg.augment.copies > 0:
+        train_split, train_logits, augment_metrics = augment_train(
+            teacher, tokenizer, data.train, teacher_logits, cfg.augment, seed=seed, max_length=max_length
+        )
+        log(
+            f"    augmented: {augment_metrics['examples']:,} teacher-labelled copies of {len(data.train.texts):,} "
+            f"train texts; the teacher labels {augment_metrics['label_differs_from_source']:.1%} of them unlike "
+            "their source"
+        )
+    train_set = encode(tokenizer, train_split, max_length, teacher_logits=train_logits)
+    hold_set = encode(tokenizer, data.holdout, max_length) if data.holdout is not None else None
+    return train_set, hold_set, augment_metrics
+
+
+def _train_student(
+    student,
+    teacher,
+    tokenizer,
+    spec,
+    cfg: DistillConfig,
+    train_set,
+    hold_set,
+    *,
+    seed: int,
+    work_dir: Path,
+    log: Callable[[str], None],
+) -> tuple[dict, int, list]:
+    """Log the sizes, then train the student; returns the sizes, the mean train length and the training history."""
+    from compress.modeling import describe
+    from compress.training import train, training_args
+
+    args = training_args(
+        work_dir,
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        learning_rate=cfg.learning_rate,
+        seed=seed,
+        warmup_ratio=cfg.warmup_ratio,
+        weight_decay=cfg.weight_decay,
+        evaluate=hold_set is not None,
+        eval_steps=cfg.eval_steps,
+    )
+    seq_len = max(1, round(float(np.mean(train_set.lengths))))
+    sizes = {"teacher": describe(teacher, seq_len), "student_init": describe(student, seq_len)}
+    t, s = sizes["teacher"], sizes["student_init"]
+    log(
+        f"    student {s['params']:,} params, {s['macs_per_token'] / 1e6:.2f}M MACs/token | teacher {t['params']:,} "
+        f"params, {t['macs_per_token'] / 1e6:.2f}M MACs/token (at {seq_len} tokens, the mean train length)"
+    )
+    student.train()
+    history = train(
+        student,
+        tokenizer,
+        train_set,
+        args,
+        distill=spec,
+        eval_dataset=hold_set,
+        teacher=teacher if spec.needs_teacher else None,
+    )
+    return sizes, seq_len, history
+
+
+def _split_accuracy(model, tok, split, max_length: int) -> float | None:
+    """Accuracy of `model` on a split, or None when the split is absent."""
+    from compress.tasks.classification.data import encode
+    from compress.training import accuracy, predict_logits
+
+    if split is None:
+        return None
+    return accuracy(predict_logits(model, tok, encode(tok, split, max_length)), split.labels)
+
+
+def _trim(student, tokenizer, cfg: DistillConfig, data, max_length: int, log: Callable[[str], None]):
+    """Trim the student's vocabulary to the train split's pieces; returns the model, tokenizer and metrics."""
+    from compress.vocab import trim_vocab
+
+    evals = {"dev": data.dev.texts, **({"test": data.test.texts} if data.test is not None else {})}
+    trimmed = trim_vocab(student, tokenizer, data.train.texts, cfg.trim_vocab, eval_texts=evals)
+    # What trimming cost, on the same sentences: the untrimmed student's accuracy before it is dropped.
+    for name in ("dev", "test"):
+        split = getattr(data, name)
+        trimmed.metrics[f"{name}_accuracy_untrimmed"] = _split_accuracy(student, tokenizer, split, max_length)
+    vocab_metrics = trimmed.metrics
+    log(
+        f"    vocabulary {vocab_metrics['vocab_size_before']:,} -> {vocab_metrics['vocab_size_after']:,} pieces;"
+        f" dev [UNK] rate {vocab_metrics['dev_unk_rate_before']:.4%} -> {vocab_metrics['dev_unk_rate_after']:.4%}"
+    )
+    return trimmed.model, trimmed.tokenizer, vocab_metrics
+
+
+def _loss_record(spec) -> dict:
+    """The distillation loss's settings, as recorded in the metrics."""
+    return {
+        "temperature": spec.temperature,
+        "alpha": spec.alpha,
+        "hidden_weight": spec.hidden_weight,
+        "attention_weight": spec.attention_weight,
+        "value_relation_weight": spec.value_relation_weight,
+        "hidden_layer_map": [list(p) for p in spec.hidden_layer_map],
+        "attention_layer_map": [list(p) for p in spec.attention_layer_map],
+        "relation_heads": spec.relation_heads,
+        "teacher_per_batch": spec.needs_teacher,
+    }
+
+
 def distill(
     teacher,
     tokenizer,
@@ -97,92 +236,29 @@ def distill(
         they are from, parameters and MACs/token of student and teacher, vocabulary trimming figures) and the
         student's tokenizer (the teacher's, or the trimmed one).
     """
-    import torch
-
     from compress.distributed import describe_runtime
-    from compress.modeling import build_student, describe
-    from compress.tasks.classification.augment import augment_train
-    from compress.tasks.classification.data import encode
-    from compress.training import accuracy, predict_logits, train, training_args
-    from compress.vocab import trim_vocab
+    from compress.modeling import describe
 
     cfg = config
-    torch.manual_seed(seed)
-    student = build_student(
-        teacher,
-        cfg.layers,
-        heads=cfg.heads,
-        intermediate_size=cfg.intermediate_size,
-        hidden_size=cfg.hidden_size,
-        hidden_init=cfg.hidden_init,
-        seed=seed,
-    )
+    student = _build_student(teacher, cfg, seed)
     spec = _loss_spec(cfg, student, teacher)
-    train_split, train_logits, augment_metrics = data.train, teacher_logits, None
-    if cfg.augment.copies > 0:
-        train_split, train_logits, augment_metrics = augment_train(
-            teacher, tokenizer, data.train, teacher_logits, cfg.augment, seed=seed, max_length=max_length
-        )
-        log(
-            f"    augmented: {augment_metrics['examples']:,} teacher-labelled copies of {len(data.train.texts):,} "
-            f"train texts; the teacher labels {augment_metrics['label_differs_from_source']:.1%} of them unlike "
-            "their source"
-        )
-    train_set = encode(tokenizer, train_split, max_length, teacher_logits=train_logits)
-    hold_set = encode(tokenizer, data.holdout, max_length) if data.holdout is not None else None
-    args = training_args(
-        work_dir,
-        epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
-        learning_rate=cfg.learning_rate,
-        seed=seed,
-        warmup_ratio=cfg.warmup_ratio,
-        weight_decay=cfg.weight_decay,
-        evaluate=hold_set is not None,
-        eval_steps=cfg.eval_steps,
+    train_set, hold_set, augment_metrics = _training_sets(
+        teacher, tokenizer, teacher_logits, cfg, data, seed=seed, max_length=max_length, log=log
     )
-    seq_len = max(1, round(float(np.mean(train_set.lengths))))
-    sizes = {"teacher": describe(teacher, seq_len), "student_init": describe(student, seq_len)}
-    t, s = sizes["teacher"], sizes["student_init"]
-    log(
-        f"    student {s['params']:,} params, {s['macs_per_token'] / 1e6:.2f}M MACs/token | teacher {t['params']:,} "
-        f"params, {t['macs_per_token'] / 1e6:.2f}M MACs/token (at {seq_len} tokens, the mean train length)"
+    sizes, seq_len, history = _train_student(
+        student, teacher, tokenizer, spec, cfg, train_set, hold_set, seed=seed, work_dir=work_dir, log=log
     )
-    student.train()
-    history = train(
-        student,
-        tokenizer,
-        train_set,
-        args,
-        distill=spec,
-        eval_dataset=hold_set,
-        teacher=teacher if spec.needs_teacher else None,
-    )
-
-    def split_accuracy(model, tok, split) -> float | None:
-        if split is None:
-            return None
-        return accuracy(predict_logits(model, tok, encode(tok, split, max_length)), split.labels)
-
     student_tokenizer, vocab_metrics = tokenizer, None
     if cfg.trim_vocab.enabled:
-        evals = {"dev": data.dev.texts, **({"test": data.test.texts} if data.test is not None else {})}
-        trimmed = trim_vocab(student, tokenizer, data.train.texts, cfg.trim_vocab, eval_texts=evals)
-        # What trimming cost, on the same sentences: the untrimmed student's accuracy before it is dropped.
-        for name in ("dev", "test"):
-            trimmed.metrics[f"{name}_accuracy_untrimmed"] = split_accuracy(student, tokenizer, getattr(data, name))
-        student, student_tokenizer, vocab_metrics = trimmed.model, trimmed.tokenizer, trimmed.metrics
-        log(
-            f"    vocabulary {vocab_metrics['vocab_size_before']:,} -> {vocab_metrics['vocab_size_after']:,} pieces;"
-            f" dev [UNK] rate {vocab_metrics['dev_unk_rate_before']:.4%} -> {vocab_metrics['dev_unk_rate_after']:.4%}"
-        )
+        student, student_tokenizer, vocab_metrics = _trim(student, tokenizer, cfg, data, max_length, log)
     student.eval()
     sizes["student"] = describe(student, seq_len)
 
+    t = sizes["teacher"]
     best = next((h for h in reversed(history) if "best_eval_accuracy" in h), {})
     metrics = {
-        "dev_accuracy_torch": split_accuracy(student, student_tokenizer, data.dev),
-        "test_accuracy_torch": split_accuracy(student, student_tokenizer, data.test),
+        "dev_accuracy_torch": _split_accuracy(student, student_tokenizer, data.dev, max_length),
+        "test_accuracy_torch": _split_accuracy(student, student_tokenizer, data.test, max_length),
         "holdout_examples": len(hold_set) if hold_set is not None else 0,
         "holdout_accuracy": best.get("best_eval_accuracy"),
         "best_step": best.get("best_step"),
@@ -193,17 +269,7 @@ def distill(
         "layers": sizes["student"]["layers"],
         "layer_indices": list(cfg.layers),
         "sizes": sizes,
-        "loss": {
-            "temperature": spec.temperature,
-            "alpha": spec.alpha,
-            "hidden_weight": spec.hidden_weight,
-            "attention_weight": spec.attention_weight,
-            "value_relation_weight": spec.value_relation_weight,
-            "hidden_layer_map": [list(p) for p in spec.hidden_layer_map],
-            "attention_layer_map": [list(p) for p in spec.attention_layer_map],
-            "relation_heads": spec.relation_heads,
-            "teacher_per_batch": spec.needs_teacher,
-        },
+        "loss": _loss_record(spec),
         "vocab": vocab_metrics,
         "augment": augment_metrics,
         "train_examples": len(train_set),

@@ -88,6 +88,107 @@ def _shape(model, seq_len: int) -> dict:
     }
 
 
+def _start_masks_(pruner, model, tokenizer, dev_set: EncodedDataset, data: TaskData, s: PruneConfig):
+    """Set the masks now (oneshot, measuring dev accuracy) or a schedule callback; returns callbacks, accuracy."""
+    callbacks, accuracy_before = None, None
+    if s.schedule == "oneshot":
+        pruner.prune_to_(model, 1.0)
+        dev = predict_logits(model, tokenizer, dev_set, desc="pruned dev")
+        accuracy_before = accuracy(dev, data.dev.labels)
+    else:
+        callbacks = [GradualPruningCallback(pruner, start=s.start, end=s.end, every=s.every)]
+    return callbacks, accuracy_before
+
+
+def _fine_tune_(
+    model, source, tokenizer, train_set: EncodedDataset, s: PruneConfig, *, seed: int, work_dir: Path, callbacks
+) -> None:
+    """Fine-tune the masked model under the distillation loss (with layer distillation from `source`)."""
+    args = training_args(
+        work_dir,
+        epochs=s.epochs,
+        batch_size=s.batch_size,
+        learning_rate=s.learning_rate,
+        seed=seed,
+        warmup_ratio=0.0,
+    )
+    # Layer distillation from the unpruned model (as CoFi does): the pruned model's hidden states are
+    # pulled towards its own source's, layer for layer, while the logits follow the teacher's cache.
+    n = num_layers(model)
+    spec = LossSpec(
+        temperature=s.temperature,
+        alpha=s.alpha,
+        hidden_weight=s.hidden_weight,
+        hidden_layer_map=tuple((i, i) for i in range(n + 1)),
+    )
+    model.train()
+    train(
+        model,
+        tokenizer,
+        train_set,
+        args,
+        distill=spec,
+        teacher=source if spec.needs_teacher else None,
+        callbacks=callbacks,
+    )
+
+
+def _make_permanent_(model, pruner, s: PruneConfig, callbacks):
+    """Bring the masks to their targets if training did not, then make them permanent; returns the selection."""
+    if callbacks and (not callbacks[0].history or callbacks[0].history[-1][1] < 1.0):
+        pruner.prune_to_(model, 1.0)  # training did not run (no examples): the targets hold all the same
+    if s.method == "structured":
+        selection = masked_selection(model)
+        compact_(model)
+    else:
+        selection = None
+        remove_masks_(model)
+    return selection
+
+
+def _measure(
+    model,
+    tokenizer,
+    dev_set: EncodedDataset,
+    data: TaskData,
+    s: PruneConfig,
+    *,
+    before: dict,
+    seq_len: int,
+    accuracy_before: float | None,
+    selection,
+    callbacks,
+) -> dict:
+    """The pruned model's metrics: sparsity, shape before and after, dev accuracy, removed heads, schedule."""
+    dev = predict_logits(model, tokenizer, dev_set, desc="pruned dev")
+    after = _shape(model, seq_len)
+    metrics = {
+        "method": s.method,
+        "scope": s.scope,
+        "schedule": s.schedule,
+        "importance": s.importance,
+        "target_sparsity": s.target_sparsity,
+        **measure_sparsity(model),
+        "target_heads": s.heads,
+        "target_ffn": s.ffn,
+        **after,
+        "params_before": before["params"],
+        "heads_per_layer_before": before["heads_per_layer"],
+        "ffn_size_before": before["ffn_size"],
+        "macs_per_token_before": before["macs_per_token"],
+        "macs_seq_len": seq_len,
+        "dev_accuracy_torch_before_finetune": accuracy_before,
+        "dev_accuracy_torch": accuracy(dev, data.dev.labels),
+        "hidden_weight": s.hidden_weight,
+        "layers": num_layers(model),
+    }
+    if selection is not None:
+        metrics["heads_removed"] = [list(h) for h in selection.heads]
+    if callbacks:
+        metrics["schedule_history"] = [list(h) for h in callbacks[0].history]
+    return metrics
+
+
 def prune(
     model,
     tokenizer,
@@ -130,74 +231,21 @@ def prune(
     batches = _score_batches(tokenizer, train_set, s, seed) if s.importance == "taylor" else None
     pruner = _pruner(s, batches, loss_fn)
 
-    callbacks, accuracy_before = None, None
-    if s.schedule == "oneshot":
-        pruner.prune_to_(model, 1.0)
-        dev = predict_logits(model, tokenizer, dev_set, desc="pruned dev")
-        accuracy_before = accuracy(dev, data.dev.labels)
-    else:
-        callbacks = [GradualPruningCallback(pruner, start=s.start, end=s.end, every=s.every)]
+    callbacks, accuracy_before = _start_masks_(pruner, model, tokenizer, dev_set, data, s)
     if s.epochs > 0:
-        args = training_args(
-            work_dir,
-            epochs=s.epochs,
-            batch_size=s.batch_size,
-            learning_rate=s.learning_rate,
-            seed=seed,
-            warmup_ratio=0.0,
-        )
-        # Layer distillation from the unpruned model (as CoFi does): the pruned model's hidden states are
-        # pulled towards its own source's, layer for layer, while the logits follow the teacher's cache.
-        n = num_layers(model)
-        spec = LossSpec(
-            temperature=s.temperature,
-            alpha=s.alpha,
-            hidden_weight=s.hidden_weight,
-            hidden_layer_map=tuple((i, i) for i in range(n + 1)),
-        )
-        model.train()
-        train(
-            model,
-            tokenizer,
-            train_set,
-            args,
-            distill=spec,
-            teacher=source if spec.needs_teacher else None,
-            callbacks=callbacks,
-        )
-    if callbacks and (not callbacks[0].history or callbacks[0].history[-1][1] < 1.0):
-        pruner.prune_to_(model, 1.0)  # training did not run (no examples): the targets hold all the same
-    if s.method == "structured":
-        selection = masked_selection(model)
-        compact_(model)
-    else:
-        selection = None
-        remove_masks_(model)
+        _fine_tune_(model, source, tokenizer, train_set, s, seed=seed, work_dir=work_dir, callbacks=callbacks)
+    selection = _make_permanent_(model, pruner, s, callbacks)
     model.eval()
-    dev = predict_logits(model, tokenizer, dev_set, desc="pruned dev")
-    after = _shape(model, seq_len)
-    metrics = {
-        "method": s.method,
-        "scope": s.scope,
-        "schedule": s.schedule,
-        "importance": s.importance,
-        "target_sparsity": s.target_sparsity,
-        **measure_sparsity(model),
-        "target_heads": s.heads,
-        "target_ffn": s.ffn,
-        **after,
-        "params_before": before["params"],
-        "heads_per_layer_before": before["heads_per_layer"],
-        "ffn_size_before": before["ffn_size"],
-        "macs_per_token_before": before["macs_per_token"],
-        "macs_seq_len": seq_len,
-        "dev_accuracy_torch_before_finetune": accuracy_before,
-        "dev_accuracy_torch": accuracy(dev, data.dev.labels),
-        "hidden_weight": s.hidden_weight,
-        "layers": num_layers(model),
-    }
-    if selection is not None:
-        metrics["heads_removed"] = [list(h) for h in selection.heads]
-    if callbacks:
-        metrics["schedule_history"] = [list(h) for h in callbacks[0].history]
+    metrics = _measure(
+        model,
+        tokenizer,
+        dev_set,
+        data,
+        s,
+        before=before,
+        seq_len=seq_len,
+        accuracy_before=accuracy_before,
+        selection=selection,
+        callbacks=callbacks,
+    )
     return PruneResult(model, metrics)

@@ -67,73 +67,116 @@ def quantize(
     out_dir.mkdir(parents=True, exist_ok=True)
     extra: dict = {}
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".work-") as tmp:
-        src = onnx_dir / "model.onnx"
-        if config.fuse:
-            from export.optimize import optimize_onnx
-
-            extra["fusion"] = optimize_onnx(
-                onnx_dir, Path(tmp) / "fused", list(check_texts or []), max_length=max_length
-            )
-            src = Path(tmp) / "fused" / "model.onnx"
-        if config.embeddings == "int4":
-            from compress.embedding_quant import quantize_token_embedding
-
-            extra["embedding"] = quantize_token_embedding(
-                src, Path(tmp) / "embedding4.onnx", block_size=config.embedding_block_size
-            )
-            src = Path(tmp) / "embedding4.onnx"
-        if config.int4_nodes:
-            extra["int4_nodes"] = _int4_nodes(src, Path(tmp) / "int4.onnx", config.int4_nodes)
-            src = Path(tmp) / "int4.onnx"
+        src = _prepare_source(onnx_dir, Path(tmp), config, check_texts, max_length, extra)
         if config.select == "measure":
-            candidates = [c for c in default_candidates(static=config.method == "static") if c.method == config.method]
-            # The candidates vary the data types and reduce_range (and per-channel scales when asked); every
-            # other key of the recipe is kept.
-            keep = {k: getattr(spec, k) for k in ("per_channel", "op_types", "calibrate_method", "percentile")}
-            candidates = [replace(c, **keep) for c in candidates]
-            if config.per_channel == "measure":
-                candidates += [replace(c, per_channel=True) for c in candidates]
-            choice = choose_int8_variant(
-                src,
-                Path(tmp) / "candidates",
-                evaluate,
-                candidates,
-                calibration=calibration,
-                latency_feeds=latency_feeds,
-                tolerance=config.select_tolerance,
-            )
-            spec = choice["chosen_spec"]
-            extra["selection"] = {
-                "chosen": choice["chosen"],
-                "reason": choice["reason"],
-                "metric": "accuracy on the held-out slice of train",
-                "candidates": [{k: v for k, v in r.items() if k != "path"} for r in choice["table"]],
-            }
-        if config.max_accuracy_drop is not None:
-            res = quantize_within_budget(
-                src,
-                out_dir / "model.onnx",
-                spec,
-                evaluate,
-                config.max_accuracy_drop,
-                calibration or [],
-                granularity=config.budget_granularity,
-            )
-            extra["budget"] = {k: v for k, v in res.to_dict().items() if k != "path"}
-            metrics = res.metrics
-        else:
-            metrics = quantize_model(src, out_dir / "model.onnx", spec, calibration)
-        if "selection" in extra:
-            metrics["reduce_range_reason"] = f"measured on the held-out slice: {extra['selection']['reason']}"
-    for f in onnx_dir.iterdir():
-        if f.is_file() and f.suffix != ".onnx" and not f.name.endswith(".onnx.data"):
-            shutil.copy2(f, out_dir / f.name)
+            spec, extra["selection"] = _select_spec(src, Path(tmp), spec, config, evaluate, calibration, latency_feeds)
+        metrics = _write_int8(src, out_dir, spec, config, evaluate, calibration, extra)
+    _copy_side_files(onnx_dir, out_dir)
     Artifact(out_dir, "classification").write()
     if metrics["int8_initializers"] == 0:
         raise RuntimeError(f"quantize: no int8 weights in {out_dir / 'model.onnx'}; op_types {list(spec.ops)}")
     if config.optimize_offline or config.external_data:
         extra["offline"] = _save_for_device(out_dir, config, check_texts or [], max_length)
     return {**metrics, **extra}
+
+
+def _prepare_source(
+    onnx_dir: Path,
+    work: Path,
+    config: QuantizeConfig,
+    check_texts: Sequence[str] | None,
+    max_length: int,
+    extra: dict,
+) -> Path:
+    """The graph the int8 pass starts from: fused, 4-bit embedding, 4-bit nodes as asked (records into `extra`)."""
+    src = onnx_dir / "model.onnx"
+    if config.fuse:
+        from export.optimize import optimize_onnx
+
+        extra["fusion"] = optimize_onnx(onnx_dir, work / "fused", list(check_texts or []), max_length=max_length)
+        src = work / "fused" / "model.onnx"
+    if config.embeddings == "int4":
+        from compress.embedding_quant import quantize_token_embedding
+
+        extra["embedding"] = quantize_token_embedding(
+            src, work / "embedding4.onnx", block_size=config.embedding_block_size
+        )
+        src = work / "embedding4.onnx"
+    if config.int4_nodes:
+        extra["int4_nodes"] = _int4_nodes(src, work / "int4.onnx", config.int4_nodes)
+        src = work / "int4.onnx"
+    return src
+
+
+def _select_spec(
+    src: Path,
+    work: Path,
+    spec: Int8Spec,
+    config: QuantizeConfig,
+    evaluate: Callable[[Path], float],
+    calibration: Sequence[Feed] | None,
+    latency_feeds: Sequence[Feed] | None,
+) -> tuple[Int8Spec, dict]:
+    """Measure every int8 candidate of the method on `src`; returns the chosen spec and the selection record."""
+    candidates = [c for c in default_candidates(static=config.method == "static") if c.method == config.method]
+    # The candidates vary the data types and reduce_range (and per-channel scales when asked); every
+    # other key of the recipe is kept.
+    keep = {k: getattr(spec, k) for k in ("per_channel", "op_types", "calibrate_method", "percentile")}
+    candidates = [replace(c, **keep) for c in candidates]
+    if config.per_channel == "measure":
+        candidates += [replace(c, per_channel=True) for c in candidates]
+    choice = choose_int8_variant(
+        src,
+        work / "candidates",
+        evaluate,
+        candidates,
+        calibration=calibration,
+        latency_feeds=latency_feeds,
+        tolerance=config.select_tolerance,
+    )
+    selection = {
+        "chosen": choice["chosen"],
+        "reason": choice["reason"],
+        "metric": "accuracy on the held-out slice of train",
+        "candidates": [{k: v for k, v in r.items() if k != "path"} for r in choice["table"]],
+    }
+    return choice["chosen_spec"], selection
+
+
+def _write_int8(
+    src: Path,
+    out_dir: Path,
+    spec: Int8Spec,
+    config: QuantizeConfig,
+    evaluate: Callable[[Path], float] | None,
+    calibration: Sequence[Feed] | None,
+    extra: dict,
+) -> dict:
+    """Write `out_dir/model.onnx`, int8 from `src` (within the accuracy budget when set); returns its metrics."""
+    if config.max_accuracy_drop is not None:
+        res = quantize_within_budget(
+            src,
+            out_dir / "model.onnx",
+            spec,
+            evaluate,
+            config.max_accuracy_drop,
+            calibration or [],
+            granularity=config.budget_granularity,
+        )
+        extra["budget"] = {k: v for k, v in res.to_dict().items() if k != "path"}
+        metrics = res.metrics
+    else:
+        metrics = quantize_model(src, out_dir / "model.onnx", spec, calibration)
+    if "selection" in extra:
+        metrics["reduce_range_reason"] = f"measured on the held-out slice: {extra['selection']['reason']}"
+    return metrics
+
+
+def _copy_side_files(onnx_dir: Path, out_dir: Path) -> None:
+    """Copy the model directory's files other than the ONNX graph and its weights (tokenizer, config)."""
+    for f in onnx_dir.iterdir():
+        if f.is_file() and f.suffix != ".onnx" and not f.name.endswith(".onnx.data"):
+            shutil.copy2(f, out_dir / f.name)
 
 
 def _save_for_device(out_dir: Path, config: QuantizeConfig, check_texts: Sequence[str], max_length: int) -> dict:

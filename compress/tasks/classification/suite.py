@@ -216,50 +216,40 @@ def _compute(variants: list[Variant], records: dict, targets, requests: list[dic
     return peaks
 
 
-def benchmark(
-    variants: list[Variant],
-    data: TaskData,
-    config: BenchmarkConfig,
-    *,
-    max_length: int,
-    reference: str,
-    work_dir: Path | None = None,
-    log: Callable[[str], None] = print,
-) -> dict:
-    """Accuracy (dev, test), latency per target and length, throughput, size and peak RSS of each variant.
-
-    Args:
-        variants: the models; names in `BASELINES` are the reference points of every ratio.
-        data: dev (and test) splits; dev sentences are also the latency requests.
-        config: the recipe's `benchmark` section.
-        max_length: truncation length of the task.
-        reference: the variant whose predictions the others' agreement is measured against (the teacher).
-        work_dir: where `.ort` conversions are kept (default: a temporary directory, removed afterwards).
-        log: where one line per measurement phase goes.
-
-    Returns:
-        environment, settings and one record per variant (schema in the README).
-    """
-    from transformers import AutoTokenizer
-
-    s = config
-    cpu = cpu_info()
-    eval_threads = s.accuracy_threads or os.cpu_count() or 1
-    records, preds = _accuracy(variants, data, max_length, eval_threads, s.accuracy_batch_size)
+def _add_agreement(records: dict, preds: dict, reference: str) -> None:
+    """Write each variant's agreement with the reference's predictions (dev, and test when there is one)."""
     for name, rec in records.items():
         rec["agreement_with_teacher"] = float((preds[name]["dev"] == preds[reference]["dev"]).mean())
         if "test" in preds[name]:
             rec["agreement_with_teacher_test"] = float((preds[name]["test"] == preds[reference]["test"]).mean())
 
-    if s.ort_format:
-        deployable = [v for v in variants if v.runtime == "onnxruntime" and v.name not in BASELINES]
-        with tempfile.TemporaryDirectory() as tmp:
-            ort_dir = Path(work_dir) / "ort" if work_dir is not None else Path(tmp)
-            for v in tqdm(deployable, desc=".ort conversion and mobile check", unit="variant"):
-                rec = _ort_format(v, data, max_length, eval_threads, s.accuracy_batch_size, ort_dir, preds[v.name])
-                if work_dir is None:
-                    rec["path"] = None  # converted in a temporary directory, gone after this call
-                records[v.name]["ort"] = rec
+
+def _add_ort_records(
+    variants: list[Variant],
+    data: TaskData,
+    s: BenchmarkConfig,
+    max_length: int,
+    eval_threads: int,
+    work_dir: Path | None,
+    records: dict,
+    preds: dict,
+) -> None:
+    """Write `records[name]["ort"]` for every deployable ONNX variant: its `.ort` conversion, measured."""
+    deployable = [v for v in variants if v.runtime == "onnxruntime" and v.name not in BASELINES]
+    with tempfile.TemporaryDirectory() as tmp:
+        ort_dir = Path(work_dir) / "ort" if work_dir is not None else Path(tmp)
+        for v in tqdm(deployable, desc=".ort conversion and mobile check", unit="variant"):
+            rec = _ort_format(v, data, max_length, eval_threads, s.accuracy_batch_size, ort_dir, preds[v.name])
+            if work_dir is None:
+                rec["path"] = None  # converted in a temporary directory, gone after this call
+            records[v.name]["ort"] = rec
+
+
+def _requests(
+    variants: list[Variant], data: TaskData, s: BenchmarkConfig, max_length: int
+) -> tuple[dict[str, list[dict]], dict[str, dict], list, dict[str, list[dict]]]:
+    """The latency requests per length, their length figures, the lengths skipped and the throughput batches."""
+    from transformers import AutoTokenizer
 
     # The requests: the same token ids for every variant and target. With a trimmed vocabulary in the run, the
     # smallest vocabulary tokenizes them: its ids are valid for every model (each vocabulary holds at least
@@ -287,6 +277,19 @@ def benchmark(
             "seq_len_max": max(seq),
         }
     batch_sets = {str(b): _lists(throughput_batches(tok, texts, b, max_length)) for b in s.batch_sizes}
+    return request_sets, lengths_info, skipped, batch_sets
+
+
+def _measure_targets(
+    variants: list[Variant],
+    targets: list[Target],
+    request_sets: dict[str, list[dict]],
+    batch_sets: dict[str, list[dict]],
+    s: BenchmarkConfig,
+    baselines: list[str],
+    log: Callable[[str], None],
+) -> tuple[dict[str, dict], float]:
+    """Latency and throughput of every variant on each target (a worker per target), and the wall time taken."""
     protocol = {
         "warmup": s.warmup,
         "requests": s.requests,
@@ -297,9 +300,6 @@ def benchmark(
         "confidence": s.confidence,
     }
     spec_variants = [{"name": v.name, "runtime": v.runtime, "path": str(v.path)} for v in variants]
-    baselines = [b for b in BASELINES if b in records]
-
-    targets: list[Target] = [resolve_target(t) for t in s.targets]
     per_target: dict[str, dict] = {}
     t0 = time.perf_counter()
     for target in targets:
@@ -311,31 +311,50 @@ def benchmark(
             + (f", throughput at batch {s.batch_sizes}" if s.batch_sizes else "")
         )
         per_target[target.name] = measure_target(target, spec_variants, request_sets, batch_sets, protocol, baselines)
-    latency_wall = time.perf_counter() - t0
+    return per_target, time.perf_counter() - t0
 
-    if s.memory:
-        probe_texts = data.dev.texts[:32]
-        for target in targets:
-            log(f"    peak RSS on target {target.name}: a fresh process per model")
-            # The no-model process loads the variant's own tokenizer: a trimmed vocabulary's tokenizer takes a few
-            # MB less than the teacher's, and a shared baseline would book that difference to the model.
-            base: dict[tuple[str, str], dict] = {}
-            for v in variants:
-                m = measure_peak_rss(
-                    v.runtime,
-                    v.path,
-                    v.tokenizer_dir,
-                    probe_texts,
-                    threads=target.threads,
-                    max_length=max_length,
-                    cpus=target.cpus,
-                    memory_limit_bytes=target.memory_limit_bytes,
-                    baseline=base.get((v.runtime, str(v.tokenizer_dir))),
-                    probe="compress.tasks.classification.probe",
-                )
-                base[(v.runtime, str(v.tokenizer_dir))] = m.pop("baseline")
-                per_target[target.name].setdefault("memory", {})[v.name] = m
 
+def _measure_memory(
+    variants: list[Variant],
+    targets: list[Target],
+    data: TaskData,
+    max_length: int,
+    per_target: dict[str, dict],
+    log: Callable[[str], None],
+) -> None:
+    """Write `per_target[target]["memory"]`: each variant's peak RSS on each target, a fresh process per model."""
+    probe_texts = data.dev.texts[:32]
+    for target in targets:
+        log(f"    peak RSS on target {target.name}: a fresh process per model")
+        # The no-model process loads the variant's own tokenizer: a trimmed vocabulary's tokenizer takes a few
+        # MB less than the teacher's, and a shared baseline would book that difference to the model.
+        base: dict[tuple[str, str], dict] = {}
+        for v in variants:
+            m = measure_peak_rss(
+                v.runtime,
+                v.path,
+                v.tokenizer_dir,
+                probe_texts,
+                threads=target.threads,
+                max_length=max_length,
+                cpus=target.cpus,
+                memory_limit_bytes=target.memory_limit_bytes,
+                baseline=base.get((v.runtime, str(v.tokenizer_dir))),
+                probe="compress.tasks.classification.probe",
+            )
+            base[(v.runtime, str(v.tokenizer_dir))] = m.pop("baseline")
+            per_target[target.name].setdefault("memory", {})[v.name] = m
+
+
+def _add_target_records(
+    variants: list[Variant],
+    targets: list[Target],
+    records: dict,
+    per_target: dict[str, dict],
+    primary: str,
+    request_sets: dict[str, list[dict]],
+) -> None:
+    """Write each variant's figures per target, and the primary target's latency (and memory) at its top level."""
     for v in variants:
         rec = records[v.name]
         rec["targets"] = {}
@@ -348,10 +367,51 @@ def benchmark(
                 "load_s": res["load_s"][v.name],
                 **({"memory": res["memory"][v.name]} if "memory" in res else {}),
             }
-        primary = rec["targets"][s.primary]
-        rec["latency_ms"] = primary["latency_ms"][next(iter(request_sets))]
-        if "memory" in primary and "error" not in primary["memory"]:
-            rec.update({k: x for k, x in primary["memory"].items() if k != "fits_memory_limit"})
+        primary_rec = rec["targets"][primary]
+        rec["latency_ms"] = primary_rec["latency_ms"][next(iter(request_sets))]
+        if "memory" in primary_rec and "error" not in primary_rec["memory"]:
+            rec.update({k: x for k, x in primary_rec["memory"].items() if k != "fits_memory_limit"})
+
+
+def benchmark(
+    variants: list[Variant],
+    data: TaskData,
+    config: BenchmarkConfig,
+    *,
+    max_length: int,
+    reference: str,
+    work_dir: Path | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Accuracy (dev, test), latency per target and length, throughput, size and peak RSS of each variant.
+
+    Args:
+        variants: the models; names in `BASELINES` are the reference points of every ratio.
+        data: dev (and test) splits; dev sentences are also the latency requests.
+        config: the recipe's `benchmark` section.
+        max_length: truncation length of the task.
+        reference: the variant whose predictions the others' agreement is measured against (the teacher).
+        work_dir: where `.ort` conversions are kept (default: a temporary directory, removed afterwards).
+        log: where one line per measurement phase goes.
+
+    Returns:
+        environment, settings and one record per variant (schema in the README).
+    """
+    s = config
+    cpu = cpu_info()
+    eval_threads = s.accuracy_threads or os.cpu_count() or 1
+    records, preds = _accuracy(variants, data, max_length, eval_threads, s.accuracy_batch_size)
+    _add_agreement(records, preds, reference)
+    if s.ort_format:
+        _add_ort_records(variants, data, s, max_length, eval_threads, work_dir, records, preds)
+
+    request_sets, lengths_info, skipped, batch_sets = _requests(variants, data, s, max_length)
+    baselines = [b for b in BASELINES if b in records]
+    targets: list[Target] = [resolve_target(t) for t in s.targets]
+    per_target, latency_wall = _measure_targets(variants, targets, request_sets, batch_sets, s, baselines, log)
+    if s.memory:
+        _measure_memory(variants, targets, data, max_length, per_target, log)
+    _add_target_records(variants, targets, records, per_target, s.primary, request_sets)
 
     first = next(iter(request_sets))
     peaks = _compute(variants, records, targets, request_sets[first], log)
