@@ -72,9 +72,12 @@ def test_publish_writes_a_float16_model_directory_with_its_card_and_record(tmp_p
     assert record["metrics_stored"]["dev_perplexity_torch"] == pytest.approx(m["dev_perplexity_torch"], rel=1e-2)
     model, _ = load_causal_lm(out, "teacher.path")
     assert model.config.num_hidden_layers == 4
+    removal = record["layer_removal"]
+    assert set(removal["without"]) == {"0", "1", "2", "3"} and removal["perplexity"] > 1
+    assert removal["every_layer_needed"] == (min(removal["without"].values()) > removal["perplexity"])
     card = (out / "README.md").read_text()
     assert "stopped after the epoch that lowered held-out perplexity by less than 90%" in card
-    assert "| 2 |" in card and record["corpus"]["dev"]["sha256"] in card
+    assert "| 2 |" in card and record["corpus"]["dev"]["sha256"] in card and "without one (layer 0: " in card
     # the card can be rewritten from the record alone
     (out / "README.md").unlink()
     assert main([str(recipe), str(out), "--card-only"]) == 0 and (out / "README.md").read_text() == card

@@ -88,6 +88,7 @@ def publish(recipe_path: Path, out: Path, overrides: dict | None = None) -> dict
         "wall_time_s": round(wall, 1),
         "metrics_float32": result.metrics,
     }
+    record["layer_removal"] = layer_removal(model, tokenizer, data, recipe.data)
     with atomic_dir(out) as tmp:
         model.to(torch.float16).save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
@@ -99,8 +100,40 @@ def publish(recipe_path: Path, out: Path, overrides: dict | None = None) -> dict
     return record
 
 
+def layer_removal(model, tokenizer, data, data_config) -> dict | None:
+    """Held-out perplexity of the model and of the model without each one of its layers (a converged model
+    needs every layer: removing any one should raise it; an undertrained one may improve without some)."""
+    from compress.tasks.causal_lm.data import eval_blocks
+    from compress.tasks.causal_lm.distill import select_layers
+    from compress.tasks.causal_lm.model import evaluate_blocks
+
+    if model.config.num_hidden_layers < 2:
+        return None
+    key = "holdout" if data.holdout else "dev"
+    blocks = eval_blocks(tokenizer, getattr(data, key), data_config, key)
+    model = model.float().eval()
+    full = evaluate_blocks(model, blocks, batch_size=4, desc="all layers").perplexity
+    _, rounds = select_layers(model, blocks, model.config.num_hidden_layers - 1)
+    without = {str(i): p for i, p in rounds[0]["perplexity_without"].items()}
+    return {"split": key, "perplexity": full, "without": without, "every_layer_needed": min(without.values()) > full}
+
+
 def _ppl(value) -> str:
     return f"{value:.2f}" if isinstance(value, int | float) else "n/a"
+
+
+def _layer_lines(removal: dict | None) -> str:
+    if not removal:
+        return ""
+    cells = ", ".join(f"layer {i}: {p:.2f}" for i, p in removal["without"].items())
+    verdict = (
+        "removing any one layer raises it" if removal["every_layer_needed"] else
+        "**removing some layer lowers it: the model is not trained to use all its layers**"
+    )  # fmt: skip
+    return (
+        f"Every layer's share: {removal['split']} perplexity {removal['perplexity']:.2f} with all layers; without "
+        f"one ({cells}): {verdict}."
+    )
 
 
 def model_card(record: dict, name: str) -> str:
@@ -153,6 +186,8 @@ stored as float16 safetensors.
 - Convergence: {stop}.
 - Wall time: {record['wall_time_s'] / 60:.1f} minutes on {record['machine']}.
 - Code: commit {record['commit']}; {', '.join(f'{k} {v}' for k, v in sorted(record['versions'].items()))}.
+
+{_layer_lines(record.get("layer_removal"))}
 
 Held-out perplexity at the end of each epoch:
 
