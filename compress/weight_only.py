@@ -22,6 +22,7 @@ from onnx import numpy_helper
 
 from compress.calibration import FeedReader
 from compress.int8 import Int8Spec, quantize_model
+from export.artifact import save_model
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,7 @@ def prepare(src: Path, dst: Path) -> dict:
     wrapped = ONNXModel(model)
     if gemms:
         wrapped.replace_gemm_with_matmul()
-    onnx.save(wrapped.model, str(dst))
+    save_model(wrapped.model, dst)
     return {"folded_transposes": folded, "gemm_to_matmul": gemms}
 
 
@@ -146,7 +147,7 @@ def weight_only(
         model = quantizer.model.model
     out = model
     set_accuracy_level(out, accuracy_level)
-    onnx.save(out, str(dst))
+    save_model(out, dst)
     if config.embeddings == "int8":
         # MatMulNBitsQuantizer quantizes a Gather to 4 bits only; ONNX Runtime's dynamic quantizer gives the
         # embedding table 8 bits (a uint8 table and a DequantizeLinear of the gathered rows), which .ort holds.

@@ -86,6 +86,49 @@ def with_external_data(onnx_path: Path) -> list[Path]:
     return out
 
 
+# ONNX's protobuf holds at most 2 GiB; above this many bytes of tensors a model is written with them in one side
+# file (`NAME.data`, beside `NAME`), which ONNX Runtime memory-maps at load.
+INLINE_LIMIT_BYTES = 2**31 - 2**28
+
+
+def tensor_bytes(model) -> int:
+    """Bytes of a loaded ONNX model's initializers (what decides whether it fits one protobuf)."""
+    from onnx.external_data_helper import uses_external_data
+
+    total = 0
+    for t in model.graph.initializer:
+        if uses_external_data(t):
+            total += int(next((e.value for e in t.external_data if e.key == "length"), 0) or 0)
+        else:
+            total += t.ByteSize()
+    return total
+
+
+def save_model(model, path: Path) -> list[Path]:
+    """Write an ONNX model to `path`: one file while its tensors are under `INLINE_LIMIT_BYTES`, else the graph
+    in `path` and every tensor in `path.name + ".data"` beside it. Returns the files written."""
+    import onnx
+
+    path = Path(path)
+    if tensor_bytes(model) < INLINE_LIMIT_BYTES:
+        onnx.save(model, str(path))
+        return [path]
+    data = path.with_name(path.name + ".data")
+    data.unlink(missing_ok=True)  # onnx appends to an existing data file
+    onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=data.name)
+    return [path, data]
+
+
+def move_model(onnx_path: Path, dst_dir: Path) -> Path:
+    """Move an ONNX model and the external-data files it references into `dst_dir` (names kept)."""
+    import shutil
+
+    files = with_external_data(onnx_path)
+    for f in files:
+        shutil.move(f, Path(dst_dir) / f.name)
+    return Path(dst_dir) / files[0].name
+
+
 def copy_model(onnx_path: Path, dst_dir: Path, name: str | None = None) -> Path:
     """Copy an ONNX model with its external-data files into `dst_dir` (the model renamed to `name` if given;
     the data files keep their names, which the model refers to). Returns the copied model's path."""

@@ -317,6 +317,33 @@ def test_check_names_a_bad_corpus_and_a_teacher_that_is_not_a_causal_lm(text_dat
     assert proc.returncode == 2 and "not a decoder-only causal LM" in proc.stderr
 
 
+def test_a_model_whose_weights_live_outside_its_graph_ships_with_them_and_their_checksum(lm_run, tmp_path):
+    import shutil
+
+    from compress.manifest import hash_path
+    from compress.tasks.causal_lm.bundle import bundle_lm
+    from export.bundle_checks import sha256
+
+    _, out, _, _ = lm_run
+    run = tmp_path / "run"
+    shutil.copytree(out, run)
+    # as a model over ONNX's 2 GiB is written: the weights in model.onnx.data beside the graph
+    model_path = run / "quantize" / "int4" / "model.onnx"
+    onnx.save(onnx.load(str(model_path)), str(model_path), save_as_external_data=True, location="model.onnx.data",
+              size_threshold=0)  # fmt: skip
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["stages"]["benchmark"]["inputs"]["quantize/int4"] = hash_path(run / "quantize" / "int4")
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    d = tmp_path / "bundle"
+    meta = bundle_lm(run, "host", d, "int4")
+    from export.artifact import with_external_data
+
+    assert with_external_data(d / "model.onnx") == [d / "model.onnx", d / "model.onnx.data"]
+    assert (d / "model.onnx.data").stat().st_size > 10_000
+    assert meta["files"]["model.onnx.data"] == sha256(d / "model.onnx.data")
+    assert meta["check"]["greedy_identical_onnx"] == 1.0
+
+
 def test_bundle_refuses_an_unmeasured_target_and_a_loose_choice_names_the_candidates(lm_run, tmp_path):
     from compress.tasks.causal_lm.bundle import bundle_lm as bundle
     from export.bundle_checks import BundleError

@@ -201,3 +201,24 @@ def test_mixed_precision_is_refused_where_it_does_not_apply():
         LMQuantizeConfig(mixed_max_size_mb=5)
     with pytest.raises(ValueError, match="give one budget"):
         LMQuantizeConfig(precision="mixed", mixed_max_size_mb=5, mixed_max_perplexity_ratio=1.05)
+
+
+
+def test_a_model_over_the_protobuf_limit_is_quantized_with_its_weights_beside_it(tiny_lm_exports, tmp_path,
+                                                                                 monkeypatch):  # fmt: skip
+    import export.artifact
+    from export.artifact import with_external_data
+
+    src = tiny_lm_exports["llama"]
+    cfg = LMQuantizeConfig(block_size=16, accuracy_level=0)
+    inline = quantize_lm(src, tmp_path / "inline", cfg, heldout_nll=_nll_fn(src), timing_prompt=[1, 2, 3])
+    assert with_external_data(tmp_path / "inline" / "model.onnx") == [tmp_path / "inline" / "model.onnx"]
+    # every model written from here on is "too large" for one protobuf, as a 1B model's float32 weights are
+    monkeypatch.setattr(export.artifact, "INLINE_LIMIT_BYTES", 0)
+    side = quantize_lm(src, tmp_path / "side", cfg, heldout_nll=_nll_fn(src), timing_prompt=[1, 2, 3])
+    files = with_external_data(tmp_path / "side" / "model.onnx")
+    assert [f.name for f in files] == ["model.onnx", "model.onnx.data"]
+    assert side["size_bytes"] == sum(f.stat().st_size for f in files)
+    assert sorted(p.name for p in (tmp_path / "side").iterdir() if ".onnx" in p.name) == [f.name for f in files]
+    assert side["holdout_perplexity"] == pytest.approx(inline["holdout_perplexity"], rel=1e-6)
+    assert _ops(tmp_path / "side" / "model.onnx") == _ops(tmp_path / "inline" / "model.onnx")

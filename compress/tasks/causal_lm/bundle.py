@@ -1,7 +1,7 @@
 """A deployment bundle of a causal LM: one directory with everything a device needs to generate text.
 
-    model.onnx  model.ort  required_operators.config  tokenizer.json  generation_config.json  bundle.json
-    manifest.json (the run's)  generate.py  README.md
+    model.onnx (+ model.onnx.data when its weights are kept outside it)  model.ort  required_operators.config
+    tokenizer.json  generation_config.json  bundle.json  manifest.json (the run's)  generate.py  README.md
 
 `generate.py` needs only onnxruntime, tokenizers and numpy; it is the same decoder loop the pipeline measured
 (`compress/tasks/causal_lm/bundle_template/generate.py`). Before the bundle is written, that file, run from the
@@ -18,6 +18,7 @@ from pathlib import Path
 
 from compress.manifest import atomic_dir, library_versions
 from compress.targets import BASELINES
+from export.artifact import copy_model
 from export.bundle_checks import BundleError, choose_variant, load_bundle_script, measured_artifact, open_run, sha256
 
 TEMPLATE = Path(__file__).resolve().parent / "bundle_template" / "generate.py"
@@ -159,7 +160,7 @@ def bundle_lm(
     greedy = chosen.get("greedy") or {}
     prompts = report.get("settings", {}).get("greedy_prompt_ids") or []
     with atomic_dir(out_dir) as tmp:
-        shutil.copy2(artifact_dir / "model.onnx", tmp / "model.onnx")
+        copy_model(artifact_dir / "model.onnx", tmp)  # with its external-data file (weights over ONNX's 2 GiB)
         conv = None
         try:
             conv = convert_to_ort(

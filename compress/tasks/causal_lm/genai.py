@@ -104,8 +104,11 @@ def build(model_dir: Path, out_dir: Path, precision: str = "fp32", timeout: int 
 
 
 def self_contained(model_path: Path, head_width: int) -> None:
-    """Rewrite the builder's model in place: the cache's head width as a number, the weights inside the file."""
+    """Rewrite the builder's model in place: the cache's head width as a number, the weights inside the file
+    (beside it in `model.onnx.data` when they exceed what one ONNX protobuf holds)."""
     import onnx
+
+    from export.artifact import INLINE_LIMIT_BYTES, save_model, tensor_bytes
 
     model_path = Path(model_path)
     model = onnx.load(str(model_path))  # reads model.onnx.data too
@@ -116,7 +119,10 @@ def self_contained(model_path: Path, head_width: int) -> None:
                 dim.Clear()
                 dim.dim_value = head_width
     data = model_path.with_name(model_path.name + ".data")
+    if tensor_bytes(model) >= INLINE_LIMIT_BYTES:  # over ONNX's 2 GiB: graph and weights rewritten side by side
+        save_model(model, model_path)  # (the model is in memory: its old data file can go)
+        return
     tmp = model_path.with_name(model_path.name + ".tmp")
-    onnx.save(model, str(tmp))  # without external data: under ONNX's 2 GB, which a model for a device is
+    onnx.save(model, str(tmp))  # one file, which a model under ONNX's 2 GB limit can be
     os.replace(tmp, model_path)
     data.unlink(missing_ok=True)

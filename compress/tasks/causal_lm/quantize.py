@@ -44,7 +44,7 @@ from compress.weight_only import (
     weight_matmuls,
     weight_only,
 )
-from export.artifact import Artifact
+from export.artifact import Artifact, move_model, save_model, with_external_data
 
 # A callable scoring an ONNX decoder file: mean negative log-likelihood per token on held-out blocks.
 HeldOutNLL = Callable[[Path], float]
@@ -302,16 +302,16 @@ def quantize_lm(
                 f"{metrics['holdout_perplexity_fp32']:.3f} "
                 f"(quantize.max_perplexity_ratio {config.max_perplexity_ratio})"
             )
-        shutil.move(tmp / "model.onnx", out_dir / "model.onnx")
+        move_model(tmp / "model.onnx", out_dir)
     for f in onnx_dir.iterdir():
-        if f.is_file() and f.suffix != ".onnx" and f.name != "artifact.json":
+        if f.is_file() and f.suffix not in (".onnx", ".data") and f.name != "artifact.json":
             shutil.copy2(f, out_dir / f.name)
     Artifact(out_dir, "causal-lm", {"model": "model.onnx"}).write()
     ops = Counter(n.op_type for n in onnx.load(str(out_dir / "model.onnx"), load_external_data=False).graph.node)
     metrics["quantized_ops"] = {**int8_op_counts(dict(ops)), **{k: ops[k] for k in WEIGHT_ONLY_OPS if ops[k]}}
     if not metrics["quantized_ops"]:
         raise RuntimeError(f"quantize: no quantized operator in {out_dir / 'model.onnx'}")
-    metrics["size_bytes"] = (out_dir / "model.onnx").stat().st_size
+    metrics["size_bytes"] = sum(f.stat().st_size for f in with_external_data(out_dir / "model.onnx"))
     metrics["source_size_bytes"] = src.stat().st_size
     return metrics
 
@@ -362,7 +362,7 @@ def _weight_only(prepared: Path, tmp: Path, config: LMQuantizeConfig, heldout_nl
         mixed, metrics["mixed_precision"] = mixed_precision(prepared, tmp, config, heldout_nll, fp32_nll, log)
         model = onnx.load(str(mixed))
         set_accuracy_level(model, 0 if level == "measure" else level)
-        onnx.save(model, str(base))
+        save_model(model, base)
     else:
         metrics.update(weight_only(prepared, base, config, 0 if level == "measure" else level, calibration))
     if level == "measure":
@@ -381,7 +381,7 @@ def _choose_accuracy_level(artifact_dir: Path, level0: Path, tmp: Path, heldout_
     level4 = tmp / "level4.onnx"
     model = onnx.load(str(level0))
     set_accuracy_level(model, 4)
-    onnx.save(model, str(level4))
+    save_model(model, level4)
     per_token = _decode_seconds_per_token(artifact_dir, {"0": level0, "4": level4}, prompt, new_tokens=24, rounds=3)
     nll = {"0": heldout_nll(level0), "4": heldout_nll(level4)}
     table = [
@@ -401,5 +401,5 @@ def _choose_accuracy_level(artifact_dir: Path, level0: Path, tmp: Path, heldout_
         f"{math.exp(nll['0']):.3f}"
     )
     log(f"    accuracy_level: {why}; chosen {chosen}")
-    shutil.copy2(level4 if chosen == 4 else level0, tmp / "model.onnx")
+    save_model(onnx.load(str(level4 if chosen == 4 else level0)), tmp / "model.onnx")  # with its own data file
     return {"chosen": chosen, "reason": why, "table": table}
