@@ -22,9 +22,14 @@ from compress.modeling import default_hidden_map
 from compress.tasks.causal_lm.config import LMDistillConfig, TextDataConfig
 from compress.tasks.causal_lm.control import blocks_seen
 from compress.tasks.causal_lm.data import BlockDataset, TextData, selection_blocks, train_blocks
-from compress.tasks.causal_lm.model import LMLossSpec, describe_decoder, final_train_loss, train_lm
+from compress.tasks.causal_lm.model import (
+    LMLossSpec,
+    block_training_args,
+    describe_decoder,
+    final_train_loss,
+    train_lm,
+)
 from compress.tasks.causal_lm.teacher import measure_lm
-from compress.training import training_args
 
 
 @dataclass
@@ -70,21 +75,7 @@ def distill_lm(
         f"{t_info['params']:,} params, {t_info['macs_per_token'] / 1e6:.2f}M MACs/token (at {data_config.block_size} "
         f"tokens of context); {train_set.tokens:,} training tokens"
     )
-    args = training_args(
-        work_dir,
-        epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
-        learning_rate=cfg.learning_rate,
-        seed=seed,
-        warmup_ratio=cfg.warmup_ratio,
-        weight_decay=cfg.weight_decay,
-        evaluate=hold is not None,
-        eval_steps=cfg.eval_steps,
-        max_steps=cfg.max_steps,
-        group_by_length=False,
-        prediction_loss_only=True,
-        logging_steps=50,
-    )
+    args = block_training_args(work_dir, cfg, seed, evaluate=hold is not None)
     t0 = time.perf_counter()
     student.train()
     history = train_lm(student, train_set, args, eval_dataset=hold, teacher=teacher, loss=spec)

@@ -304,6 +304,29 @@ def train_lm(
     return history
 
 
+def block_training_args(work_dir: Path, cfg, seed: int, *, evaluate: bool):
+    """Trainer settings for fixed-length token blocks from a training section (teacher, distill): its epochs,
+    max_steps, batch size, learning rate, warm-up, weight decay and eval_steps; losses only at evaluation (a
+    language model's logits are too large to gather)."""
+    from compress.training import training_args
+
+    return training_args(
+        work_dir,
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        learning_rate=cfg.learning_rate,
+        seed=seed,
+        warmup_ratio=cfg.warmup_ratio,
+        weight_decay=cfg.weight_decay,
+        evaluate=evaluate,
+        eval_steps=cfg.eval_steps,
+        max_steps=cfg.max_steps,
+        group_by_length=False,
+        prediction_loss_only=True,
+        logging_steps=50,
+    )
+
+
 def final_train_loss(history: list[dict]) -> float | None:
     return next((h["train_loss"] for h in reversed(history) if "train_loss" in h), None)
 

@@ -27,6 +27,7 @@ from compress.tasks.causal_lm.data import (
     train_tokenizer,
 )
 from compress.tasks.causal_lm.model import (
+    block_training_args,
     check_causal_lm_dir,
     context_window,
     describe_decoder,
@@ -36,7 +37,7 @@ from compress.tasks.causal_lm.model import (
     new_decoder,
     train_lm,
 )
-from compress.training import StopWhenConverged, training_args
+from compress.training import StopWhenConverged
 
 
 @dataclass
@@ -122,21 +123,7 @@ def _train(model, tokenizer, config: LMTeacherConfig, data: TextData, data_confi
         f"    teacher {info['params']:,} params ({info['layers']} layers, hidden {info['hidden_size']}), "
         f"{len(train_set):,} blocks of {data_config.block_size} tokens ({train_tokens:,} tokens)"
     )
-    args = training_args(
-        work_dir,
-        epochs=config.epochs,
-        batch_size=config.batch_size,
-        learning_rate=config.learning_rate,
-        seed=seed,
-        warmup_ratio=config.warmup_ratio,
-        weight_decay=config.weight_decay,
-        evaluate=hold is not None,
-        eval_steps=config.eval_steps,
-        max_steps=config.max_steps,
-        group_by_length=False,
-        prediction_loss_only=True,
-        logging_steps=50,
-    )
+    args = block_training_args(work_dir, config, seed, evaluate=hold is not None)
     if config.min_epoch_gain is not None and hold is None:
         raise RecipeError("teacher.min_epoch_gain: the train split is too small to hold out a slice to measure")
     converge = StopWhenConverged(config.min_epoch_gain) if config.min_epoch_gain is not None else None
