@@ -200,12 +200,14 @@ class StopWhenConverged(TrainerCallback):
             return control
         self._epoch_end = False
         perplexity = float(np.exp(metrics["eval_loss"]))
+        epoch = float(state.epoch or 0.0)
+        whole = abs(epoch - round(epoch)) < 1e-6  # the last epoch may be cut short (fractional epochs, max_steps)
         gain = 1.0 - perplexity / self.curve[-1]["heldout_perplexity"] if self.curve else None
         self.curve.append(
-            {"epoch": round(float(state.epoch or 0.0), 3), "step": state.global_step, "heldout_perplexity": perplexity,
-             "gain": gain}
+            {"epoch": round(epoch, 3), "step": state.global_step, "heldout_perplexity": perplexity, "gain": gain,
+             "whole_epoch": whole}
         )
-        if gain is not None and gain < self.min_gain:
+        if gain is not None and whole and gain < self.min_gain:  # a part of an epoch gains less: not the rule
             self.converged = True
             control.should_training_stop = True
         return control

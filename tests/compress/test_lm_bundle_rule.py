@@ -47,6 +47,12 @@ def test_no_variant_within_both_bounds_names_each_candidates_figures():
     assert "--max-kl-to-teacher" in message
 
 
+def test_a_report_from_before_kl_can_still_be_bundled_by_perplexity_alone_when_asked():
+    report = _report(_variant("old", 22.0, None, 900.0))
+    chosen, why = select_lm_variant(report, "iot", max_kl_to_teacher=float("inf"))
+    assert chosen["name"] == "old" and "KL not measured" in why
+
+
 def test_the_bounds_are_inclusive_and_speed_ties_go_to_the_smaller_download():
     report = _report(_variant("a", 25.0, 0.5, 1000.0, gzip=900), _variant("b", 24.0, 0.4, 980.0, gzip=500))
     chosen, why = select_lm_variant(report, "iot")

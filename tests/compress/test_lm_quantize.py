@@ -222,3 +222,7 @@ def test_a_model_over_the_protobuf_limit_is_quantized_with_its_weights_beside_it
     assert sorted(p.name for p in (tmp_path / "side").iterdir() if ".onnx" in p.name) == [f.name for f in files]
     assert side["holdout_perplexity"] == pytest.approx(inline["holdout_perplexity"], rel=1e-6)
     assert _ops(tmp_path / "side" / "model.onnx") == _ops(tmp_path / "inline" / "model.onnx")
+    # a size budget counts the side file too (and is not thrown off by the graph file alone being small)
+    sized = LMQuantizeConfig(block_size=16, accuracy_level=0, precision="mixed", mixed_max_size_mb=100)
+    m = quantize_lm(src, tmp_path / "sized", sized, heldout_nll=_nll_fn(src), timing_prompt=[1, 2, 3])
+    assert (tmp_path / "sized" / "model.onnx.data").is_file() and m["size_bytes"] <= 100e6

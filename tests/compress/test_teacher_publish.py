@@ -33,6 +33,23 @@ def test_training_stops_after_the_first_epoch_that_gains_less_than_the_bound():
     assert cb.curve[0]["gain"] is None and cb.curve[1]["gain"] == pytest.approx(0.2)
 
 
+def test_a_last_epoch_cut_short_is_recorded_but_never_called_convergence():
+    cb = StopWhenConverged(0.02)
+    _epoch(cb, 1, 5.0)
+    state, control = SimpleNamespace(epoch=1.5, global_step=15), TrainerControl()
+    cb.on_epoch_end(None, state, control)
+    cb.on_evaluate(None, state, control, metrics={"eval_loss": 4.999})  # half an epoch gains 0.1%
+    assert not control.should_training_stop and not cb.converged
+    assert cb.curve[-1]["whole_epoch"] is False and cb.curve[0]["whole_epoch"] is True
+
+
+def test_the_control_reads_what_its_variant_read():
+    from compress.tasks.causal_lm.control import blocks_seen
+
+    assert blocks_seen(0.5, None, 16, 1000) == 500
+    assert blocks_seen(1.0, 200, 16, 1000) == 3200  # max_steps overrides epochs, the data repeated
+
+
 def test_evaluations_between_epochs_do_not_count_as_epochs():
     cb = StopWhenConverged(0.5)
     _epoch(cb, 1, 5.0)
@@ -89,5 +106,5 @@ def test_publish_refuses_a_recipe_that_trains_nothing(tmp_path, tiny_lm_dirs, ca
     data = write_text_data(tmp_path / "data")
     recipe = write_lm_recipe(tmp_path / "r.yaml", data, teacher={"path": str(tiny_lm_dirs["llama"])})
     assert main([str(recipe), str(tmp_path / "out")]) == 2
-    assert "teacher.path is set; there is nothing to train" in capsys.readouterr().err
+    assert "teacher.path is set; publish pretrains a teacher" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()

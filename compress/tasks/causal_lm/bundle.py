@@ -85,7 +85,9 @@ def select_lm_variant(
         + (f"; {len(ties)} within {SPEED_TIE:.0%} of the fastest, the smallest of them" if len(ties) > 1 else "")
         + f") among the {len(ok)} deployable variant(s) within {max_perplexity_ratio:g}x the teacher's dev "
         f"perplexity and {max_kl_to_teacher:g} nats/token of KL to it ({best['perplexity']:.3f} vs "
-        f"{ref['perplexity']:.3f}; KL {best['kl_to_teacher']:.3f})"
+        f"{ref['perplexity']:.3f}; KL "
+        + ("not measured" if best.get("kl_to_teacher") is None else f"{best['kl_to_teacher']:.3f}")
+        + ")"
     )
     return best, why
 

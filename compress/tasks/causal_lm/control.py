@@ -26,9 +26,9 @@ from compress.training import training_args
 
 
 def blocks_seen(epochs: float, max_steps: int | None, batch_size: int, n_blocks: int) -> int:
-    """Training blocks a run of `epochs` over `n_blocks` (or `max_steps` optimizer steps) reads."""
-    total = int(round(epochs * n_blocks))
-    return min(total, max_steps * batch_size) if max_steps is not None else total
+    """Training blocks a run of `epochs` over `n_blocks` reads, or of `max_steps` optimizer steps when given (the
+    Trainer then runs exactly that many, repeating the data as needed: `max_steps` overrides `epochs`)."""
+    return max_steps * batch_size if max_steps is not None else int(round(epochs * n_blocks))
 
 
 def train_control(

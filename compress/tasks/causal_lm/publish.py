@@ -62,8 +62,12 @@ def publish(recipe_path: Path, out: Path, overrides: dict | None = None) -> dict
     recipe = load_recipe(recipe_path, overrides)
     if recipe.task != "causal-lm":
         raise RecipeError(f"{recipe_path}: task = {recipe.task!r}; publishing a teacher needs task: causal-lm")
-    if recipe.teacher.path is not None:
-        raise RecipeError(f"{recipe_path}: teacher.path is set; there is nothing to train (publish pretrains)")
+    if recipe.teacher.path is not None or recipe.teacher.base is not None:
+        key = "teacher.path" if recipe.teacher.path is not None else "teacher.base"
+        raise RecipeError(
+            f"{recipe_path}: {key} is set; publish pretrains a teacher from `teacher.architecture` (and its card says "
+            "so): leave teacher.path and teacher.base out"
+        )
     data = load_text_data(recipe.data)
     start = time.time()
     with tempfile.TemporaryDirectory() as work:

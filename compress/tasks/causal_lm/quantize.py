@@ -113,7 +113,7 @@ def mixed_precision(
     for g in groups:
         path, ratio = build({h: 4 if h == g else 32 for h in groups})
         sensitivity[g] = ratio
-        path.unlink()
+        _remove(path)
     if start is not None:
         path, cand, ratio, tried = _mixed_within_size(groups, sensitivity, n_weights, start, build, ratio_of)
         budget_text = f"file within {config.mixed_max_size_mb} MB"
@@ -156,7 +156,7 @@ def _mixed_within_perplexity(groups, sensitivity, config, build):
         tried.append({"assignment": cand, "perplexity_ratio": ratio, "size_bytes": _file_bytes(path)})
         if ratio <= budget:
             return path, cand, ratio, tried
-        path.unlink()
+        _remove(path)
     raise PerplexityBudgetError(
         f"mixed precision: no assignment of int4 / int8 / float blocks is within "
         f"quantize.mixed_max_perplexity_ratio {budget} (best tried {min(t['perplexity_ratio'] for t in tried):.4f})"
@@ -172,13 +172,13 @@ def _all_int4_within_size(groups, config, build) -> tuple[Path, int, int]:
     path, _ = build({g: 4 for g in groups}, score=False)
     # Candidates are built at accuracy_level 0 (no attribute); the level chosen later may add one attribute per
     # MatMulNBits node. All int4 has the most such nodes, so its growth bounds every candidate's.
-    model = onnx.load(str(path))
+    model = onnx.load(str(path), load_external_data=False)  # the graph: what the attributes add to
     set_accuracy_level(model, 4)
     limit = int(config.mixed_max_size_mb * 1e6) - max(0, model.ByteSize() - path.stat().st_size)
     del model
     size = _file_bytes(path)
     if size > limit:
-        path.unlink()
+        _remove(path)
         raise PerplexityBudgetError(
             f"mixed precision: every block at int4 already makes a {size / 1e6:.2f} MB file, over "
             f"quantize.mixed_max_size_mb {config.mixed_max_size_mb} (raise it, or cut the model)"
@@ -203,13 +203,19 @@ def _mixed_within_size(groups, sensitivity, n_weights, start, build, ratio_of):
             new_size = _file_bytes(new_path)
             tried.append({"assignment": cand, "size_bytes": new_size, "fits": new_size <= limit})
             if new_size <= limit:
-                path.unlink()
+                _remove(path)
                 path, assign, size = new_path, cand, new_size
             else:
-                new_path.unlink()
+                _remove(new_path)
     ratio = ratio_of(path)
     next(t for t in reversed(tried) if t["assignment"] == assign)["perplexity_ratio"] = ratio
     return path, assign, ratio, tried
+
+
+def _remove(path: Path) -> None:
+    """Delete a candidate model and its external-data file (a large model's candidates have one each)."""
+    for f in with_external_data(path):
+        f.unlink()
 
 
 def _file_bytes(path: Path) -> int:
@@ -303,8 +309,9 @@ def quantize_lm(
                 f"(quantize.max_perplexity_ratio {config.max_perplexity_ratio})"
             )
         move_model(tmp / "model.onnx", out_dir)
+    source_files = with_external_data(src)  # the source's weights (optimum names them model.onnx_data) stay there
     for f in onnx_dir.iterdir():
-        if f.is_file() and f.suffix not in (".onnx", ".data") and f.name != "artifact.json":
+        if f.is_file() and f.suffix != ".onnx" and f not in source_files and f.name != "artifact.json":
             shutil.copy2(f, out_dir / f.name)
     Artifact(out_dir, "causal-lm", {"model": "model.onnx"}).write()
     ops = Counter(n.op_type for n in onnx.load(str(out_dir / "model.onnx"), load_external_data=False).graph.node)
@@ -312,7 +319,7 @@ def quantize_lm(
     if not metrics["quantized_ops"]:
         raise RuntimeError(f"quantize: no quantized operator in {out_dir / 'model.onnx'}")
     metrics["size_bytes"] = sum(f.stat().st_size for f in with_external_data(out_dir / "model.onnx"))
-    metrics["source_size_bytes"] = src.stat().st_size
+    metrics["source_size_bytes"] = sum(f.stat().st_size for f in source_files)
     return metrics
 
 

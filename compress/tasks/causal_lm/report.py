@@ -152,12 +152,15 @@ def build_lm_report(results: dict, manifest: dict) -> dict:
 
 
 def _control_of(v: dict, by_name: dict, controls: dict) -> str | None:
-    """The student or cut whose equal-training control `v` is measured against: itself, or its nearest ancestor
-    (an int4 of a cut: the cut)."""
+    """The student or cut whose equal-training control `v` is measured against: itself, or, for a quantized
+    copy (same shape, no further training), its source's. Other variants (an unstructured prune, which was
+    trained further) have none."""
     seen = set()
     while v is not None and v["name"] not in seen:
         if v["name"] in controls:
             return v["name"]
+        if v.get("stage") != "quantize":
+            return None
         seen.add(v["name"])
         v = by_name.get(v.get("parent"))
     return None
@@ -185,9 +188,10 @@ def _control_section(report: dict) -> list[Section]:
             "the corpus alone (no teacher) for as many training blocks as the variant saw in its lineage (a cut: "
             "the student's distillation and its own fine-tune). A variant below its control's perplexity owes "
             "that to the teacher; a control below the variant says the teacher's knowledge did not survive the "
-            "compression. KL: KL(teacher || variant) of the next-token distributions on dev, nats per token (0 = "
-            "the teacher's predictions exactly). Control perplexities are measured in PyTorch; the variants' "
-            "through their own runtime.",
+            "compression. A quantized copy is set against its source's control; a variant trained further without "
+            "a control of its own (an unstructured prune) has none. KL: KL(teacher || variant) of the next-token "
+            "distributions on dev, nats per token (0 = the teacher's predictions exactly). Control perplexities "
+            "are measured in PyTorch; the variants' through their own runtime.",
         ],
         header=["variant", "runtime", "dev ppl", "× teacher", "KL nats", "agree", "control", "control dev ppl",
                 "× control", "control steps"],  # fmt: skip
