@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 RECIPE ?= configs/default.yaml
 
-.PHONY: setup anchors run quick run-lm quick-lm teacher-lm test test-slow lint clean
+.PHONY: setup anchors run quick run-lm quick-lm teacher-lm devdocs test test-slow lint clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,8 +50,13 @@ quick-lm: setup
 # Train the causal-LM default's teacher from its recipe into models/devdocs-llama, with its model card (measured
 # wall time, held-out curve, commit). On 2 CPU cores one epoch of configs/lm-teacher.yaml took 29 to 43 minutes
 # (1.5 to 2.3 s per step of 16 blocks); a GPU takes it in minutes (the same recipe, bf16).
-teacher-lm: setup
+teacher-lm: setup devdocs
 	HF_HUB_OFFLINE=1 $(BIN)/python -m compress.tasks.causal_lm.publish configs/lm-teacher.yaml models/devdocs-llama
+
+# The teacher's corpus, built from three pinned Debian packages (apt-get download; data/devdocs/README.md).
+devdocs: data/devdocs/train.jsonl.gz
+data/devdocs/train.jsonl.gz: data/devdocs/prepare.py
+	$(PYTHON) data/devdocs/prepare.py
 
 test: setup
 	$(BIN)/ruff check compress export benchmarks tests

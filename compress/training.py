@@ -122,7 +122,7 @@ class LossSpec:
         return self.hidden_weight > 0 or self.attention_weight > 0 or self.value_relation_weight > 0
 
 
-class _WithProjections(nn.Module):
+class WithProjections(nn.Module):
     """The student plus the learned maps from its hidden width to the teacher's, applied inside forward.
 
     They are applied in forward, not in the loss, so that under DDP they are part of the wrapped module: their
@@ -254,7 +254,7 @@ class DistillTrainer(_SeededLengthGrouping):
             self._teacher_state = (next(teacher.parameters()).device, teacher.training)
             teacher.eval().to(self.args.device)
         if loss.value_relation_weight > 0:
-            student = self.model.student if isinstance(self.model, _WithProjections) else self.model
+            student = self.model.student if isinstance(self.model, WithProjections) else self.model
             for name, m in (("student", student), ("teacher", teacher)):
                 self._hooks.append(value_projection(m).register_forward_hook(self._keep_values(name)))
 
@@ -371,7 +371,7 @@ def train(
     else:
         projections = _projections(model, teacher, spec) if teacher is not None else None
         trainable = (
-            _WithProjections(model, projections, [s for s, _ in spec.hidden_layer_map])
+            WithProjections(model, projections, [s for s, _ in spec.hidden_layer_map])
             if projections is not None
             else model
         )

@@ -64,6 +64,13 @@ COPYRIGHT = {
     "python-django-doc": "./usr/share/doc/python-django-doc/copyright",
     "postgresql-doc-15": "./usr/share/doc/postgresql-doc-15/copyright",
 }
+# What the script writes, byte for byte: checked after writing (the splits are not kept in git: the train split is
+# over 5 MB; `make devdocs` or the teacher's recipe target builds them from the pinned packages).
+OUTPUT_SHA256 = {
+    "train.jsonl.gz": "02298c7f350f9cac8f71668a3229ede277593804d20b2d2dfb4e7354a0a83d9b",
+    "dev.jsonl.gz": "964efab0e8c119b4ab1e84ca0019dfff89cd0d3228b813382c0bc8958e8617ed",
+    "test.jsonl.gz": "cc74a6ca13a6a24c84bae86c8e3cf1b4f542d504e9c807c17e693d357a996efa",
+}
 MIN_CHARS = 200  # pages shorter than this hold only navigation or a table of contents
 
 # The element that holds a page's text, per package: (tag, attribute, value), the first match.
@@ -238,6 +245,10 @@ def main() -> None:
         chars = sum(len(d["text"]) for d in docs)
         words = sum(len(d["text"].split()) for d in docs)
         print(f"{name}: {len(docs)} pages, {chars:,} characters, {words:,} words")
+    for name, expected in OUTPUT_SHA256.items():
+        digest = hashlib.sha256((args.out / name).read_bytes()).hexdigest()
+        if digest != expected:
+            raise SystemExit(f"{args.out / name}: sha256 {digest}, expected {expected} (not the published corpus)")
 
 
 if __name__ == "__main__":

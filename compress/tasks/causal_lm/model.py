@@ -28,7 +28,7 @@ from compress.errors import RecipeError
 from compress.losses import hidden_state_loss, next_token_distillation_loss, next_token_loss
 from compress.tasks.causal_lm.config import ArchitectureConfig
 from compress.tasks.causal_lm.data import BlockDataset
-from compress.training import KeepBest
+from compress.training import KeepBest, WithProjections
 
 DECODERS = sorted(k for k, f in FAMILIES.items() if f.kind == "decoder")
 
@@ -229,25 +229,6 @@ class CausalLMTrainer(Trainer):
         return (loss, out) if return_outputs else loss
 
 
-class _WithProjections(nn.Module):
-    """The student and the learned maps from its hidden width to the teacher's, applied in forward so that the
-    Trainer's optimizer trains them with the student."""
-
-    def __init__(self, student: nn.Module, projections: nn.ModuleList, sources: Sequence[int]):
-        super().__init__()
-        self.student = student
-        self.projections = projections
-        self.sources = list(sources)
-
-    def forward(self, **inputs):
-        out = self.student(**inputs)
-        if out.hidden_states is not None:
-            out["projected_hidden_states"] = tuple(
-                p(out.hidden_states[s]) for p, s in zip(self.projections, self.sources, strict=True)
-            )
-        return out
-
-
 def train_lm(
     model,
     dataset: BlockDataset,
@@ -273,7 +254,7 @@ def train_lm(
         if hs != ht:
             projections = nn.ModuleList(nn.Linear(hs, ht) for _ in loss.hidden_layer_map)
     trainable = (
-        _WithProjections(model, projections, [s for s, _ in loss.hidden_layer_map])
+        WithProjections(model, projections, [s for s, _ in loss.hidden_layer_map])
         if projections is not None
         else model
     )
