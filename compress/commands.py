@@ -1,4 +1,5 @@
-"""The commands that work on finished runs: `compare`, `bundle` and `predict` (beside `run` and `check`).
+"""The commands that work on finished runs and bundles: `compare`, `bundle`, `predict`, `generate` and `verify`
+(beside `run` and `check`).
 
 `add_subparsers` registers them on the CLI's subparsers and `dispatch` runs one; each is also a function.
 """
@@ -11,7 +12,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-COMMANDS = ("compare", "bundle", "predict", "generate")
+COMMANDS = ("compare", "bundle", "predict", "generate", "verify")
 
 
 class CommandError(ValueError):
@@ -70,6 +71,8 @@ def bundle_run(
     *,
     rule: dict | None = None,
     force: bool = False,
+    verify: str | None = None,
+    verify_cpus: list[str] | None = None,
     out: Callable[[str], None] = print,
 ) -> dict:
     """Write a deployment bundle for `target` from a finished run, as the run's task bundles it.
@@ -77,7 +80,11 @@ def bundle_run(
     Args:
         rule: options of the task's rule for the default variant (`Task.bundle_rules`, for example
             `{"max_accuracy_drop": 0.02}`); an option of another task's rule is refused.
+        verify: an architecture ("arm64") to run the bundle on, emulated, before it is written
+            (`verify_bundle_dir`); a bundle that differs is not written.
     """
+    if verify is not None:
+        return _bundle_verified(run_dir, target, out_dir, variant, rule, force, verify, verify_cpus, out)
     from export.bundle_checks import BundleError
 
     task = _task_of(_report(run_dir), run_dir)
@@ -93,6 +100,72 @@ def bundle_run(
         raise CommandError(str(e)) from None
     out(task.bundle_message(meta, out_dir))
     return meta
+
+
+def _bundle_verified(run_dir, target, out_dir, variant, rule, force, arch, cpus, out) -> dict:
+    """`bundle_run` into a directory beside `out_dir`, `verify_bundle_dir` on it, then moved into place."""
+    import shutil
+    import tempfile
+
+    from export.bundle_checks import BundleError, check_out_dir
+
+    out_dir = Path(out_dir)
+    try:
+        check_out_dir(Path(run_dir), out_dir, force)
+    except BundleError as e:
+        raise CommandError(str(e)) from None
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.verifying-", dir=out_dir.parent))
+    try:
+        meta = bundle_run(run_dir, target, staging / "b", variant, rule=rule, out=lambda s: None)
+        result = verify_bundle_dir(staging / "b", arch, cpus, out=out)
+        if not result["passed"]:
+            raise CommandError(f"the bundle computes otherwise on emulated {arch} (see above); not writing {out_dir}")
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        (staging / "b").rename(out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    meta["verification"] = result
+    out(f"{out_dir}: written, verified on emulated {arch}")
+    return meta
+
+
+def verify_bundle_dir(
+    bundle_dir: Path, arch: str = "arm64", cpus: list[str] | None = None, *, out: Callable[[str], None] = print
+) -> dict:
+    """Run a bundle's own script on emulated CPUs of `arch` against the results it recorded here
+    (`export.verify`); the result goes into its bundle.json under "verification".
+
+    Returns:
+        The verification ({"passed", "cpus": {cpu: ...}, ...}).
+    """
+    from compress.manifest import write_json_atomic
+    from compress.tasks import DEFAULT_TASK, TASKS, task_for
+    from export.emulate import DEFAULT_CPUS, EmulationError
+
+    bundle_dir = Path(bundle_dir)
+    meta_file = bundle_dir / "bundle.json"
+    if not meta_file.is_file():
+        raise CommandError(f"{bundle_dir}: not a bundle (no bundle.json)")
+    if arch != "arm64":
+        raise CommandError(
+            f"--arch {arch}: only arm64 is emulated here (ONNX Runtime publishes no 32-bit ARM or RISC-V wheels)"
+        )
+    meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    name = meta.get("task", DEFAULT_TASK)
+    if name not in TASKS:
+        raise CommandError(f"{meta_file}: a bundle of task {name!r}, which this version does not know")
+    cpus = list(cpus or DEFAULT_CPUS)
+    out(f"{bundle_dir}: {meta.get('variant')} on emulated arm64 ({', '.join(cpus)})")
+    try:
+        result = task_for(name).verify_function()(bundle_dir, cpus, out)
+    except EmulationError as e:
+        raise CommandError(str(e)) from None
+    meta["verification"] = result
+    write_json_atomic(meta_file, meta)
+    out(f"{bundle_dir}: {'verified' if result['passed'] else 'DIFFERS from this machine'} on {', '.join(cpus)}")
+    return result
 
 
 def predict_texts(
@@ -167,6 +240,8 @@ def add_subparsers(sub: argparse._SubParsersAction) -> None:
         help="KL(teacher || variant) on dev, nats per token (default 0.5)",
     )
     b.add_argument("--force", action="store_true", help="replace a bundle already at --out (never anything else)")
+    b.add_argument("--verify", default=None, metavar="ARCH", help="arm64: run it emulated first (see verify)")
+    b.add_argument("--verify-cpu", dest="verify_cpus", action="append", default=None, help="with --verify")
 
     p = sub.add_parser(
         "predict",
@@ -190,6 +265,20 @@ def add_subparsers(sub: argparse._SubParsersAction) -> None:
     g.add_argument("bundle_dir", type=Path)
     g.add_argument("rest", nargs=argparse.REMAINDER, help="prompts and generate.py options")
 
+    v = sub.add_parser(
+        "verify",
+        help="run a bundle on emulated arm64 CPUs and compare with what it computed here",
+        description="Runs the bundle's own predict.py / generate.py under QEMU on emulated arm64 CPU models, on "
+        "the inputs it recorded when it was made, and compares labels and scores, or greedy tokens. Needs "
+        "qemu-user-static; builds an arm64 Python environment once (about 250 MB, cached). Example: "
+        "edge-compress verify phone/ --cpu cortex-a53 --cpu cortex-a76",
+    )
+    v.add_argument("bundle_dir", type=Path)
+    v.add_argument("--arch", default="arm64", help="arm64 (the only one emulated)")
+    v.add_argument("--cpu", dest="cpus", action="append", default=None,
+                   help="CPU model (repeatable): cortex-a53, cortex-a72, cortex-a76, neoverse-n1, max; "
+                   "default: all but max")  # fmt: skip
+
 
 def dispatch(args: argparse.Namespace) -> int:
     """Run the command `args` names; returns the exit status. A `CommandError` becomes one line, status 2."""
@@ -209,12 +298,16 @@ def dispatch(args: argparse.Namespace) -> int:
                     "max_kl_to_teacher": args.max_kl_to_teacher,
                 },
                 force=args.force,
+                verify=args.verify,
+                verify_cpus=args.verify_cpus,
             )
             return 0
         if args.command == "predict":
             return predict_texts(args.bundle_dir, args.texts, file=args.file, model=args.model, threads=args.threads)
         if args.command == "generate":
             return generate_texts(args.bundle_dir, list(args.rest))
+        if args.command == "verify":
+            return 0 if verify_bundle_dir(args.bundle_dir, args.arch, args.cpus)["passed"] else 1
     except CommandError as e:
         print(f"edge-compress: error: {e}", file=sys.stderr)
         return 2

@@ -16,18 +16,23 @@ import os
 import torch
 
 
-def device_settings() -> dict:
+def device_settings(precision: str = "auto") -> dict:
     """TrainingArguments fields for this machine: CUDA with mixed precision when present, else CPU fp32.
 
-    bf16 where the GPU supports it (no loss scaling needed), fp16 otherwise. Nothing to change in the code or
-    the recipe when moving between a laptop, a GPU box and a torchrun launch.
+    `precision` "auto": bf16 where the GPU supports it (no loss scaling needed), fp16 on an older GPU, float32 on
+    CPU. Nothing to change in the code or the recipe when moving between a laptop, a GPU box and a torchrun launch.
+    "fp32": float32 everywhere. "bf16": bf16 autocast on CPU too (and on a GPU that has it).
     """
+    if precision not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', not {precision!r}")
     cuda = torch.cuda.is_available()
-    bf16 = cuda and torch.cuda.is_bf16_supported()
+    if precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():
+        raise ValueError("precision 'bf16': this GPU has no bf16 (use 'auto', which takes fp16 with loss scaling)")
+    bf16 = precision == "bf16" or (precision == "auto" and cuda and torch.cuda.is_bf16_supported())
     return {
         "use_cpu": not cuda,
         "bf16": bf16,
-        "fp16": cuda and not bf16,
+        "fp16": precision == "auto" and cuda and not bf16,
         "dataloader_pin_memory": cuda,
         "ddp_backend": None,  # accelerate: nccl on CUDA, gloo with use_cpu (an explicit "gloo" breaks 1 process)
     }
@@ -48,9 +53,9 @@ def is_main_process() -> bool:
     return rank() == 0
 
 
-def describe_runtime() -> dict:
+def describe_runtime(precision: str = "auto") -> dict:
     """Recorded with a stage's metrics: how it was trained."""
-    s = device_settings()
+    s = device_settings(precision)
     return {
         "world_size": world_size(),
         "device": "cpu" if s["use_cpu"] else "cuda",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import sys
 from functools import cache
 
 _ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "sve")
@@ -39,3 +40,33 @@ def cpu_info() -> dict:
 def has_vnni() -> bool:
     isa = cpu_info()["isa"]
     return bool(isa["avx512_vnni"] or isa["avx_vnni"] or isa["amx_int8"])
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's peak resident set size (Linux: writing 5 to /proc/self/clear_refs resets VmHWM), so
+    that `peak_rss_bytes` then gives the peak of what runs next; False where the system has no such reset."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_bytes() -> int | None:
+    """This process's peak resident set size since it started or since `reset_peak_rss` (Linux's VmHWM; else
+    getrusage's lifetime peak), in bytes; None where neither is available."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return int(peak) * (1 if sys.platform == "darwin" else 1024)
+    except (ImportError, OSError):
+        return None

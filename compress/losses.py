@@ -47,11 +47,21 @@ def distillation_loss(
     return alpha * soft_target_loss(student_logits, teacher_logits, temperature) + (1 - alpha) * hard
 
 
+# Above this many logits (a 256 MB float32 copy: 16 blocks of 256 tokens at a 16k vocabulary) the next-token losses
+# are computed a slice of positions at a time, each slice at most LOSS_CHUNK_ELEMENTS, with their gradient (see
+# `_chunked_next_token`): at a 152k vocabulary a batch of 16 x 256 tokens would otherwise build several 2.5 GB
+# float32 temporaries (log-softmaxes, their exponentials, products) and keep most of them for the backward pass.
+CHUNK_ABOVE_ELEMENTS = 1 << 26
+LOSS_CHUNK_ELEMENTS = 1 << 24
+
+
 def next_token_loss(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of each position's prediction of the next token, mean over the predicted positions.
 
     Shapes: logits (B, T, V), input_ids (B, T); position t predicts token t+1, the last position nothing.
     """
+    if logits.numel() > CHUNK_ABOVE_ELEMENTS:
+        return _chunked_next_token(logits, input_ids, None, alpha=0.0)
     return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), input_ids[:, 1:].reshape(-1))
 
 
@@ -87,21 +97,33 @@ def token_divergence(
 
     Shapes: (..., V) and (..., V).
     """
+    _check_divergence(kind, skew)
+    v = student_logits.shape[-1]
+    return _divergence_rows(
+        student_logits.reshape(-1, v), teacher_logits.reshape(-1, v), kind, temperature, skew
+    ).mean()
+
+
+def _check_divergence(kind: str, skew: float) -> None:
     if kind not in DIVERGENCES:
         raise ValueError(f"kind must be one of {DIVERGENCES}, not {kind!r}")
     if not 0 <= skew < 1:
         raise ValueError(f"skew must be in [0, 1), got {skew}")
+
+
+def _divergence_rows(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, kind: str, temperature: float, skew: float
+) -> torch.Tensor:
+    """`token_divergence` per row of (N, V) logits, times T^2: shape (N,)."""
     t = temperature
-    v = student_logits.shape[-1]
-    log_q = F.log_softmax(student_logits.reshape(-1, v).float() / t, dim=-1)
-    log_p = F.log_softmax(teacher_logits.reshape(-1, v).float() / t, dim=-1)
+    log_q = F.log_softmax(student_logits.float() / t, dim=-1)
+    log_p = F.log_softmax(teacher_logits.float() / t, dim=-1)
     if kind in ("reverse", "skew-reverse"):
         log_p, log_q = log_q, log_p  # the same formulas with the roles of the two distributions swapped
     if kind.startswith("skew") and skew > 0:
         # log(skew * p + (1 - skew) * q), computed in log space
         log_q = torch.logaddexp(log_p + math.log(skew), log_q + math.log1p(-skew))
-    kl = (log_p.exp() * (log_p - log_q)).sum(-1)  # KL(p || q) per position
-    return kl.mean() * (t * t)
+    return (log_p.exp() * (log_p - log_q)).sum(-1) * (t * t)  # KL(p || q) per position
 
 
 def next_token_distillation_loss(
@@ -114,11 +136,74 @@ def next_token_distillation_loss(
     skew: float = 0.1,
 ) -> torch.Tensor:
     """alpha * divergence to the teacher (`token_divergence`) + (1 - alpha) * next-token cross-entropy."""
+    if student_logits.numel() > CHUNK_ABOVE_ELEMENTS:
+        _check_divergence(kind, skew)
+        return _chunked_next_token(student_logits, input_ids, teacher_logits, alpha, kind, temperature, skew)
     hard = next_token_loss(student_logits, input_ids)
     if alpha == 0:
         return hard
     soft = token_divergence(student_logits, teacher_logits, kind, temperature, skew)
     return alpha * soft + (1 - alpha) * hard
+
+
+class _KnownGradient(torch.autograd.Function):
+    """A scalar loss whose gradient with respect to `logits` was computed already, slice by slice."""
+
+    @staticmethod
+    def forward(ctx, logits, value, grad):
+        ctx.save_for_backward(grad)
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (grad,) = ctx.saved_tensors
+        return grad * grad_output.to(grad.dtype), None, None
+
+
+def _chunked_next_token(
+    student_logits: torch.Tensor,
+    input_ids: torch.Tensor,
+    teacher_logits: torch.Tensor | None,
+    alpha: float,
+    kind: str = "forward",
+    temperature: float = 1.0,
+    skew: float = 0.1,
+    chunk_elements: int = LOSS_CHUNK_ELEMENTS,
+) -> torch.Tensor:
+    """`next_token_distillation_loss` (`next_token_loss` when alpha is 0), the same value and gradient, with the
+    float32 temporaries of one slice of positions alive at a time.
+
+    Written here because torch has no chunked loss: each slice's loss is differentiated on the spot (against a
+    detached float32 copy of the slice) and its gradient written into one tensor of the logits' shape and dtype,
+    which the backward pass hands on. Peak extra memory: that tensor plus one slice's temporaries, instead of
+    several float32 copies of the whole (B, T, V) kept for the backward pass.
+    """
+    b, t, v = student_logits.shape
+    rows = student_logits.reshape(b * t, v)
+    teacher_rows = teacher_logits.reshape(b * t, v) if teacher_logits is not None and alpha > 0 else None
+    targets = torch.full((b, t), -100, dtype=torch.long, device=input_ids.device)
+    targets[:, :-1] = input_ids[:, 1:]  # the last position of a block predicts nothing
+    targets = targets.reshape(-1)
+    n_hard, n_soft = b * (t - 1), b * t  # the divergence counts every position, the cross-entropy the predicting
+    want_grad = student_logits.requires_grad and torch.is_grad_enabled()
+    grad = torch.empty_like(rows) if want_grad else None
+    total = torch.zeros((), dtype=torch.float32, device=rows.device)
+    step = max(1, chunk_elements // v)
+    for start in range(0, b * t, step):
+        end = min(start + step, b * t)
+        z = rows[start:end].detach().float().requires_grad_(want_grad)
+        with torch.set_grad_enabled(want_grad):
+            loss = (1 - alpha) * F.cross_entropy(z, targets[start:end], ignore_index=-100, reduction="sum") / n_hard
+            if teacher_rows is not None:
+                soft = _divergence_rows(z, teacher_rows[start:end], kind, temperature, skew).sum() / n_soft
+                loss = loss + alpha * soft
+        if grad is not None:
+            (g,) = torch.autograd.grad(loss, z)
+            grad[start:end] = g
+        total += loss.detach()
+    if grad is None:
+        return total
+    return _KnownGradient.apply(student_logits, total, grad.view_as(student_logits))
 
 
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from compress.errors import RecipeError, StageError
+from compress.hardware import peak_rss_bytes, reset_peak_rss
 from compress.manifest import (
     Manifest,
     RunLockedError,
@@ -209,6 +210,7 @@ def _run_locked(recipe: AnyRecipe, run_dir: Path, log: Callable[[str], None]) ->
         log(f"{tag}: running")
         started = time.time()
         manifest.record(step.id, {"status": "running", "key": key, "started": _iso(started)})
+        peak_is_the_steps = reset_peak_rss()  # else the process's peak so far: an upper bound
         with atomic_dir(out) as tmp:
             metrics = step.run(ctx, step, tmp)
             shutil.rmtree(tmp / "_trainer", ignore_errors=True)
@@ -230,11 +232,16 @@ def _run_locked(recipe: AnyRecipe, run_dir: Path, log: Callable[[str], None]) ->
                 "started": _iso(started),
                 "ended": _iso(ended),
                 "wall_s": round(ended - started, 2),
+                # the process's peak resident memory during the step (this process: the benchmark's own worker
+                # processes are measured by the benchmark)
+                "peak_rss_bytes": peak_rss_bytes(),
+                "peak_rss_scope": "step" if peak_is_the_steps else "process so far",
             },
         )
         if gate.get("passed") is False:
             log(f"{tag}: FAILED its quality gate ({'; '.join(gate.get('reasons', []))}); nothing is built from it")
-        log(f"{tag}: done in {ended - started:.1f}s")
+        peak = manifest.stage(step.id).get("peak_rss_bytes")
+        log(f"{tag}: done in {ended - started:.1f}s" + (f", peak memory {peak / 2**30:.2f} GiB" if peak else ""))
     results = json.loads((ctx.out("benchmark") / "results.json").read_text())
     # Only this plan's steps: records of variants since removed from the recipe stay in the manifest only.
     planned = {**manifest.data, "stages": {s.id: manifest.stage(s.id) for s in steps}}

@@ -123,6 +123,15 @@ class TaskBase:
         rule = {**self.bundle_rules, **rule}
         return self.bundle_function()(run_dir, target, out_dir, variant, force=force, **rule)
 
+    def costs(self, recipe) -> list[str]:
+        """Lines `check` prints about what the run will cost (none unless the task estimates it)."""
+        return []
+
+    def verify_function(self) -> Callable[..., dict]:
+        """The task's `verify(bundle_dir, cpus, progress)`: its bundle's script on emulated arm64 CPUs
+        (`export.verify`)."""
+        raise NotImplementedError
+
 
 @dataclass(frozen=True)
 class BuiltVariant:

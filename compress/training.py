@@ -14,6 +14,7 @@ generator of its own, seeded alike on every rank.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,9 @@ def training_args(
     group_by_length: bool = True,
     prediction_loss_only: bool = False,
     logging_steps: int = 200,
+    gradient_accumulation_steps: int = 1,
+    gradient_checkpointing: bool = False,
+    precision: str = "auto",
 ) -> TrainingArguments:
     """Trainer settings: length-grouped batches, no checkpoints, no external loggers.
 
@@ -65,8 +69,13 @@ def training_args(
         group_by_length: batches of similar length (sentences); off for fixed-length LM blocks.
         prediction_loss_only: evaluation keeps only the loss (a language model's logits are too large to gather).
         logging_steps: optimizer steps between loss lines in the log history.
+        gradient_accumulation_steps: batches per optimizer step (the step's batch is batch_size times this).
+        gradient_checkpointing: recompute each layer's activations in the backward pass (non-reentrant
+            checkpointing; a model wrapper must forward `gradient_checkpointing_enable`).
+        precision: "auto", "fp32" or "bf16" (`compress.distributed.device_settings`).
     """
     eval_strategy = "no" if not evaluate else ("steps" if eval_steps else "epoch")
+    _forget_mixed_precision()
     return TrainingArguments(
         output_dir=str(out_dir),
         num_train_epochs=epochs,
@@ -91,8 +100,24 @@ def training_args(
         dataloader_num_workers=0,
         disable_tqdm=False,
         remove_unused_columns=False,
-        **device_settings(),
+        gradient_accumulation_steps=gradient_accumulation_steps,
+        gradient_checkpointing=gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if gradient_checkpointing else None,
+        **device_settings(precision),
     )
+
+
+def _forget_mixed_precision() -> None:
+    """A Trainer's mixed precision outlives it: transformers' TrainingArguments writes it into the environment
+    (ACCELERATE_MIXED_PRECISION) and never clears it, and accelerate keeps it in a singleton (`AcceleratorState`),
+    so a later Trainer asking for none (a bf16 student, then a float32 cut) would silently train, and leave its
+    model's forward patched to run, in bf16. Forget both before each Trainer: this project always states the
+    precision (`device_settings`); the process group (`PartialState`) stays."""
+    from accelerate.state import AcceleratorState
+
+    os.environ.pop("ACCELERATE_MIXED_PRECISION", None)
+    if AcceleratorState._shared_state:
+        AcceleratorState._reset_state()
 
 
 @dataclass(frozen=True)
@@ -134,6 +159,12 @@ class WithProjections(nn.Module):
         self.student = student
         self.projections = projections
         self.sources = list(sources)  # student hidden-state index each projection reads
+
+    def gradient_checkpointing_enable(self, **kwargs) -> None:
+        self.student.gradient_checkpointing_enable(**kwargs)
+
+    def gradient_checkpointing_disable(self) -> None:
+        self.student.gradient_checkpointing_disable()
 
     def forward(self, **inputs):
         out = self.student(**inputs)
@@ -204,8 +235,13 @@ class StopWhenConverged(TrainerCallback):
         whole = abs(epoch - round(epoch)) < 1e-6  # the last epoch may be cut short (fractional epochs, max_steps)
         gain = 1.0 - perplexity / self.curve[-1]["heldout_perplexity"] if self.curve else None
         self.curve.append(
-            {"epoch": round(epoch, 3), "step": state.global_step, "heldout_perplexity": perplexity, "gain": gain,
-             "whole_epoch": whole}
+            {
+                "epoch": round(epoch, 3),
+                "step": state.global_step,
+                "heldout_perplexity": perplexity,
+                "gain": gain,
+                "whole_epoch": whole,
+            }
         )
         if gain is not None and whole and gain < self.min_gain:  # a part of an epoch gains less: not the rule
             self.converged = True

@@ -165,6 +165,54 @@ def test_every_anchor_is_measured_or_reported_with_its_reason(lm_run):
         assert name in md
 
 
+def test_each_step_records_its_own_peak_memory(lm_run):
+    _, out, _, logs = lm_run
+    stages = json.loads((out / "manifest.json").read_text())["stages"]
+    done = {k: v for k, v in stages.items() if v.get("status") == "done"}
+    assert len(done) > 10
+    for record in done.values():
+        assert record["peak_rss_scope"] == "step" and 50e6 < record["peak_rss_bytes"] < 8e9
+    assert any(", peak memory " in line and "GiB" in line for line in logs)
+
+
+def test_the_memory_estimates_cover_what_the_training_steps_measured(lm_run):
+    from compress.tasks.causal_lm.cost import estimate
+    from compress.tasks.causal_lm.task import _decoder_shape, _teacher_shape
+
+    recipe, out, _, _ = lm_run
+    stages = json.loads((out / "manifest.json").read_text())["stages"]
+    for row in estimate(recipe, _decoder_shape(_teacher_shape(recipe.teacher))):  # export, quantize: every variant's
+        steps = [v for k, v in stages.items() if row["stage"] in (k, k.split("/")[0]) and v.get("status") == "done"]
+        measured = max(v["peak_rss_bytes"] for v in steps)
+        assert measured < 2 * row["bytes"], (row, measured)
+
+
+def test_check_prints_each_stages_memory_and_refuses_a_recipe_that_cannot_fit(text_data_dir, tmp_path):
+    ok = write_lm_recipe(tmp_path / "ok.yaml", text_data_dir)
+    proc = subprocess.run([sys.executable, "-m", "compress", "check", str(ok)], capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert proc.returncode == 0 and "estimated peak memory per stage" in proc.stdout
+    assert "distill/student" in proc.stdout
+    huge = {"architecture": {"hidden_size": 8192, "layers": 80, "heads": 64, "kv_heads": 8,
+                             "intermediate_size": 28672}}  # fmt: skip
+    big = write_lm_recipe(tmp_path / "big.yaml", text_data_dir, teacher=huge)
+    proc = subprocess.run([sys.executable, "-m", "compress", "check", str(big)], capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "teacher: needs about" in proc.stderr and "teacher.gradient_checkpointing: true" in proc.stderr
+
+
+def test_memory_keys_lower_the_estimate():
+    from compress.tasks.causal_lm.cost import DecoderShape, training_bytes
+
+    s = DecoderShape(24, 896, 4864, 14, 2, 64, 151936, True)  # Qwen2.5-0.5B's shape
+    assert 450e6 < s.params < 550e6
+    plain = training_bytes(s, 8, 1024, "fp32", False)
+    assert training_bytes(s, 8, 1024, "fp32", True) < plain / 2
+    assert training_bytes(s, 8, 1024, "bf16", False) < plain
+    assert training_bytes(s, 4, 1024, "fp32", False) < plain
+
+
 def test_a_second_run_skips_every_step(lm_run):
     recipe, out, _, _ = lm_run
     logs: list[str] = []
@@ -188,6 +236,29 @@ def test_a_users_model_directory_runs_through_with_teacher_path(family, tiny_lm_
     assert json.loads((tmp_path / "run" / "distill" / "student" / "config.json").read_text())["model_type"] == family
 
 
+def test_post_training_compression_of_a_users_model_needs_no_student(tiny_lm_dirs, text_data_dir, tmp_path):
+    """configs/lm-ptq.yaml's path: teacher.path, no distill, the teacher quantized, measured and bundled."""
+    from compress.tasks.causal_lm.bundle import bundle_lm
+
+    path = write_lm_recipe(
+        tmp_path / "recipe.yaml",
+        text_data_dir,
+        teacher={"path": str(tiny_lm_dirs["llama"])},
+        distill=[],
+        prune=[],
+        quantize=[{"name": "int4", "source": "teacher", "block_size": 16, "accuracy_level": 0},
+                  {"name": "int8", "source": "teacher", "method": "dynamic"}],  # fmt: skip
+    )
+    logs: list[str] = []
+    report = run_pipeline(load_recipe(path), tmp_path / "run", log=logs.append)
+    assert [v["name"] for v in report["variants"]][-2:] == ["int4", "int8"]
+    assert not any(s.startswith(("distill", "prune")) for s in _ran(logs))
+    assert not (tmp_path / "run" / "distill").exists()
+    meta = bundle_lm(tmp_path / "run", "host", tmp_path / "bundle", max_perplexity_ratio=100.0, max_kl_to_teacher=100.0)
+    assert meta["variant"] in ("int4", "int8", "teacher")
+    assert (tmp_path / "bundle" / "generate.py").is_file()
+
+
 @pytest.fixture(scope="module")
 def lm_bundle(lm_run, tmp_path_factory):
     from compress.tasks.causal_lm.bundle import bundle_lm as bundle
@@ -207,7 +278,79 @@ def test_the_bundle_holds_what_a_device_needs_and_reproduces_the_measured_tokens
     tree = ast.parse((d / "generate.py").read_text())
     top = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     top |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
-    assert top - set(sys.stdlib_module_names) == {"numpy", "onnxruntime", "tokenizers"}
+    # jinja2 only inside the chat template's class: a fresh venv with the three packages generates (test below)
+    assert top - set(sys.stdlib_module_names) == {"numpy", "onnxruntime", "tokenizers", "jinja2"}
+    assert meta["chat"] is None and not (d / "chat_template.jinja").exists()  # a tokenizer trained here has none
+
+
+CHAT = (
+    "{{ bos_token }}{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful assistant<|im_end|>\n' }}{% endif %}"
+    "{{'<|im_start|>' + message['role'] + '\n' + message['content'] | trim + '<|im_end|>' + '\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def _chat_bundle(lm_bundle, tmp_path):
+    """The test bundle as it is made for a model whose tokenizer has a chat template."""
+    import shutil
+
+    from transformers import PreTrainedTokenizerFast
+
+    from compress.tasks.causal_lm.bundle import _chat_template
+
+    d, _ = lm_bundle
+    artifact, b = tmp_path / "artifact", tmp_path / "chat-bundle"
+    tok = PreTrainedTokenizerFast(tokenizer_file=str(d / "tokenizer.json"), bos_token="<|endoftext|>")
+    tok.chat_template = CHAT
+    tok.save_pretrained(artifact)
+    shutil.copytree(d, b)
+    meta = json.loads((b / "bundle.json").read_text())
+    meta["chat"] = _chat_template(artifact, b)
+    (b / "bundle.json").write_text(json.dumps(meta))
+    return b, artifact, tok
+
+
+def test_a_chat_template_ships_checked_and_chats_keep_their_cache(lm_bundle, tmp_path):
+    from compress.tasks.causal_lm.bundle import LMBundleError, _check_chat, load_generate_module
+
+    b, artifact, tok = _chat_bundle(lm_bundle, tmp_path)
+    assert (b / "chat_template.jinja").read_text() == CHAT
+    assert _check_chat(b, artifact) == {"conversations_identical": 3, "refused_by_both": 0}
+    module = load_generate_module(b)
+    gen = module.Generator.from_bundle(b, model="onnx")
+    conversation = module.Conversation(gen, system="Be brief.")
+    first = conversation.say("The parser reads", 5, ignore_eos=True)
+    second = conversation.say("and then the list", 5, ignore_eos=True)
+    assert first["reused_tokens"] == 0 and second["reused_tokens"] >= first["prompt_tokens"]  # the cache was kept
+    fresh = gen.generate(gen.chat_ids(conversation.messages[:-1]), 5, ignore_eos=True)  # no cache: the same tokens
+    assert second["tokens"] == fresh["tokens"] and second["prompt_tokens"] == fresh["prompt_tokens"]
+    want = tok.apply_chat_template(conversation.messages[:-1], add_generation_prompt=True, tokenize=True)
+    assert gen.chat_ids(conversation.messages[:-1]) == list(want)
+    meta = json.loads((b / "bundle.json").read_text())
+    meta["chat"]["special_tokens"]["bos_token"] = "<s>"  # rendered otherwise than transformers: refused
+    (b / "bundle.json").write_text(json.dumps(meta))
+    with pytest.raises(LMBundleError, match="other tokens than transformers"):
+        _check_chat(b, artifact)
+
+
+def test_generate_py_chats_on_the_command_line_and_says_when_a_model_cannot(lm_bundle, tmp_path):
+    b, _, tok = _chat_bundle(lm_bundle, tmp_path)
+    run = [sys.executable, str(b / "generate.py")]
+    out = subprocess.run([*run, "--chat", "The parser reads", "--system", "Be brief.", "--json", "--max-new-tokens",
+                          "3"], capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "The parser reads"}]
+    want = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    assert json.loads(out.stdout)["prompt_tokens"] == len(want)
+    talk = subprocess.run([*run, "--interactive", "--max-new-tokens", "3"], input="hello\n\nthe list\n",
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert talk.returncode == 0 and talk.stdout.count("\n") >= 2, talk.stderr  # two replies (blank line skipped)
+    d, _ = lm_bundle
+    plain = subprocess.run([sys.executable, str(d / "generate.py"), "--chat", "hi"], capture_output=True, text=True)
+    assert plain.returncode == 2 and "no chat template" in plain.stderr and "Traceback" not in plain.stderr
+    lone = subprocess.run([*run, "--system", "x", "hi"], capture_output=True, text=True)
+    assert lone.returncode == 2 and "--system applies to --chat" in lone.stderr
 
 
 def test_generate_command_streams_and_refuses_bad_prompts(lm_bundle, capsys):
@@ -292,6 +435,7 @@ def test_a_fresh_venv_with_only_the_three_runtime_packages_generates_the_measure
             "prune.0.hidden: gpt2",
         ),
         ({"task": "translation"}, "task = 'translation'"),
+        ({"distill": []}, "prune: a decoder is pruned from a distill variant"),
     ],
 )
 def test_check_rejects_what_run_would_reject_before_any_training(change, message, text_data_dir, tmp_path):
@@ -387,3 +531,67 @@ def test_check_refuses_a_genai_export_the_builder_or_the_kernel_cannot_take(chan
         [sys.executable, "-m", "compress", "check", str(path)], capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_full_context_stops_or_slides_as_asked_and_the_bundle_says_what_was_validated(lm_bundle):
+    from compress.tasks.causal_lm.bundle import load_generate_module
+
+    d, meta = lm_bundle
+    assert meta["validated_context"] == {"perplexity_block_tokens": 32, "longest_timed_context": 16 + 8}
+    module = load_generate_module(d)
+    prompt = "The parser reads the list"
+    n = len(module.Generator.from_bundle(d, model="onnx").encode(prompt))
+    window = n + 6
+    gen = module.Generator.from_bundle(d, model="onnx", max_context=window)
+    assert gen.context_window == window
+    stopped = gen.generate(prompt, 20, ignore_eos=True)
+    assert stopped["finish_reason"] == "context_window" and len(stopped["tokens"]) == 6
+    state: dict = {}
+    slid = gen.generate(prompt, 20, ignore_eos=True, on_full="slide", state=state)
+    assert len(slid["tokens"]) == 20 and slid["finish_reason"] == "length"
+    assert slid["tokens"][:6] == stopped["tokens"]  # the same tokens until the window filled
+    assert len(state["ids"]) < window  # the cache holds the latest part only
+    with pytest.raises(module.PromptError, match=f"context window is {window}"):
+        gen.generate("the list " * 20, 4)
+
+
+def test_lm_verification_tells_a_near_tie_from_a_fault_by_this_machines_margin(lm_bundle):
+    from compress.tasks.causal_lm.bundle import NEAR_TIE_LOGIT, compare_verification, load_generate_module
+
+    d, meta = lm_bundle
+    check = json.loads((d / "check.json").read_text())
+    assert check["count"] == len(check["prompts"]) == meta["check"]["prompts"] and "check.json" in meta["files"]
+    same = {m: [{"tokens": t} for t in rows] for m, rows in check["expected"].items()}
+    assert compare_verification(d, check, same)["passed"]
+    gen = load_generate_module(d).Generator.from_bundle(d, model="onnx")
+    prompt, want = check["prompts"][0], check["expected"]["onnx"][0]
+    z = gen.forward(np.asarray([prompt]))[0][0, -1]
+    other = int(np.argsort(z)[-2])  # the runner-up of the first step
+    bad = {**same, "onnx": [{"tokens": [other, *want[1:]], "divergence": {"step": 0, "expected": want[0],
+                                                                             "got": other, "guest_margin": 0.0}},
+                            *same["onnx"][1:]]}  # fmt: skip
+    r = compare_verification(d, check, bad)
+    margin = float(z[want[0]] - z[other])
+    entry = (r["models"]["onnx"]["near_ties"] + r["models"]["onnx"]["faults"])[0]
+    assert entry["x86_margin"] == pytest.approx(margin, abs=1e-4) and margin >= 0
+    assert r["passed"] == (margin <= NEAR_TIE_LOGIT)
+    assert compare_verification(d, check, bad, near_tie=margin + 1)["passed"]
+    if margin > 0:
+        assert not compare_verification(d, check, bad, near_tie=margin / 2)["passed"]
+
+
+@pytest.mark.slow
+def test_the_lm_bundle_verifies_on_emulated_arm64(lm_bundle, tmp_path):
+    import shutil
+
+    from compress.commands import verify_bundle_dir
+
+    if not (shutil.which("qemu-aarch64-static") or shutil.which("qemu-aarch64")):
+        pytest.skip("no qemu-aarch64 here (apt-get install qemu-user-static)")
+    d, _ = lm_bundle
+    b = tmp_path / "b"
+    shutil.copytree(d, b)
+    result = verify_bundle_dir(b, cpus=["cortex-a76"], out=print)
+    assert result["passed"], result
+    onnx = result["cpus"]["cortex-a76"]["comparison"]["models"]["onnx"]
+    assert onnx["identical"] + len(onnx["near_ties"]) == onnx["prompts"] == 3

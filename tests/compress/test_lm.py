@@ -211,3 +211,75 @@ def test_a_student_trains_on_each_divergence(kind, tiny_lm_dirs, text_data_dir, 
     with pytest.raises(ValueError, match="distill.skew applies only to loss 'skew'"):
         LMDistillConfig(loss="reverse", skew=0.3)
     assert 1 < res.metrics["dev_perplexity_torch"] < 300 and res.metrics["train_loss_final"] > 0
+
+
+def test_memory_keys_accumulate_checkpoint_and_autocast_and_say_so(tiny_lm_dirs, text_data_dir, tmp_path, monkeypatch):
+    """gradient_accumulation_steps, gradient_checkpointing and precision reach the Trainer, the student trains
+    with them (chunked losses too), the record says what was used, and checkpointing is off afterwards."""
+    from compress import losses
+    from compress.tasks.causal_lm.config import LMDistillConfig, TextDataConfig
+    from compress.tasks.causal_lm.data import load_text_data
+    from compress.tasks.causal_lm.distill import distill_lm
+    from compress.tasks.causal_lm.model import block_training_args
+
+    monkeypatch.setattr(losses, "CHUNK_ABOVE_ELEMENTS", 0)  # the chunked divergence and cross-entropy
+    teacher, tok = load_causal_lm(tiny_lm_dirs["llama"])
+    data_cfg = TextDataConfig(
+        train=text_data_dir / "train.txt", dev=text_data_dir / "dev.txt", documents="line", block_size=32
+    )
+    memory = {"gradient_accumulation_steps": 2, "gradient_checkpointing": True, "precision": "bf16"}
+    cfg = LMDistillConfig(layers=[0, 3], max_steps=3, batch_size=4, learning_rate=3e-3, control=False, **memory)
+    args = block_training_args(tmp_path, cfg, 0, evaluate=False)
+    assert args.gradient_accumulation_steps == 2 and args.gradient_checkpointing and args.bf16
+    res = distill_lm(teacher, tok, cfg, load_text_data(data_cfg), data_cfg, seed=0, work_dir=tmp_path, log=print)
+    assert res.metrics["training_memory"] == memory
+    assert res.metrics["train_blocks_seen"] == 3 * 4 * 2  # steps x batch x accumulation
+    assert not res.model.model.gradient_checkpointing  # a trained model runs without it
+    assert math.isfinite(res.metrics["dev_perplexity_torch"]) and res.metrics["train_loss_final"] > 0
+    with pytest.raises(ValueError, match="precision"):
+        LMDistillConfig(precision="fp8")
+    import os
+
+    later = block_training_args(tmp_path, LMDistillConfig(), 0, evaluate=False)  # the bf16 run left nothing behind
+    assert not later.bf16 and os.environ.get("ACCELERATE_MIXED_PRECISION") in (None, "no")
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    model = tiny_causal_lm("llama", 64, 0).train()
+    ids = torch.randint(0, model.config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
+
+    def grads():
+        model.zero_grad()
+        next_token_loss(model(input_ids=ids, use_cache=False).logits, ids).backward()
+        return [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    plain = grads()
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    checkpointed = grads()
+    assert len(plain) == len(checkpointed) > 0
+    for a, b in zip(plain, checkpointed, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_documents_start_with_bos_exactly_when_the_tokenizer_adds_one():
+    """Llama 3's tokenizer puts BOS before every text, GPT-2's and Qwen2's do not: training, evaluation and the
+    bundle's plain prompts follow the tokenizer's own configuration."""
+    from tokenizers.processors import TemplateProcessing
+    from transformers import PreTrainedTokenizerFast
+
+    from compress.tasks.causal_lm.data import bos_prefix, token_stream
+    from tests.lm_fixtures import tiny_tokenizer
+
+    plain = tiny_tokenizer(300)
+    assert bos_prefix(plain) == []
+    backend = plain.backend_tokenizer
+    backend.add_special_tokens(["<s>"])
+    bos = backend.token_to_id("<s>")
+    backend.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", bos)])
+    llama_like = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="<|endoftext|>")
+    assert bos_prefix(llama_like) == [bos]
+    text = "the parser reads a file"
+    assert llama_like(text)["input_ids"] == [bos, *llama_like(text, add_special_tokens=False)["input_ids"]]
+    stream = token_stream(llama_like, [text, "each thread sorts the list"]).tolist()
+    eos = llama_like.eos_token_id
+    assert stream[0] == bos and stream.count(bos) == 2 and stream[stream.index(eos) + 1] == bos and stream[-1] == eos

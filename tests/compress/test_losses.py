@@ -230,3 +230,60 @@ def test_value_relation_handles_different_widths_and_ignores_padding(mask):
     assert (student.grad[mask == 0] == 0).all()
     noisy = student.detach().masked_fill(mask[:, :, None] == 0, 50.0)
     assert value_relation_loss(noisy, teacher, mask, 3).item() == pytest.approx(loss.item(), rel=1e-5)
+
+
+# ---- next-token losses computed a slice of positions at a time ----
+
+
+@pytest.mark.parametrize("kind", ["forward", "reverse", "skew", "skew-reverse"])
+@pytest.mark.parametrize("alpha", [0.0, 0.3, 1.0])
+def test_chunked_next_token_loss_has_the_value_and_gradient_of_the_direct_one(monkeypatch, kind, alpha):
+    from compress import losses
+
+    g = torch.Generator().manual_seed(1)
+    student = (torch.randn(3, 7, 50, generator=g) * 2).requires_grad_()
+    teacher = torch.randn(3, 7, 50, generator=g) * 2
+    ids = torch.randint(0, 50, (3, 7), generator=g)
+    direct = losses.next_token_distillation_loss(
+        student, teacher, ids, 2.0, alpha, kind, 0.2 if "skew" in kind else 0.1
+    )
+    (g_direct,) = torch.autograd.grad(direct * 3.0, student)
+    # every batch chunked, 4 positions (of 21) per slice: the slices do not align with the blocks
+    monkeypatch.setattr(losses, "CHUNK_ABOVE_ELEMENTS", 0)
+    monkeypatch.setattr(losses, "LOSS_CHUNK_ELEMENTS", 4 * 50)
+    chunked = losses.next_token_distillation_loss(
+        student, teacher, ids, 2.0, alpha, kind, 0.2 if "skew" in kind else 0.1
+    )
+    (g_chunked,) = torch.autograd.grad(chunked * 3.0, student)
+    torch.testing.assert_close(chunked, direct, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(g_chunked, g_direct, rtol=1e-5, atol=1e-7)
+
+
+def test_chunked_cross_entropy_matches_and_needs_no_gradient(monkeypatch):
+    from compress import losses
+
+    g = torch.Generator().manual_seed(2)
+    logits = torch.randn(2, 9, 30, generator=g).requires_grad_()
+    ids = torch.randint(0, 30, (2, 9), generator=g)
+    direct = losses.next_token_loss(logits, ids)
+    (g_direct,) = torch.autograd.grad(direct, logits)
+    monkeypatch.setattr(losses, "CHUNK_ABOVE_ELEMENTS", 0)
+    monkeypatch.setattr(losses, "LOSS_CHUNK_ELEMENTS", 5 * 30)
+    chunked = losses.next_token_loss(logits, ids)
+    (g_chunked,) = torch.autograd.grad(chunked, logits)
+    torch.testing.assert_close(chunked, direct, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(g_chunked, g_direct, rtol=1e-5, atol=1e-7)
+    assert g_chunked[:, -1].abs().max() == 0  # the last position predicts nothing
+    with torch.no_grad():  # evaluation: a value, no gradient tensor built
+        value = losses.next_token_loss(logits, ids)
+    assert not value.requires_grad
+    torch.testing.assert_close(value, direct.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_chunked_loss_rejects_an_unknown_divergence(monkeypatch):
+    from compress import losses
+
+    monkeypatch.setattr(losses, "CHUNK_ABOVE_ELEMENTS", 0)
+    x = torch.zeros(1, 4, 8)
+    with pytest.raises(ValueError, match="kind must be one of"):
+        losses.next_token_distillation_loss(x, x, torch.zeros(1, 4, dtype=torch.long), 1.0, 0.5, "sideways")

@@ -2,11 +2,12 @@
 
     model.onnx (+ model.onnx.data when its weights are kept outside it)  model.ort  required_operators.config
     tokenizer.json  generation_config.json  bundle.json  manifest.json (the run's)  generate.py  README.md
+    chat_template.jinja (when the model's tokenizer has one)
 
-`generate.py` needs only onnxruntime, tokenizers and numpy; it is the same decoder loop the pipeline measured
-(`compress/tasks/causal_lm/bundle_template/generate.py`). Before the bundle is written, that file, run from the
-bundle directory on
-both model.ort and model.onnx, must reproduce the greedy tokens the benchmark recorded for this variant.
+`generate.py` needs only onnxruntime, tokenizers and numpy (and jinja2 for the chat template); it is the same
+decoder loop the pipeline measured (`compress/tasks/causal_lm/bundle_template/generate.py`). Before the bundle is
+written, that file, run from the bundle directory on both model.ort and model.onnx, must reproduce the greedy
+tokens the benchmark recorded for this variant, and its chat template must give transformers' prompt tokens.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import json
 import shutil
 import time
 from pathlib import Path
+
+import numpy as np
 
 from compress.manifest import atomic_dir, library_versions
 from compress.targets import BASELINES
@@ -101,6 +104,16 @@ def load_generate_module(bundle_dir: Path):
 
 
 def _readme(meta: dict) -> str:
+    chat = (
+        f"""
+- Chat: the model's own chat template (`chat_template.jinja`, rendered as transformers renders it: checked on
+  {meta["check"]["chat_template"]["conversations_identical"]} conversations) wraps each prompt with `--chat`
+  (`--system TEXT` first); `--interactive` keeps a multi-turn conversation and the model's cache between
+  turns. Needs `pip install jinja2`.
+"""
+        if meta.get("chat")
+        else "\n- No chat template: the model's tokenizer has none, so prompts are continued as text.\n"
+    )
     return f"""# {meta["variant"]} for target {meta["target"]}
 
 From run `{meta["run"]}`. {meta["selection"]}.
@@ -116,10 +129,13 @@ python generate.py --file prompts.txt           # one JSON line per prompt line
   it by default, `--model onnx` uses `model.onnx`. `required_operators.config` lists the operators a minimal
   build needs.
 - The model keeps its key/value cache between steps. Context window: {meta["context_window"]} tokens (prompt
-  plus generated); a longer prompt is refused with a message.
+  plus generated); a longer prompt is refused with a message. Measured at: perplexity on blocks of
+  {meta["validated_context"]["perplexity_block_tokens"]} tokens, speed up to
+  {meta["validated_context"]["longest_timed_context"]} tokens of context; beyond that the model was not checked.
+  When the context fills, generation stops (`--on-full stop`) or keeps the latest half and goes on
+  (`--on-full slide`); `--max-context N` holds fewer tokens.
 - `bundle.json`: what this is, the figures measured for it, the check against the pipeline's own tokens, checksums.
-- `manifest.json`: the run that produced the model (recipe, per-stage hashes, versions).
-"""
+- `manifest.json`: the run that produced the model (recipe, per-stage hashes, versions).{chat}"""
 
 
 def bundle_lm(
@@ -176,8 +192,15 @@ def bundle_lm(
         shutil.copy2(run_dir / "manifest.json", tmp / "manifest.json")
         shutil.copy2(TEMPLATE, tmp / "generate.py")
         meta = _metadata(report, chosen, target, threads, why, window, eos, conv)
+        meta["chat"], meta["bos_token_ids"] = _tokenizer_settings(artifact_dir, tmp)
         (tmp / "bundle.json").write_text(json.dumps(meta, indent=2) + "\n")
         meta["check"] = _check(tmp, prompts, greedy, threads)
+        models = [m for m in ("ort", "onnx") if (tmp / f"model.{m}").is_file()]
+        record = {"task": "causal-lm", "count": len(prompts), "prompts": prompts,
+                  "expected": {m: greedy["tokens"] for m in models}}  # fmt: skip
+        (tmp / "check.json").write_text(json.dumps(record) + "\n")  # what `edge-compress verify` compares with
+        if meta["chat"] is not None:
+            meta["check"]["chat_template"] = _check_chat(tmp, artifact_dir)
         (tmp / "README.md").write_text(_readme(meta))
         meta["files"] = {f.name: sha256(f) for f in sorted(tmp.iterdir()) if f.is_file() and f.name != "bundle.json"}
         (tmp / "bundle.json").write_text(json.dumps(meta, indent=2) + "\n")
@@ -196,6 +219,7 @@ def _metadata(report: dict, chosen: dict, target: str, threads: int, why: str, w
         "threads": threads,
         "selection": why,
         "context_window": window,
+        "validated_context": _validated_context(report.get("settings") or {}),
         "eos_token_ids": eos,
         "generation": dict(GENERATION_DEFAULTS),
         "measured": {
@@ -218,6 +242,155 @@ def _metadata(report: dict, chosen: dict, target: str, threads: int, why: str, w
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "versions": {k: v for k, v in library_versions().items() if k in ("onnxruntime", "onnx", "tokenizers")},
     }
+
+
+# Conversations on which the bundle's chat template must give transformers' tokens (a template that refuses one,
+# such as a system message where the model has none, must refuse it in both).
+CHAT_SAMPLES = (
+    [{"role": "user", "content": "How do I open a file?"}],
+    [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": " How do I open a file? "}],
+    [
+        {"role": "user", "content": "Name a sorting algorithm."},
+        {"role": "assistant", "content": "Merge sort."},
+        {"role": "user", "content": "Its complexity, with \"quotes\" & <tags>?"},
+    ],
+)
+
+
+def _tokenizer_settings(artifact_dir: Path, bundle_dir: Path) -> tuple[dict | None, list[int]]:
+    """What generate.py needs of the model's tokenizer configuration beyond tokenizer.json: its chat template
+    (`_chat_template`) and the BOS a plain prompt starts with (`compress.tasks.causal_lm.data.bos_prefix`)."""
+    from transformers import AutoTokenizer
+
+    from compress.tasks.causal_lm.data import bos_prefix
+
+    tok = AutoTokenizer.from_pretrained(artifact_dir, local_files_only=True)
+    return _chat_template(artifact_dir, bundle_dir, tok), bos_prefix(tok)
+
+
+def _chat_template(artifact_dir: Path, bundle_dir: Path, tok=None) -> dict | None:
+    """The model's chat template (tokenizer_config.json's `chat_template` or chat_template.jinja) written into the
+    bundle, and the special tokens it is rendered with; None when the tokenizer has none."""
+    from transformers import AutoTokenizer
+
+    tok = tok if tok is not None else AutoTokenizer.from_pretrained(artifact_dir, local_files_only=True)
+    template = tok.chat_template
+    if isinstance(template, dict):  # named templates: the default one
+        template = template.get("default")
+    if not template:
+        return None
+    (bundle_dir / "chat_template.jinja").write_text(template, encoding="utf-8")
+    return {"template": "chat_template.jinja", "special_tokens": dict(tok.special_tokens_map)}
+
+
+def _check_chat(bundle_dir: Path, artifact_dir: Path) -> dict:
+    """generate.py's rendering of `CHAT_SAMPLES` against transformers' `apply_chat_template`: the same token ids,
+    or the same refusal."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(artifact_dir, local_files_only=True)
+    module = load_generate_module(bundle_dir)
+    gen = module.Generator.from_bundle(bundle_dir, model="onnx")
+    checked = refused = 0
+    for messages in CHAT_SAMPLES:
+        try:
+            want = list(tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
+        except Exception:  # noqa: BLE001 - the template's own refusal (raise_exception), to be matched below
+            want = None
+        try:
+            got = gen.chat_ids(messages)
+        except module.PromptError:
+            got = None
+        if got != want:
+            raise LMBundleError(
+                f"the bundle's chat template renders {len(messages)} message(s) as other tokens than transformers' "
+                f"apply_chat_template ({'refused' if got is None else len(got)} against "
+                f"{'refused' if want is None else len(want)}); not writing the bundle"
+            )
+        checked += want is not None
+        refused += want is None
+    return {"conversations_identical": checked, "refused_by_both": refused}
+
+
+def _validated_context(settings: dict) -> dict:
+    """How long a context the bundle's figures were measured at: perplexity and KL on blocks of `block_size`
+    tokens, speed on prompts of up to the longest prompt length plus the new tokens."""
+    lengths = settings.get("prompt_lengths") or []
+    return {
+        "perplexity_block_tokens": settings.get("block_size"),
+        "longest_timed_context": max(lengths) + int(settings.get("new_tokens") or 0) if lengths else None,
+    }
+
+
+# What runs in the emulated arm64 guest (`export.verify`): the bundle's own generate.py on the recorded prompts,
+# and at a first differing token, the guest's logit margin between its token and the recorded one.
+VERIFY_GUEST = r'''
+def main(bundle_dir, check_file, out_file):
+    sys.path.insert(0, str(bundle_dir))
+    import generate
+
+    check = json.loads(check_file.read_text(encoding="utf-8"))
+    out = {}
+    for model, expected in check["expected"].items():
+        gen = generate.Generator.from_bundle(bundle_dir, model=model, threads=1)
+        rows = []
+        for prompt, want in zip(check["prompts"], expected):
+            got = list(gen.stream(prompt, len(want), ignore_eos=True))
+            row = {"tokens": got}
+            k = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), None)
+            if k is not None:
+                z = gen.forward(np.asarray([list(prompt) + list(want[:k])]))[0][0, -1]
+                row["divergence"] = {"step": k, "expected": int(want[k]), "got": int(got[k]),
+                                     "guest_margin": float(z[got[k]] - z[want[k]])}
+            rows.append(row)
+        out[model] = rows
+    out_file.write_text(json.dumps(out))
+'''
+# A greedy token may differ from x86's only where x86's own top two were this close in logit (a near-tie: the
+# other CPU's rounding may pick either); anywhere else a different token is a fault.
+NEAR_TIE_LOGIT = 0.1
+
+
+def compare_verification(bundle_dir: Path, check: dict, result: dict, near_tie: float = NEAR_TIE_LOGIT) -> dict:
+    """The guest's greedy tokens against the ones recorded at bundle time, per model file; at each first
+    divergence, x86's logit margin between the recorded token and the guest's, computed here by the bundle's own
+    generate.py, tells a near-tie from a fault."""
+    module = load_generate_module(Path(bundle_dir))
+    per_model, passed = {}, True
+    for model, expected in check["expected"].items():
+        rows = result.get(model) or []
+        gen = None
+        same, ties, faults = 0, [], []
+        for i, (prompt, want, row) in enumerate(zip(check["prompts"], expected, rows, strict=True)):
+            div = row.get("divergence")
+            if div is None and row["tokens"] == want:
+                same += 1
+                continue
+            if div is None:  # shorter or longer output, no differing token: a fault
+                faults.append({"prompt": i, "reason": f"{len(row['tokens'])} tokens instead of {len(want)}"})
+                continue
+            gen = gen or module.Generator.from_bundle(bundle_dir, model=model, threads=1)
+            z = gen.forward(np.asarray([list(prompt) + list(want[: div["step"]])]))[0][0, -1]
+            entry = {"prompt": i, **div, "x86_margin": float(z[div["expected"]] - z[div["got"]])}
+            (ties if entry["x86_margin"] <= near_tie else faults).append(entry)
+        ok = not faults
+        passed &= ok
+        per_model[model] = {"prompts": len(expected), "identical": same, "near_ties": ties, "faults": faults,
+                            "passed": ok}  # fmt: skip
+    summary = ", ".join(
+        f"{m}: {r['identical']}/{r['prompts']} greedy continuations identical, {len(r['near_ties'])} near-tie(s)"
+        for m, r in per_model.items()
+    )
+    return {"models": per_model, "near_tie_logit": near_tie, "passed": passed, "summary": summary}
+
+
+def verify(bundle_dir: Path, cpus: list[str], progress=print) -> dict:
+    """The bundle's generate.py on emulated arm64 CPUs against its recorded tokens (`export.verify`)."""
+    from export.verify import verify_bundle
+
+    return verify_bundle(
+        bundle_dir, VERIFY_GUEST, lambda c, r: compare_verification(bundle_dir, c, r), cpus, progress
+    )
 
 
 def _check(bundle_dir: Path, prompts: list[list[int]], greedy: dict, threads: int) -> dict:

@@ -73,7 +73,30 @@ class TokenizerConfig(_Config):
     min_frequency: int = Field(default=2, ge=1)
 
 
-class LMTeacherConfig(_Config):
+class LMTrainingMemory(_Config):
+    """The memory keys of a training section (teacher, distill, prune): what lets a 0.5B-1B decoder train within
+    one machine's memory, each at the price stated."""
+
+    gradient_accumulation_steps: int = Field(
+        default=1,
+        ge=1,
+        le=4096,
+        description="one optimizer step per this many batches of batch_size (the step's batch is their product); "
+        "memory of one batch",
+    )
+    gradient_checkpointing: bool = Field(
+        default=False,
+        description="keep only each layer's input for the backward pass and run the layer again there: "
+        "activation memory of one layer instead of all, about a third more compute",
+    )
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        default="auto",
+        description="auto: bf16 (or fp16) mixed precision on a GPU, float32 on CPU; bf16: bf16 autocast on CPU "
+        "too (half the activation memory; fast only where the CPU has bf16 instructions, AVX512-BF16 or AMX)",
+    )
+
+
+class LMTeacherConfig(LMTrainingMemory):
     """Take a user's causal LM (`path`), continue training one on the corpus (`base`), or pretrain one here."""
 
     path: Path | None = Field(default=None, description="a Hugging Face causal-LM directory: used as it is")
@@ -102,7 +125,7 @@ class LMTeacherConfig(_Config):
         return self
 
 
-class LMDistillConfig(_Config):
+class LMDistillConfig(LMTrainingMemory):
     """A student from a subset of the teacher's layers (optionally a narrower FFN or hidden size), trained on the
     teacher's next-token distributions (forward KL at a temperature) and the corpus's next tokens."""
 
@@ -298,7 +321,6 @@ class LMBenchmarkConfig(TargetsConfig):
         "Runtime GenAI's model builder (int4) and llama.cpp (GGUF Q8_0, Q4_K_M); `make anchors` installs them",
     )
 
-
     @field_validator("prompt_lengths")
     @classmethod
     def _lengths(cls, v: list[int]) -> list[int]:
@@ -307,7 +329,7 @@ class LMBenchmarkConfig(TargetsConfig):
         return v
 
 
-class LMPruneConfig(PruneBase):
+class LMPruneConfig(PruneBase, LMTrainingMemory):
     """Pruning of a decoder: unstructured or n:m masks (magnitude or Wanda), or a structured cut (whole KV
     groups, FFN neurons, hidden channels; Minitron activation importance) in one shot or in rounds, each
     distilled from the source."""
@@ -356,7 +378,11 @@ class CausalLMRecipe(RecipeBase):
     task: Literal["causal-lm"]
     data: TextDataConfig
     teacher: LMTeacherConfig = LMTeacherConfig()
-    distill: list[LMDistillConfig] = Field(default=[LMDistillConfig()], min_length=1)
+    distill: list[LMDistillConfig] = Field(
+        default=[LMDistillConfig()],
+        min_length=0,
+        description="students; [] for post-training compression of the teacher alone (configs/lm-ptq.yaml)",
+    )
     prune: list[LMPruneConfig] = Field(default=[], min_length=0)
     export: LMExportConfig = LMExportConfig()
     quantize: list[LMQuantizeConfig] = Field(default=[LMQuantizeConfig()], min_length=0)
@@ -397,8 +423,18 @@ class CausalLMRecipe(RecipeBase):
 
     def default_quantize_source(self) -> str:
         # The student, not a pruned copy: unstructured zeros make no decoder faster, int4 of the student does
-        # (a structured prune is quantized when a quantize variant names it as its source).
-        return self.distill[0].name
+        # (a structured prune is quantized when a quantize variant names it as its source). Without students
+        # (post-training compression of the user's model), the teacher.
+        return self.distill[0].name if self.distill else "teacher"
+
+    @model_validator(mode="after")
+    def _prune_needs_a_student(self) -> CausalLMRecipe:
+        if self.prune and not self.distill:
+            raise ValueError(
+                "prune: a decoder is pruned from a distill variant (its fine-tune is distilled from the teacher), "
+                "and distill is empty; add a distill section or remove prune"
+            )
+        return self
 
     def teacher_dirs(self) -> dict[str, Path]:
         return {k: getattr(self.teacher, k) for k in ("path", "base") if getattr(self.teacher, k) is not None}

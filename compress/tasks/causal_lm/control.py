@@ -25,10 +25,11 @@ from compress.tasks.causal_lm.model import final_train_loss, train_lm
 from compress.training import training_args
 
 
-def blocks_seen(epochs: float, max_steps: int | None, batch_size: int, n_blocks: int) -> int:
+def blocks_seen(epochs: float, max_steps: int | None, batch_size: int, n_blocks: int, accumulation: int = 1) -> int:
     """Training blocks a run of `epochs` over `n_blocks` reads, or of `max_steps` optimizer steps when given (the
-    Trainer then runs exactly that many, repeating the data as needed: `max_steps` overrides `epochs`)."""
-    return max_steps * batch_size if max_steps is not None else int(round(epochs * n_blocks))
+    Trainer then runs exactly that many, repeating the data as needed: `max_steps` overrides `epochs`), each step
+    of `accumulation` batches."""
+    return max_steps * batch_size * accumulation if max_steps is not None else int(round(epochs * n_blocks))
 
 
 def train_control(
@@ -44,9 +45,11 @@ def train_control(
     weight_decay: float,
     seed: int,
     work_dir: Path,
+    memory: dict | None = None,
     log: Callable[[str], None] = print,
 ) -> dict:
     """Train a randomly initialised model with `shape`'s config on the corpus for `blocks` blocks; measure it.
+    `memory`: `training_args`' memory settings, the variant's own (`compress.tasks.causal_lm.model.memory_args`).
 
     Returns:
         Its held-out, dev and test perplexities (PyTorch), optimizer steps, blocks, tokens and wall time.
@@ -60,7 +63,9 @@ def train_control(
     model.generation_config = copy.deepcopy(shape.generation_config)
     train_set = train_blocks(tokenizer, data.train, data_config)
     hold = selection_blocks(tokenizer, data.holdout, data_config)
-    steps = max(1, math.ceil(blocks / batch_size))
+    memory = memory or {}
+    per_step = batch_size * memory.get("gradient_accumulation_steps", 1)
+    steps = max(1, math.ceil(blocks / per_step))
     log(f"    equal-training control: the same shape from random weights, {steps:,} steps on the corpus alone")
     args = training_args(
         work_dir,
@@ -75,6 +80,7 @@ def train_control(
         group_by_length=False,
         prediction_loss_only=True,
         logging_steps=50,
+        **memory,
     )
     t0 = time.perf_counter()
     model.train()
@@ -86,8 +92,8 @@ def train_control(
         "init": "random weights, the variant's config",
         "loss": "next-token cross-entropy on the corpus; no teacher",
         "train_steps": steps,
-        "train_blocks": steps * batch_size,
-        "train_tokens": steps * batch_size * data_config.block_size,
+        "train_blocks": steps * per_step,
+        "train_tokens": steps * per_step * data_config.block_size,
         "train_wall_s": wall,
         "train_loss_final": final_train_loss(history),
     }

@@ -145,14 +145,28 @@ def end_of_text_id(tokenizer) -> int:
     return int(eos)
 
 
+def bos_prefix(tokenizer) -> list[int]:
+    """[BOS] when the tokenizer's own configuration starts every text with it (Llama 3's and Gemma's do, GPT-2's,
+    Qwen2's and SmolLM2's do not), else []: documents in training and evaluation, and prompts in the bundle,
+    start as the model saw text in its own training."""
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        return []
+    with_special = tokenizer("a", add_special_tokens=True)["input_ids"]
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    return [int(bos)] if with_special[:1] == [bos] and plain[:1] != [bos] else []
+
+
 def token_stream(tokenizer, docs: list[str], max_tokens: int | None = None) -> np.ndarray:
-    """All documents as one int64 token sequence, each followed by the end-of-text token.
+    """All documents as one int64 token sequence, each after the tokenizer's BOS when its configuration adds one
+    (`bos_prefix`) and followed by the end-of-text token.
 
     With `max_tokens`, documents are tokenized until that many tokens are reached and the stream is cut there.
     """
     import transformers
 
     eos = end_of_text_id(tokenizer)
+    prefix = bos_prefix(tokenizer)
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()  # "sequence longer than the model's maximum": blocks cut it
     try:
@@ -160,8 +174,8 @@ def token_stream(tokenizer, docs: list[str], max_tokens: int | None = None) -> n
         for start in range(0, len(docs), 256):
             ids = tokenizer(docs[start : start + 256], add_special_tokens=False)["input_ids"]
             for seq in ids:
-                parts.append(np.asarray([*seq, eos], dtype=np.int64))
-                total += len(seq) + 1
+                parts.append(np.asarray([*prefix, *seq, eos], dtype=np.int64))
+                total += len(prefix) + len(seq) + 1
             if max_tokens is not None and total >= max_tokens:
                 break
     finally:

@@ -27,6 +27,7 @@ from compress.tasks.causal_lm.model import (
     block_training_args,
     describe_decoder,
     final_train_loss,
+    memory_args,
     train_lm,
 )
 from compress.tasks.causal_lm.teacher import measure_lm
@@ -146,7 +147,10 @@ def _training_record(cfg: LMDistillConfig, spec: LMLossSpec, train_set, generate
             "teacher": "online (run on each batch)",
         },
         "train_tokens": train_set.tokens,
-        "train_blocks_seen": blocks_seen(cfg.epochs, cfg.max_steps, cfg.batch_size, len(train_set)),
+        "training_memory": memory_args(cfg),
+        "train_blocks_seen": blocks_seen(
+            cfg.epochs, cfg.max_steps, cfg.batch_size, len(train_set), cfg.gradient_accumulation_steps
+        ),
         "generated_sequences": (
             {
                 "blocks": len(generated),

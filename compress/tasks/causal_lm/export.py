@@ -163,8 +163,8 @@ def export_causal_lm(model_dir: Path, out_dir: Path, config: LMExportConfig, pro
             do_validation=False,  # optimum's own check uses random inputs; the one below uses real prompts
             local_files_only=True,
         )
-    for f in Path(model_dir).iterdir():  # the model's own config, tokenizer and generation files, as they are
-        if f.is_file() and f.suffix == ".json":
+    for f in Path(model_dir).iterdir():  # the model's config, tokenizer (chat template too), generation files
+        if f.is_file() and f.suffix in (".json", ".jinja"):
             shutil.copy2(f, out_dir / f.name)
     Artifact(out_dir, "causal-lm", {"model": "model.onnx"}).write()
     metrics = check_decoder(model_dir, out_dir, prompts, config)

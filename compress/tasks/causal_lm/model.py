@@ -156,9 +156,10 @@ def evaluate_blocks(model, blocks: Sequence[np.ndarray], batch_size: int = 8, de
     batches = [idx[k : k + batch_size] for idx in by_length.values() for k in range(0, len(idx), batch_size)]
     for idx in tqdm(batches, desc=desc, unit="batch", leave=False):
         ids = torch.as_tensor(np.stack([blocks[i] for i in idx]), device=device)
-        logits = model(input_ids=ids, use_cache=False).logits.float()  # (B, T, V)
-        logp = torch.log_softmax(logits[:, :-1], dim=-1)
-        nll -= float(logp.gather(-1, ids[:, 1:, None]).sum())
+        logits = model(input_ids=ids, use_cache=False).logits  # (B, T, V)
+        for r in range(len(idx)):  # a block at a time: float32 temporaries of (block, vocabulary), not the batch's
+            z = logits[r, :-1].float()
+            nll += float((torch.logsumexp(z, -1) - z.gather(-1, ids[r, 1:, None])[:, 0]).double().sum())
         tokens += int(ids[:, 1:].numel())
         for row, i in zip(logits[:, :-1].argmax(-1).cpu().numpy(), idx, strict=True):
             predictions[i] = row
@@ -254,9 +255,7 @@ def train_lm(
         if hs != ht:
             projections = nn.ModuleList(nn.Linear(hs, ht) for _ in loss.hidden_layer_map)
     trainable = (
-        WithProjections(model, projections, [s for s, _ in loss.hidden_layer_map])
-        if projections is not None
-        else model
+        WithProjections(model, projections, [s for s, _ in loss.hidden_layer_map]) if projections is not None else model
     )
     trainer = CausalLMTrainer(
         model=trainable,
@@ -269,6 +268,8 @@ def train_lm(
     )
     try:
         trainer.train()
+        if args.gradient_checkpointing:
+            trainable.gradient_checkpointing_disable()  # the Trainer turned it on; a trained model runs without
         if keep_best is not None:
             if keep_best.last_eval_step != trainer.state.global_step:
                 trainer.evaluate()  # the final weights are a candidate too
@@ -305,7 +306,17 @@ def block_training_args(work_dir: Path, cfg, seed: int, *, evaluate: bool):
         group_by_length=False,
         prediction_loss_only=True,
         logging_steps=50,
+        **memory_args(cfg),
     )
+
+
+def memory_args(cfg) -> dict:
+    """`training_args`' memory settings from a section with the `LMTrainingMemory` keys."""
+    return {
+        "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
+        "gradient_checkpointing": cfg.gradient_checkpointing,
+        "precision": cfg.precision,
+    }
 
 
 def final_train_loss(history: list[dict]) -> float | None:

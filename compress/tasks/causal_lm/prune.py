@@ -32,7 +32,7 @@ from compress.structured import remove_masks_
 from compress.tasks.causal_lm.config import LMPruneConfig, TextDataConfig
 from compress.tasks.causal_lm.control import blocks_seen
 from compress.tasks.causal_lm.data import BlockDataset, TextData, train_blocks
-from compress.tasks.causal_lm.model import LMLossSpec, describe_decoder, final_train_loss, train_lm
+from compress.tasks.causal_lm.model import LMLossSpec, describe_decoder, final_train_loss, memory_args, train_lm
 from compress.tasks.causal_lm.teacher import measure_lm
 from compress.training import training_args
 
@@ -146,6 +146,7 @@ def _finetune(
         group_by_length=False,
         prediction_loss_only=True,
         logging_steps=50,
+        **memory_args(s),
     )
     spec = LMLossSpec(temperature=s.temperature, alpha=s.alpha)
     model.train()
@@ -235,6 +236,7 @@ def _structured(model, tokenizer, teacher, s, data, data_config, train_set, seed
             **describe_decoder(model, data_config.block_size),
             "dev_perplexity_torch_before_finetune": (before or {}).get("dev_perplexity_torch"),
             "train_loss_final": final_train_loss(history),
+            "training_memory": memory_args(s),
             "train_blocks_seen": (
                 sum(len(seg) for seg in segments)
                 if segments is not None

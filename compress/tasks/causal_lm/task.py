@@ -78,6 +78,17 @@ class CausalLMTask(TaskBase):
             )
         _check_students(recipe, shape)
         _check_windows(recipe, shape.window)
+        _check_memory(recipe, shape)
+
+    def costs(self, recipe: CausalLMRecipe) -> list[str]:
+        """`check`'s lines: each stage's estimated peak memory against this machine's."""
+        from compress.tasks.causal_lm.cost import gib, machine_memory_bytes
+
+        total = machine_memory_bytes()
+        lines = [f"  {c['stage']:<24} ~{gib(c['bytes']):>9}  {c['basis']}"
+                 for c in _check_memory(recipe, _teacher_shape(recipe.teacher))]  # fmt: skip
+        head = f"estimated peak memory per stage (this machine: {gib(total) if total else 'unknown'}):"
+        return [head, *lines]
 
     # ---- stages ----
 
@@ -198,6 +209,7 @@ class CausalLMTask(TaskBase):
         """The equal-training control of a student or cut (`compress.tasks.causal_lm.control`), and the variant's
         held-out and dev perplexity as ratios to it."""
         from compress.tasks.causal_lm.control import train_control
+        from compress.tasks.causal_lm.model import memory_args
 
         control = train_control(
             model,
@@ -211,6 +223,7 @@ class CausalLMTask(TaskBase):
             weight_decay=getattr(config, "weight_decay", 0.0),
             seed=ctx.recipe.seed,
             work_dir=out / "_control",
+            memory=memory_args(config),
             log=ctx.log,
         )
         for key in ("holdout", "dev"):
@@ -317,6 +330,11 @@ class CausalLMTask(TaskBase):
 
         return report
 
+    def verify_function(self):
+        from compress.tasks.causal_lm.bundle import verify
+
+        return verify
+
     def bundle_function(self):
         from compress.tasks.causal_lm.bundle import bundle_lm
 
@@ -329,7 +347,7 @@ class CausalLMTask(TaskBase):
         return (
             f"{out_dir}: {meta['variant']} for target {meta['target']} ({meta['threads']} thread(s)); "
             f"{meta['selection']}. Greedy tokens identical to the pipeline's on {meta['check']['prompts']} "
-            f"prompts.\ntry: python {Path(out_dir) / 'generate.py'} \"The os module provides\""
+            f'prompts.\ntry: python {Path(out_dir) / "generate.py"} "The os module provides"'
         )
 
     def benchmark(self, ctx: RunContext, step: Step, out: Path) -> dict:
@@ -433,18 +451,49 @@ def _teacher_shape(t):
         layers, hidden, ffn = int(config.num_hidden_layers), int(config.hidden_size), ffn_width(config)
         window, groups = context_window(config), kv_heads(config)
         n_heads, width = int(config.num_attention_heads), head_dim(config)
+        vocab, tied = int(config.vocab_size), bool(getattr(config, "tie_word_embeddings", True))
     else:
         a = t.architecture
         layers, hidden, window = a.layers, a.hidden_size, a.max_positions
         ffn = a.intermediate_size or 4 * a.hidden_size
         family, groups = a.family, (a.kv_heads or a.heads) if a.family != "gpt2" else a.heads
         n_heads, width = a.heads, a.hidden_size // a.heads
+        vocab, tied = t.tokenizer.vocab_size, a.tie_embeddings
         config = SimpleNamespace(
             model_type=family, hidden_size=hidden, num_attention_heads=n_heads, num_key_value_heads=groups,
             intermediate_size=ffn, n_inner=ffn,
         )  # fmt: skip
     return SimpleNamespace(family=family, layers=layers, hidden=hidden, ffn=ffn, window=window, groups=groups,
-                           n_heads=n_heads, width=width, config=config)  # fmt: skip
+                           n_heads=n_heads, width=width, vocab=vocab, tied=tied, config=config)  # fmt: skip
+
+
+def _decoder_shape(shape):
+    from compress.tasks.causal_lm.cost import DecoderShape
+
+    return DecoderShape(shape.layers, shape.hidden, shape.ffn, shape.n_heads, shape.groups, shape.width,
+                        shape.vocab, shape.tied, gated=shape.family != "gpt2")  # fmt: skip
+
+
+def _check_memory(recipe: CausalLMRecipe, shape) -> list[dict]:
+    """Each stage's estimated peak memory (`compress.tasks.causal_lm.cost`); a stage that cannot fit in this
+    machine's memory is refused, naming the keys that lower it."""
+    from compress.tasks.causal_lm.cost import estimate, gib, machine_memory_bytes
+
+    costs = estimate(recipe, _decoder_shape(shape))
+    total = machine_memory_bytes()
+    for c in costs if total else []:
+        if c["bytes"] > total:
+            section = c["stage"].split("/")[0]
+            fix = (
+                f"set {section}.gradient_checkpointing: true, {section}.precision: bf16, or a smaller "
+                f"{section}.batch_size (with gradient_accumulation_steps to keep the step's batch)"
+                if section in ("teacher", "distill", "prune")
+                else "use a machine with more memory"
+            )
+            raise RecipeError(
+                f"{c['stage']}: needs about {gib(c['bytes'])} ({c['basis']}), this machine has {gib(total)}: {fix}"
+            )
+    return costs
 
 
 def _check_cuts(recipe: CausalLMRecipe, shape) -> None:
@@ -557,10 +606,15 @@ def onnx_nll(gen, blocks, batch_size: int = 4) -> tuple[float, int]:
 
 
 def _log_softmax_at(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    z = logits.astype(np.float64)
-    z -= z.max(-1, keepdims=True)
-    logz = np.log(np.exp(z).sum(-1))
-    return np.take_along_axis(z, targets[..., None], -1)[..., 0] - logz
+    """log p(target) at each position of (B, T, V) logits, a block at a time in the logits' float32 (the sums in
+    float64): no full-vocabulary float64 copy of the batch (4 blocks of 256 tokens at a 152k vocabulary would be
+    1.2 GB each)."""
+    from compress.tasks.causal_lm.suite import log_softmax
+
+    out = np.empty(targets.shape, np.float64)
+    for r in range(len(logits)):
+        out[r] = np.take_along_axis(log_softmax(logits[r]), targets[r][..., None], -1)[..., 0]
+    return out
 
 
 __all__ = ["CausalLMTask", "decoder_feeds", "onnx_nll"]

@@ -34,6 +34,7 @@ from compress.tasks.causal_lm.model import (
     evaluate_blocks,
     final_train_loss,
     load_causal_lm,
+    memory_args,
     new_decoder,
     train_lm,
 )
@@ -105,6 +106,7 @@ def train_teacher_lm(
             "epochs_trained": round(max((h.get("epoch", 0.0) for h in history), default=0.0), 3),
             "heldout_curve": curve.get("heldout_curve"),
             "converged": curve.get("converged"),
+            "training_memory": memory_args(config) if trained else None,
             **describe_decoder(model, data_config.block_size),
         }
     )

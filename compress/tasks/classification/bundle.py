@@ -216,9 +216,20 @@ def _metadata(
 
 
 def _check(tmp: Path, manifest: dict, labels: list[str]) -> dict:
-    """How far model.ort and model.onnx agree on sample sentences, through the bundle's predict.py."""
+    """How far model.ort and model.onnx agree on sample sentences, through the bundle's predict.py; the sentences
+    and both files' results are kept in check.json (what `edge-compress verify` compares another CPU with)."""
     texts = _sample_texts(manifest)
     via_ort, via_onnx = predict(tmp, texts, model="ort"), predict(tmp, texts, model="onnx")
+    record = {
+        "task": "classification",
+        "count": len(texts),
+        "texts": texts,
+        "expected": {
+            m: [{"label_id": r.get("label_id"), "scores": r.get("scores")} for r in rows]
+            for m, rows in (("ort", via_ort), ("onnx", via_onnx))
+        },
+    }
+    (tmp / "check.json").write_text(json.dumps(record, ensure_ascii=False) + "\n", encoding="utf-8")
     diffs = [
         abs(a["scores"][lab] - b["scores"][lab])
         for a, b in zip(via_ort, via_onnx, strict=True)
@@ -233,6 +244,64 @@ def _check(tmp: Path, manifest: dict, labels: list[str]) -> dict:
         / len(texts),
         "ort_vs_onnx_max_score_diff": max(diffs) if diffs else None,
     }
+
+
+# What runs in the emulated arm64 guest (`export.verify`): the bundle's own predict.py on the recorded texts.
+VERIFY_GUEST = r'''
+def main(bundle_dir, check_file, out_file):
+    sys.path.insert(0, str(bundle_dir))
+    import predict
+
+    check = json.loads(check_file.read_text(encoding="utf-8"))
+    out = {}
+    for model in check["expected"]:
+        rows = predict.Classifier(bundle_dir, model=model, threads=1).classify(check["texts"])
+        out[model] = [{"label_id": r.get("label_id"), "scores": r.get("scores")} for r in rows]
+    out_file.write_text(json.dumps(out))
+'''
+# A label may differ from x86's only where x86's own two candidates were this close (a near-tie), and no score by
+# more than this: int8 kernels differ between architectures (seen on QEMU's Cortex-A72: 2.6e-2).
+SCORE_TOLERANCE = 0.06
+
+
+def compare_verification(check: dict, result: dict, tolerance: float = SCORE_TOLERANCE) -> dict:
+    """The guest's labels and scores against the ones recorded at bundle time, per model file."""
+    per_model, passed, worst = {}, True, 0.0
+    for model, expected in check["expected"].items():
+        got = result.get(model) or []
+        same, ties, diffs, unexplained = 0, 0, [], []
+        for i, (want, have) in enumerate(zip(expected, got, strict=True)):
+            if want.get("scores") is None or have.get("scores") is None:
+                same += want.get("label_id") == have.get("label_id")
+                continue
+            diffs += [abs(want["scores"][k] - have["scores"][k]) for k in want["scores"]]
+            if want["label_id"] == have["label_id"]:
+                same += 1
+                continue
+            top = sorted(want["scores"].values(), reverse=True)
+            if top[0] - top[1] <= tolerance:
+                ties += 1
+            else:
+                unexplained.append(i)
+        largest = max(diffs, default=0.0)
+        worst = max(worst, largest)
+        ok = not unexplained and largest <= tolerance
+        passed &= ok
+        per_model[model] = {"inputs": len(expected), "labels_identical": same, "near_ties": ties,
+                            "unexplained": unexplained, "max_score_diff": largest, "passed": ok}  # fmt: skip
+    summary = ", ".join(
+        f"{m}: {r['labels_identical']}/{r['inputs']} labels, max score diff {r['max_score_diff']:.1e}"
+        for m, r in per_model.items()
+    )
+    return {"models": per_model, "score_tolerance": tolerance, "max_score_diff": worst, "passed": passed,
+            "summary": summary}  # fmt: skip
+
+
+def verify(bundle_dir: Path, cpus: list[str], progress=print) -> dict:
+    """The bundle's predict.py on emulated arm64 CPUs against its recorded labels and scores (`export.verify`)."""
+    from export.verify import verify_bundle
+
+    return verify_bundle(bundle_dir, VERIFY_GUEST, compare_verification, cpus, progress)
 
 
 def bundle(

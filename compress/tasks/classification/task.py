@@ -270,6 +270,11 @@ class ClassificationTask(TaskBase):
 
         return report
 
+    def verify_function(self):
+        from compress.tasks.classification.bundle import verify
+
+        return verify
+
     def bundle_function(self):
         from compress.tasks.classification.bundle import bundle
 

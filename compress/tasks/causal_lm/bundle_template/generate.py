@@ -5,11 +5,21 @@
     python generate.py "def read_config(path):" --max-new-tokens 64 --temperature 0.8 --top-p 0.95 --seed 7
     python generate.py "Example:" --stop "\\n\\n"                 # stop at a blank line
     python generate.py --file prompts.txt --json                # one JSON line per prompt line
+    python generate.py --chat "How do I open a file?" --system "Answer briefly."   # the model's chat template
+    python generate.py --interactive                            # a multi-turn chat on standard input
 
 The model keeps its key/value cache between steps: the prompt is read once (prefill), then each new token costs
 one step over one position. Decoding is greedy by default; `--temperature` above 0 samples, narrowed by
 `--top-k` and `--top-p`, reproducibly with `--seed`. Generation ends at the end-of-text token, a stop string,
-`--max-new-tokens`, or the model's context window.
+`--max-new-tokens`, or when the context is full (the model's window, or `--max-context`): `--on-full stop` (the
+default) ends there, `--on-full slide` keeps the latest half of the context, reads it again into a fresh cache
+and goes on (the model then no longer sees the beginning). bundle.json's `validated_context` says how long a
+context the figures were measured at; beyond it the model was never checked.
+
+`--chat` and `--interactive` wrap each prompt as a user message in the model's own chat template (when its
+tokenizer has one; needs jinja2), rendered as transformers' `apply_chat_template` renders it, so an
+instruction-tuned model is prompted as it was trained. `--interactive` keeps the conversation and the model's
+cache between turns: each turn runs the model only on the tokens after what the cache already holds.
 
 An empty prompt, or one that fills the context window, gets a one-line message (exit status 2; with --file a
 JSON error line for that prompt), never a traceback. Runs on Python 3.8 or later.
@@ -21,6 +31,7 @@ import argparse
 import json
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -35,7 +46,70 @@ except ImportError as e:  # pragma: no cover - exercised only without the depend
 
 
 class PromptError(ValueError):
-    """A prompt that cannot be continued (empty, or as long as the context window)."""
+    """A prompt that cannot be continued (empty, or as long as the context window), or a chat the model's
+    template cannot render."""
+
+
+class ChatTemplate:
+    """A model's chat template (Jinja), rendered as transformers' `apply_chat_template` renders it: a sandboxed
+    environment with trim_blocks and lstrip_blocks, the loop-controls extension, its `tojson`, `raise_exception`
+    and `strftime_now`, the tokenizer's special tokens (bos_token, eos_token, ...) as variables, and `tools` and
+    `documents` None. Written here because the bundle runs without transformers; the bundle step checks that
+    the two render the same tokens.
+
+    Args:
+        source: the template's text (`chat_template.jinja`).
+        special_tokens: the tokenizer's special tokens map (name -> text), as transformers passes them.
+    """
+
+    def __init__(self, source: str, special_tokens=None):
+        try:
+            import jinja2
+            from jinja2 import nodes
+            from jinja2.ext import Extension, loopcontrols
+            from jinja2.sandbox import ImmutableSandboxedEnvironment
+        except ImportError:
+            raise PromptError("the chat template needs jinja2: pip install jinja2") from None
+
+        class Generation(Extension):
+            """`{% generation %}...{% endgeneration %}` marks assistant text (for training masks): rendered as is."""
+
+            tags = {"generation"}
+
+            def parse(self, parser):
+                lineno = next(parser.stream).lineno
+                body = parser.parse_statements(["name:endgeneration"], drop_needle=True)
+                return nodes.CallBlock(self.call_method("_body"), [], [], body).set_lineno(lineno)
+
+            def _body(self, caller):
+                return caller()
+
+        def raise_exception(message):
+            raise jinja2.exceptions.TemplateError(message)
+
+        def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+            return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[Generation, loopcontrols])
+        env.filters["tojson"] = tojson
+        env.globals["raise_exception"] = raise_exception
+        env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+        self._errors = (jinja2.exceptions.TemplateError,)
+        self.template = env.from_string(source)
+        self.special_tokens = dict(special_tokens or {})
+
+    def render(self, messages, add_generation_prompt: bool = True) -> str:
+        """The conversation `messages` ([{"role", "content"}, ...]) as the model's prompt text."""
+        try:
+            return self.template.render(
+                messages=messages,
+                tools=None,
+                documents=None,
+                add_generation_prompt=add_generation_prompt,
+                **self.special_tokens,
+            )
+        except self._errors as e:
+            raise PromptError(f"the model's chat template refuses this conversation: {e}") from None
 
 
 def session_for(model_path: Path, threads: int = 1):
@@ -65,13 +139,17 @@ class Generator:
         session: an ONNX Runtime session to use instead of making one.
     """
 
-    def __init__(self, model_path, tokenizer_file, context_window, eos_token_ids=(), threads=1, session=None):
+    def __init__(self, model_path, tokenizer_file, context_window, eos_token_ids=(), threads=1, session=None,
+                 chat_template=None, max_context=None, bos_token_ids=()):  # fmt: skip
+        self.chat_template = chat_template  # a ChatTemplate, or None when the model has none
+        self.bos_token_ids = [int(t) for t in bos_token_ids]  # what starts a plain prompt, as in training
         self.model_path = Path(model_path)
         self.session = session if session is not None else session_for(self.model_path, threads)
         self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
         self.tokenizer.no_padding()
         self.tokenizer.no_truncation()
-        self.context_window = int(context_window)
+        # tokens the model may hold (prompt plus generated): its window, or less when asked
+        self.context_window = min(int(context_window), int(max_context or context_window))
         self.eos_token_ids = {int(t) for t in eos_token_ids}
         inputs = {i.name: i for i in self.session.get_inputs()}
         self.input_names = set(inputs)
@@ -85,18 +163,25 @@ class Generator:
         self._past_dtype = np.float16 if "float16" in past_type else np.float32
 
     @classmethod
-    def from_bundle(cls, bundle_dir=HERE, model="auto", threads=None) -> Generator:
+    def from_bundle(cls, bundle_dir=HERE, model="auto", threads=None, max_context=None) -> Generator:
         """The generator of a bundle directory (reads bundle.json)."""
         d = Path(bundle_dir)
         meta = json.loads((d / "bundle.json").read_text(encoding="utf-8"))
         if model == "auto":
             model = "ort" if (d / "model.ort").is_file() else "onnx"
+        chat = meta.get("chat") or {}
+        template = None
+        if chat.get("template"):  # read here, compiled (jinja2 imported) only when a chat is asked for
+            template = _LazyTemplate((d / chat["template"]).read_text(encoding="utf-8"), chat.get("special_tokens"))
         return cls(
             d / f"model.{model}",
             d / "tokenizer.json",
             meta["context_window"],
             meta.get("eos_token_ids", []),
             threads=int(threads or meta.get("threads") or 1),
+            chat_template=template,
+            max_context=max_context,
+            bos_token_ids=meta.get("bos_token_ids", []),
         )
 
     # ---- the model ----
@@ -121,6 +206,16 @@ class Generator:
     # ---- text ----
 
     def encode(self, text: str) -> list[int]:
+        """A plain prompt's tokens: the model's BOS first when its tokenizer adds one (bundle.json's
+        `bos_token_ids`), as the documents it was trained and measured on began."""
+        return self.bos_token_ids + self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def chat_ids(self, messages, add_generation_prompt: bool = True) -> list[int]:
+        """The token ids of a conversation rendered by the model's chat template (its special tokens are in the
+        rendered text, so none are added), as transformers' `apply_chat_template(..., tokenize=True)`."""
+        if self.chat_template is None:
+            raise PromptError("this model's tokenizer has no chat template: give plain text to continue instead")
+        text = self.chat_template.render(messages, add_generation_prompt)
         return self.tokenizer.encode(text, add_special_tokens=False).ids
 
     def decode(self, ids) -> str:
@@ -146,36 +241,57 @@ class Generator:
         top_p: float = 1.0,
         seed: int | None = None,
         ignore_eos: bool = False,
+        state: dict | None = None,
+        on_full: str = "stop",
     ):
         """Yield new token ids one at a time: greedy at temperature 0, else sampled (top-k, then top-p).
 
         Stops after `max_new_tokens`, at an end-of-text token (yielded, unless `ignore_eos`), or when the context
-        window is full.
+        window is full (`on_full` "stop"); with `on_full` "slide" the latest half of the context is read again
+        into a fresh cache and generation goes on.
+
+        `state`: a dict holding {"ids": tokens, "cache": their cache} from an earlier call (a conversation's
+        previous turns) is reused for the longest prefix it shares with `prompt_ids`, so only what follows is
+        run; when the generation ends it holds the tokens now in the cache and that cache.
         """
         prompt_ids = [int(t) for t in prompt_ids]
         self.check_prompt(prompt_ids)
         rng = np.random.default_rng(seed)
-        logits, cache = self.forward(np.asarray([prompt_ids]))
+        keep, cache = _reusable(state, prompt_ids)
+        logits, cache = self.forward(np.asarray([prompt_ids[keep:]]), cache, keep)
+        in_cache = list(prompt_ids)
         past = len(prompt_ids)
-        for i in range(max_new_tokens):
-            token = _choose(logits[0, -1], temperature, top_k, top_p, rng)
-            yield token
-            if (token in self.eos_token_ids and not ignore_eos) or i == max_new_tokens - 1:
-                return
-            if past + 1 >= self.context_window:
-                return
-            logits, cache = self.forward(np.asarray([[token]]), cache, past)
-            past += 1
+        try:
+            for i in range(max_new_tokens):
+                token = _choose(logits[0, -1], temperature, top_k, top_p, rng)
+                yield token
+                if (token in self.eos_token_ids and not ignore_eos) or i == max_new_tokens - 1:
+                    return
+                if past + 1 >= self.context_window:
+                    if on_full != "slide":
+                        return
+                    in_cache = [*in_cache, token][-max(1, self.context_window // 2) :]
+                    logits, cache = self.forward(np.asarray([in_cache]))
+                    past = len(in_cache)
+                    continue
+                logits, cache = self.forward(np.asarray([[token]]), cache, past)
+                in_cache.append(token)
+                past += 1
+        finally:
+            if state is not None:
+                state["ids"], state["cache"] = in_cache, cache
 
-    def generate(self, prompt: str, max_new_tokens: int = 64, *, stop=(), on_text=None, **sampling) -> dict:
-        """Continue `prompt`; returns {"text", "tokens", "finish_reason", "prompt_tokens"}.
+    def generate(self, prompt, max_new_tokens: int = 64, *, stop=(), on_text=None, **sampling) -> dict:
+        """Continue `prompt` (text, or token ids); returns {"text", "tokens", "finish_reason", "prompt_tokens"}.
 
         `on_text(piece)` receives the text as it grows (held back while a character is incomplete or a stop
-        string may be starting).
+        string may be starting). `sampling`: `stream`'s keywords (temperature, top_k, top_p, seed, state).
         """
-        ids = self.encode(prompt)
+        if isinstance(prompt, str) and not prompt:
+            raise PromptError("empty prompt: give some text to continue")
+        ids = self.encode(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
         self.check_prompt(ids)
-        room = self.context_window - len(ids)
+        room = self.context_window - len(ids) if sampling.get("on_full", "stop") == "stop" else max_new_tokens
         limit = min(max_new_tokens, room)
         tokens, shown, reason = [], "", "length"
         for token in self.stream(ids, limit, **sampling):
@@ -200,6 +316,59 @@ class Generator:
         if on_text is not None and len(text) > len(shown):
             on_text(text[len(shown) :])
         return {"text": text, "tokens": tokens, "finish_reason": reason, "prompt_tokens": len(ids)}
+
+
+class Conversation:
+    """A multi-turn chat with the model through its chat template, the cache kept between turns.
+
+    Each turn renders the whole conversation (as the template defines it: a template may rewrite earlier turns)
+    and runs the model only on the tokens after the longest prefix the cache already holds, so a turn costs its
+    own tokens, not the conversation's.
+    """
+
+    def __init__(self, generator: Generator, system: str | None = None):
+        if generator.chat_template is None:
+            raise PromptError("this model's tokenizer has no chat template: give plain text to continue instead")
+        self.generator = generator
+        self.messages = [{"role": "system", "content": system}] if system else []
+        self.state: dict = {}
+
+    def say(self, text: str, max_new_tokens: int = 256, **kwargs) -> dict:
+        """The model's reply to the user message `text` (`Generator.generate`'s result, plus "reused_tokens": the
+        prompt tokens the cache already held); the reply joins the conversation."""
+        messages = [*self.messages, {"role": "user", "content": text}]
+        ids = self.generator.chat_ids(messages)
+        reused = _reusable(self.state, ids)[0]
+        out = self.generator.generate(ids, max_new_tokens, state=self.state, **kwargs)
+        self.messages = [*messages, {"role": "assistant", "content": out["text"]}]
+        return {**out, "reused_tokens": reused}
+
+
+class _LazyTemplate:
+    """A chat template compiled on first use: generating plain text never imports jinja2."""
+
+    def __init__(self, source: str, special_tokens):
+        self.source, self.special_tokens, self._compiled = source, special_tokens, None
+
+    def render(self, messages, add_generation_prompt: bool = True) -> str:
+        if self._compiled is None:
+            self._compiled = ChatTemplate(self.source, self.special_tokens)
+        return self._compiled.render(messages, add_generation_prompt)
+
+
+def _reusable(state, ids):
+    """(tokens of `ids` whose cache `state` already holds, that cache cut to them): the longest common prefix,
+    at least one token left to run."""
+    if not state or state.get("cache") is None:
+        return 0, None
+    old = state["ids"]
+    n = 0
+    limit = min(len(old), len(ids) - 1)
+    while n < limit and old[n] == ids[n]:
+        n += 1
+    if n == 0:
+        return 0, None
+    return n, {k: np.ascontiguousarray(v[:, :, :n]) for k, v in state["cache"].items()}
 
 
 def _layer_order(name: str):
@@ -250,12 +419,17 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=None, help="makes sampling reproducible")
     p.add_argument("--stop", action="append", default=[], help="stop at this text (repeatable; \\n for newline)")
     p.add_argument("--json", action="store_true", help="one JSON line per prompt instead of streamed text")
+    p.add_argument("--chat", action="store_true", help="each prompt is a user message in the model's chat template")
+    p.add_argument("--system", default=None, help="--chat, --interactive: a system message first")
+    p.add_argument("--interactive", action="store_true", help="a multi-turn chat, one user message per input line")
+    p.add_argument("--max-context", type=int, default=None, help="tokens held at most (default: the model's window)")
+    p.add_argument("--on-full", choices=["stop", "slide"], default="stop", help="when the context is full")
     p.add_argument("--model", choices=["auto", "ort", "onnx"], default="auto")
     p.add_argument("--threads", type=int, default=None)
     a = p.parse_args(argv)
     try:
         meta = json.loads((Path(a.bundle) / "bundle.json").read_text(encoding="utf-8"))
-        gen = Generator.from_bundle(a.bundle, a.model, a.threads)
+        gen = Generator.from_bundle(a.bundle, a.model, a.threads, a.max_context)
     except (OSError, ValueError, KeyError) as e:
         sys.stderr.write(f"generate.py: not a usable bundle at {a.bundle}: {e}\n")
         return 2
@@ -265,6 +439,7 @@ def main(argv=None) -> int:
         "top_k": a.top_k if a.top_k is not None else defaults.get("top_k", 0),
         "top_p": a.top_p if a.top_p is not None else defaults.get("top_p", 1.0),
         "seed": a.seed,
+        "on_full": a.on_full,
     }
     max_new = a.max_new_tokens if a.max_new_tokens is not None else defaults.get("max_new_tokens", 64)
     if max_new < 1 or sampling["temperature"] < 0 or not 0 < sampling["top_p"] <= 1 or sampling["top_k"] < 0:
@@ -272,7 +447,18 @@ def main(argv=None) -> int:
             "generate.py: need --max-new-tokens >= 1, --temperature >= 0, 0 < --top-p <= 1, --top-k >= 0\n"
         )
         return 2
+    if a.max_context is not None and a.max_context < 2:
+        sys.stderr.write("generate.py: --max-context must be at least 2 tokens\n")
+        return 2
     stop = [s.encode("utf-8").decode("unicode_escape") for s in a.stop]
+    if (a.chat or a.interactive) and gen.chat_template is None:
+        sys.stderr.write("generate.py: this model's tokenizer has no chat template; give plain text to continue\n")
+        return 2
+    if a.system is not None and not (a.chat or a.interactive):
+        sys.stderr.write("generate.py: --system applies to --chat or --interactive\n")
+        return 2
+    if a.interactive:
+        return _interactive(gen, a.system, max_new, stop, sampling)
     if a.file is not None:
         try:
             raw = sys.stdin.buffer.read() if a.file == "-" else Path(a.file).read_bytes()
@@ -287,9 +473,12 @@ def main(argv=None) -> int:
             sys.stderr.write('generate.py: give a prompt, e.g. python generate.py "The os module provides"\n')
             return 2
     status = 0
+    head = [{"role": "system", "content": a.system}] if a.system else []
     for n, prompt in enumerate(prompts, 1):
         t0 = time.perf_counter()
         try:
+            if a.chat:
+                prompt = gen.chat_ids([*head, {"role": "user", "content": prompt}])
             if as_json:
                 out = gen.generate(prompt, max_new, stop=stop, **sampling)
                 out = {"input": n, **out, "seconds": round(time.perf_counter() - t0, 4)}
@@ -304,6 +493,23 @@ def main(argv=None) -> int:
             else:
                 sys.stderr.write(f"generate.py: {e}\n")
     return status
+
+
+def _interactive(gen: Generator, system, max_new: int, stop, sampling: dict) -> int:
+    """A chat on standard input, one user message per line, replies streamed; the cache kept between turns."""
+    conversation = Conversation(gen, system)
+    if sys.stdin.isatty():
+        sys.stderr.write("one message per line; end with Ctrl-D\n")
+    for line in sys.stdin:
+        text = line.rstrip("\n")
+        if not text.strip():
+            continue
+        try:
+            conversation.say(text, max_new, stop=stop, on_text=lambda s: print(s, end="", flush=True), **sampling)
+            print(flush=True)
+        except PromptError as e:  # the turn is dropped; the conversation so far stays
+            sys.stderr.write(f"generate.py: {e}\n")
+    return 0
 
 
 if __name__ == "__main__":
