@@ -11,26 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 from pathlib import Path
 
 from benchmarks.process import ROOT, apply_limits, thread_env
+from compress.hardware import peak_rss_bytes
 from compress.targets import ANCHOR_RUNTIMES
-
-
-def _peak_rss_bytes() -> int:
-    # VmHWM is this address space's high-water mark. getrusage's ru_maxrss is not usable here: Linux carries
-    # it across fork+exec, so a child of a large parent reports the parent's peak.
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux; non-Linux fallback
 
 
 def request_arrays(encodings) -> list[dict]:
@@ -137,7 +124,7 @@ def main() -> None:
 
     child = importlib.import_module(a.probe).child
     out = child(a.runtime, a.model, a.tokenizer, texts, a.threads, a.max_length, a.new_tokens)
-    out["peak_rss_bytes"] = _peak_rss_bytes()
+    out["peak_rss_bytes"] = peak_rss_bytes()
     print(json.dumps(out))
 
 

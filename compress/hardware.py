@@ -55,7 +55,9 @@ def reset_peak_rss() -> bool:
 
 def peak_rss_bytes() -> int | None:
     """This process's peak resident set size since it started or since `reset_peak_rss` (Linux's VmHWM; else
-    getrusage's lifetime peak), in bytes; None where neither is available."""
+    getrusage's lifetime peak), in bytes; None where neither is available. VmHWM is this address space's own
+    high-water mark; Linux carries ru_maxrss across fork+exec, so a child of a large parent would report the
+    parent's peak through getrusage."""
     try:
         with open("/proc/self/status") as f:
             for line in f:

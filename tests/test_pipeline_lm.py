@@ -585,9 +585,12 @@ def test_the_lm_bundle_verifies_on_emulated_arm64(lm_bundle, tmp_path):
     import shutil
 
     from compress.commands import verify_bundle_dir
+    from export.emulate import EmulationError, find_qemu
 
-    if not (shutil.which("qemu-aarch64-static") or shutil.which("qemu-aarch64")):
-        pytest.skip("no qemu-aarch64 here (apt-get install qemu-user-static)")
+    try:
+        find_qemu()
+    except EmulationError as e:
+        pytest.skip(str(e))
     d, _ = lm_bundle
     b = tmp_path / "b"
     shutil.copytree(d, b)

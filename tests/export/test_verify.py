@@ -88,8 +88,10 @@ def test_the_classifier_bundle_records_its_check_inputs_and_results(made):  # no
 
 
 def _qemu_or_skip():
-    if not (shutil.which("qemu-aarch64-static") or shutil.which("qemu-aarch64")):
-        pytest.skip("no qemu-aarch64 here (apt-get install qemu-user-static)")
+    try:
+        emulate.find_qemu()
+    except EmulationError as e:
+        pytest.skip(str(e))
 
 
 @pytest.mark.slow
