@@ -41,7 +41,7 @@ run: setup
 quick: setup
 	HF_HUB_OFFLINE=1 $(BIN)/edge-compress run configs/quick.yaml
 
-run-lm: setup anchors    # the causal-LM default: a teacher pretrained here, students, int4/int8, anchors
+run-lm: setup anchors devdocs    # the causal-LM default: the committed teacher (models/devdocs-llama) compressed, anchors
 	HF_HUB_OFFLINE=1 $(BIN)/edge-compress run configs/lm.yaml
 
 quick-lm: setup

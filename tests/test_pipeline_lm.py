@@ -275,6 +275,7 @@ def test_the_bundle_holds_what_a_device_needs_and_reproduces_the_measured_tokens
     assert meta["task"] == "causal-lm" and meta["context_window"] == 256 and meta["eos_token_ids"]
     assert meta["check"]["greedy_identical_ort"] == 1.0 and meta["check"]["greedy_identical_onnx"] == 1.0
     assert meta["check"]["prompts"] == 3
+    assert meta["kv_cache"] == "copy"  # optimum's graph concatenates (GenAI's: tests/export/test_decode_loop.py)
     tree = ast.parse((d / "generate.py").read_text())
     top = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     top |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}

@@ -193,6 +193,7 @@ def bundle_lm(
         shutil.copy2(TEMPLATE, tmp / "generate.py")
         meta = _metadata(report, chosen, target, threads, why, window, eos, conv)
         meta["chat"], meta["bos_token_ids"] = _tokenizer_settings(artifact_dir, tmp)
+        meta["kv_cache"] = _kv_cache_mode(tmp / "model.onnx")
         (tmp / "bundle.json").write_text(json.dumps(meta, indent=2) + "\n")
         meta["check"] = _check(tmp, prompts, greedy, threads)
         models = [m for m in ("ort", "onnx") if (tmp / f"model.{m}").is_file()]
@@ -242,6 +243,16 @@ def _metadata(report: dict, chosen: dict, target: str, threads: int, why: str, w
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "versions": {k: v for k, v in library_versions().items() if k in ("onnxruntime", "onnx", "tokenizers")},
     }
+
+
+def _kv_cache_mode(model: Path) -> str:
+    """How generate.py holds the cache: "in-place" where the graph's attention appends to a buffer it is given
+    (`GroupQueryAttention`: one preallocated buffer per layer, bound as past and present), else "copy" (a graph
+    that concatenates returns a longer cache each step). The bundle's check then runs that mode."""
+    import onnx
+
+    graph = onnx.load(str(model), load_external_data=False).graph
+    return "in-place" if any(n.op_type == "GroupQueryAttention" for n in graph.node) else "copy"
 
 
 # Conversations on which the bundle's chat template must give transformers' tokens (a template that refuses one,

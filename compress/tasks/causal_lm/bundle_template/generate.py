@@ -9,8 +9,14 @@
     python generate.py --interactive                            # a multi-turn chat on standard input
 
 The model keeps its key/value cache between steps: the prompt is read once (prefill), then each new token costs
-one step over one position. Decoding is greedy by default; `--temperature` above 0 samples, narrowed by
-`--top-k` and `--top-p`, reproducibly with `--seed`. Generation ends at the end-of-text token, a stop string,
+one step over one position. A graph whose attention appends to its cache in place (ONNX Runtime's
+`GroupQueryAttention`, as GenAI's builder writes it) gets one preallocated buffer per layer, bound as both its
+past and its present through ONNX Runtime's I/O binding: a step writes only its own keys and values, never copies
+the cache (the buffers grow by doubling, up to the context). Any other graph gets its cache back as ONNX Runtime
+values and passes them on without a copy through NumPy.
+
+Decoding is greedy by default; `--temperature` above 0 samples, narrowed by `--top-k` and `--top-p`,
+reproducibly with `--seed`. Generation ends at the end-of-text token, a stop string,
 `--max-new-tokens`, or when the context is full (the model's window, or `--max-context`): `--on-full stop` (the
 default) ends there, `--on-full slide` keeps the latest half of the context, reads it again into a fresh cache
 and goes on (the model then no longer sees the beginning). bundle.json's `validated_context` says how long a
@@ -137,10 +143,18 @@ class Generator:
         eos_token_ids: tokens that end a generation.
         threads: intra-op threads (ignored when `session` is given).
         session: an ONNX Runtime session to use instead of making one.
+        kv_cache: "in-place" (one buffer per layer the graph writes into: `GroupQueryAttention`), "copy" (the
+            graph returns a longer cache each step: optimum's export), or "auto": in place when the graph accepts
+            it (checked on the first step: a graph that concatenates refuses a present bound to its past).
     """
 
+    cache_start = 256  # positions an in-place cache starts with (then doubled as it fills)
+
     def __init__(self, model_path, tokenizer_file, context_window, eos_token_ids=(), threads=1, session=None,
-                 chat_template=None, max_context=None, bos_token_ids=()):  # fmt: skip
+                 chat_template=None, max_context=None, bos_token_ids=(), kv_cache="auto"):  # fmt: skip
+        if kv_cache not in ("auto", "in-place", "copy"):
+            raise ValueError(f"kv_cache = {kv_cache!r}: expected 'auto', 'in-place' or 'copy'")
+        self.kv_cache = kv_cache
         self.chat_template = chat_template  # a ChatTemplate, or None when the model has none
         self.bos_token_ids = [int(t) for t in bos_token_ids]  # what starts a plain prompt, as in training
         self.model_path = Path(model_path)
@@ -161,6 +175,13 @@ class Generator:
             self._past_shape[n] = (int(shape[1]), int(shape[3]))
         past_type = inputs[self.past_names[0]].type if self.past_names else "tensor(float)"
         self._past_dtype = np.float16 if "float16" in past_type else np.float32
+        self._present_of = dict(zip(self.past_names, self.present_names))  # noqa: B905 - Python 3.8
+        vocab = next((o.shape[-1] for o in self.session.get_outputs() if o.name == "logits"), None)
+        # prompt tokens read per forward pass: their logits at most 8 MB (256 tokens at an 8k vocabulary, 64 from
+        # a 32k one; at least 16)
+        self.prefill_chunk = max(16, min(256, (1 << 21) // vocab)) if isinstance(vocab, int) else 256
+        if not self.past_names:
+            self.kv_cache = "copy"
 
     @classmethod
     def from_bundle(cls, bundle_dir=HERE, model="auto", threads=None, max_context=None) -> Generator:
@@ -182,26 +203,81 @@ class Generator:
             chat_template=template,
             max_context=max_context,
             bos_token_ids=meta.get("bos_token_ids", []),
+            kv_cache=meta.get("kv_cache", "auto"),
         )
 
     # ---- the model ----
 
     def empty_cache(self, batch: int = 1) -> dict:
+        """NumPy arrays of an empty cache, by input name (for a plain `session.run`)."""
         return {n: np.zeros((batch, h, 0, w), dtype=self._past_dtype) for n, (h, w) in self._past_shape.items()}
 
-    def forward(self, ids: np.ndarray, cache: dict | None = None, past: int = 0):
-        """Logits (B, T, V) for `ids` (B, T) after `past` cached positions, and the cache extended by them."""
+    def forward(self, ids: np.ndarray, cache: KVCache | None = None, past: int = 0):
+        """Logits (B, T, V) for `ids` (B, T) after `past` cached positions, and the cache extended by them (a
+        `KVCache`; pass it back with the next step's ids)."""
         ids = np.asarray(ids, dtype=np.int64)
+        if cache is not None and cache.in_place or cache is None and ids.shape[0] == 1 and self.kv_cache != "copy":
+            try:
+                return self._forward_in_place(ids, cache, past)
+            except Exception:  # noqa: BLE001 - ONNX Runtime raises its own types; only "auto"'s first step lands here
+                if cache is not None or self.kv_cache == "in-place":
+                    raise
+                self.kv_cache = "copy"  # the graph concatenates its cache: its present is longer than its past
+        return self._forward_copy(ids, cache, past)
+
+    def prefill(self, ids, cache: KVCache | None = None, past: int = 0):
+        """`forward` over a prompt's tokens in slices of `prefill_chunk` (each slice's logits, batch x slice x
+        vocabulary, are what a prompt costs in memory beyond the cache: at a 152k vocabulary a 2,048-token prompt
+        read at once would return 1.2 GB of them); the last slice's logits and the cache."""
+        ids = [int(t) for t in ids]
+        logits = None
+        for start in range(0, len(ids), self.prefill_chunk):
+            piece = ids[start : start + self.prefill_chunk]
+            logits, cache = self.forward(np.asarray([piece]), cache, past + start)
+        return logits, cache
+
+    def _feeds(self, io, ids: np.ndarray, past: int) -> None:
         b, t = ids.shape
-        feeds = {"input_ids": ids}
+        io.bind_cpu_input("input_ids", ids)
         if "attention_mask" in self.input_names:
-            feeds["attention_mask"] = np.ones((b, past + t), dtype=np.int64)
+            io.bind_cpu_input("attention_mask", np.ones((b, past + t), dtype=np.int64))
         if "position_ids" in self.input_names:
-            feeds["position_ids"] = np.broadcast_to(np.arange(past, past + t, dtype=np.int64), (b, t)).copy()
-        feeds.update(cache if cache is not None else self.empty_cache(b))
-        outputs = self.session.run(["logits", *self.present_names], feeds)
-        new_cache = dict(zip(self.past_names, outputs[1:]))  # noqa: B905 - zip(strict=) needs Python 3.10
-        return outputs[0], new_cache
+            io.bind_cpu_input("position_ids", np.broadcast_to(np.arange(past, past + t, dtype=np.int64), (b, t)).copy())
+
+    def _forward_in_place(self, ids: np.ndarray, cache: KVCache | None, past: int):
+        need = past + ids.shape[1]
+        if cache is None:
+            cache = KVCache.allocate(self, _capacity(need, self.context_window, self.cache_start))
+        elif need > cache.capacity:
+            cache = cache.grown(_capacity(need, self.context_window, self.cache_start))
+        io = self.session.io_binding()
+        self._feeds(io, ids, past)
+        io.bind_output("logits", "cpu")  # first: get_outputs() lists outputs in the order they were bound
+        for name in self.past_names:  # one buffer: the kernel reads the first `past` positions, writes the rest
+            io.bind_ortvalue_input(name, cache.values[name])
+            io.bind_ortvalue_output(self._present_of[name], cache.values[name])
+        self.session.run_with_iobinding(io)
+        cache.length = need
+        if self.kv_cache == "auto":
+            self.kv_cache = "in-place"
+        return io.get_outputs()[0].numpy(), cache
+
+    def _forward_copy(self, ids: np.ndarray, cache: KVCache | None, past: int):
+        io = self.session.io_binding()
+        self._feeds(io, ids, past)
+        if cache is None:
+            for name, empty in self.empty_cache(ids.shape[0]).items():
+                io.bind_cpu_input(name, empty)
+        else:
+            for name in self.past_names:
+                io.bind_ortvalue_input(name, cache.values[name])
+        io.bind_output("logits", "cpu")
+        for name in self.present_names:
+            io.bind_output(name, "cpu")
+        self.session.run_with_iobinding(io)
+        out = io.get_outputs()
+        values = dict(zip(self.past_names, out[1:]))  # noqa: B905 - Python 3.8
+        return out[0].numpy(), KVCache(values, past + ids.shape[1], in_place=False)
 
     # ---- text ----
 
@@ -258,7 +334,7 @@ class Generator:
         self.check_prompt(prompt_ids)
         rng = np.random.default_rng(seed)
         keep, cache = _reusable(state, prompt_ids)
-        logits, cache = self.forward(np.asarray([prompt_ids[keep:]]), cache, keep)
+        logits, cache = self.prefill(prompt_ids[keep:], cache, keep)
         in_cache = list(prompt_ids)
         past = len(prompt_ids)
         try:
@@ -271,7 +347,7 @@ class Generator:
                     if on_full != "slide":
                         return
                     in_cache = [*in_cache, token][-max(1, self.context_window // 2) :]
-                    logits, cache = self.forward(np.asarray([in_cache]))
+                    logits, cache = self.prefill(in_cache)
                     past = len(in_cache)
                     continue
                 logits, cache = self.forward(np.asarray([[token]]), cache, past)
@@ -293,29 +369,56 @@ class Generator:
         self.check_prompt(ids)
         room = self.context_window - len(ids) if sampling.get("on_full", "stop") == "stop" else max_new_tokens
         limit = min(max_new_tokens, room)
-        tokens, shown, reason = [], "", "length"
+        stop = [x for x in stop if x]
+        hold = max((len(x) for x in stop), default=1) - 1  # a stop string may start this far back
+        tokens, text, shown, reason = [], "", 0, "length"
+        detok = _Detokenizer(self)
         for token in self.stream(ids, limit, **sampling):
             if token in self.eos_token_ids:
                 reason = "end_of_text"
                 break
             tokens.append(token)
-            text = self.decode(tokens)
-            cut = min((text.find(s) for s in stop if s and s in text), default=-1)
+            piece = detok.add(token)
+            if not piece:
+                continue
+            start = max(0, len(text) - hold)  # only text that can hold a new stop string is searched
+            text += piece
+            cut = min((i for i in (text.find(x, start) for x in stop) if i >= 0), default=-1)
             if cut >= 0:
                 text, reason = text[:cut], "stop"
-            safe = text if reason == "stop" else _safe_prefix(text, stop)
-            if on_text is not None and len(safe) > len(shown):
-                on_text(safe[len(shown) :])
+            safe = len(text) if reason == "stop" else _safe_length(text, stop)
+            if on_text is not None and safe > shown:
+                on_text(text[shown:safe])
                 shown = safe
             if reason == "stop":
                 break
         else:
             if limit < max_new_tokens:
                 reason = "context_window"
-        text = self.decode(tokens) if reason != "stop" else text
-        if on_text is not None and len(text) > len(shown):
-            on_text(text[len(shown) :])
+        if reason != "stop":
+            text = self.decode(tokens)  # the whole decode once: what a complete character needs at the end
+        if on_text is not None and len(text) > shown:
+            on_text(text[shown:])
         return {"text": text, "tokens": tokens, "finish_reason": reason, "prompt_tokens": len(ids)}
+
+
+class _Detokenizer:
+    """Text of a growing token list, a piece per token, in bounded work: each step decodes only the tokens since
+    the last complete piece and a few before them (transformers' TextStreamer and vLLM do the same), so the
+    tokenizer's decoder sees the context a leading space or a byte fallback needs; nothing is returned while the
+    text ends in an incomplete character."""
+
+    def __init__(self, gen: Generator):
+        self.gen, self.ids, self.prefix, self.read = gen, [], 0, 0
+
+    def add(self, token: int) -> str:
+        self.ids.append(token)
+        before = self.gen.decode(self.ids[self.prefix : self.read])
+        now = self.gen.decode(self.ids[self.prefix :])
+        if len(now) <= len(before) or now.endswith("\ufffd"):
+            return ""
+        self.prefix, self.read = self.read, len(self.ids)
+        return now[len(before) :]
 
 
 class Conversation:
@@ -356,6 +459,56 @@ class _LazyTemplate:
         return self._compiled.render(messages, add_generation_prompt)
 
 
+class KVCache:
+    """The keys and values of the `length` tokens a generator has run, as ONNX Runtime values by past input name.
+
+    In place: one buffer per input of `capacity` positions (batch 1), of which the first `length` hold tokens;
+    the graph writes each step's keys and values after them. Else: each value holds exactly `length` positions.
+    """
+
+    def __init__(self, values: dict, length: int, in_place: bool, arrays: dict | None = None):
+        self.values, self.length, self.in_place = values, int(length), in_place
+        self._arrays = arrays  # in place: the NumPy buffers the values wrap (kept alive with them)
+
+    @property
+    def capacity(self) -> int:
+        return next(iter(self._arrays.values())).shape[2] if self._arrays else self.length
+
+    @classmethod
+    def allocate(cls, gen: Generator, capacity: int) -> KVCache:
+        arrays = {n: np.zeros((1, h, capacity, w), dtype=gen._past_dtype) for n, (h, w) in gen._past_shape.items()}
+        return cls(_wrap(arrays), 0, True, arrays)
+
+    def grown(self, capacity: int) -> KVCache:
+        """The same tokens in buffers of `capacity` positions (one copy; capacities double, so a generation
+        copies its cache a logarithmic number of times)."""
+        arrays = {}
+        for name, old in self._arrays.items():
+            new = np.zeros((1, old.shape[1], capacity, old.shape[3]), dtype=old.dtype)
+            new[:, :, : self.length] = old[:, :, : self.length]
+            arrays[name] = new
+        return KVCache(_wrap(arrays), self.length, True, arrays)
+
+    def cut(self, n: int) -> KVCache:
+        """The cache of the first `n` tokens (in place: the same buffers, the rest to be overwritten)."""
+        if self.in_place:
+            return KVCache(self.values, n, True, self._arrays)
+        arrays = {k: np.ascontiguousarray(v.numpy()[:, :, :n]) for k, v in self.values.items()}
+        return KVCache(_wrap(arrays), n, False, None)
+
+
+def _wrap(arrays: dict) -> dict:
+    return {k: ort.OrtValue.ortvalue_from_numpy(a) for k, a in arrays.items()}
+
+
+def _capacity(need: int, window: int, start: int = 256) -> int:
+    """Positions to allocate for `need`: `start` doubled until it holds them, at most the context window."""
+    cap = start
+    while cap < need:
+        cap *= 2
+    return max(need, min(cap, window))
+
+
 def _reusable(state, ids):
     """(tokens of `ids` whose cache `state` already holds, that cache cut to them): the longest common prefix,
     at least one token left to run."""
@@ -368,7 +521,7 @@ def _reusable(state, ids):
         n += 1
     if n == 0:
         return 0, None
-    return n, {k: np.ascontiguousarray(v[:, :, :n]) for k, v in state["cache"].items()}
+    return n, state["cache"].cut(n)
 
 
 def _layer_order(name: str):
@@ -377,34 +530,50 @@ def _layer_order(name: str):
 
 
 def _choose(logits, temperature: float, top_k: int, top_p: float, rng) -> int:
+    """The next token: argmax at temperature 0, else drawn from `_candidates`."""
     if temperature <= 0:
         return int(np.argmax(logits))
-    z = logits.astype(np.float64) / temperature
-    if top_k and top_k < z.size:
-        kth = np.partition(z, -top_k)[-top_k]
-        z = np.where(z < kth, -np.inf, z)
-    p = np.exp(z - z.max())
-    p /= p.sum()
-    if top_p < 1.0:
-        order = np.argsort(-p)
-        keep = np.cumsum(p[order]) - p[order] < top_p  # the smallest set whose mass reaches top_p
-        mask = np.zeros_like(p, dtype=bool)
-        mask[order[keep]] = True
-        p = np.where(mask, p, 0.0)
-        p /= p.sum()
-    return int(rng.choice(p.size, p=p))
+    tokens, mass = _candidates(logits, temperature, top_k, top_p)
+    j = min(int(np.searchsorted(mass, rng.random() * mass[-1], side="right")), mass.size - 1)
+    return int(tokens[j])
 
 
-def _safe_prefix(text: str, stop) -> str:
-    """`text` minus what may still change: an incomplete character, or the start of a stop string."""
-    text = text.rstrip("\ufffd")
+def _candidates(logits, temperature: float, top_k: int = 0, top_p: float = 1.0):
+    """(token ids, cumulative unnormalised probability) of what sampling may draw: softmax(logits / temperature)
+    narrowed to the `top_k` likeliest, then to the fewest likeliest whose probability reaches `top_p`.
+
+    Per token the work is a few passes over the vocabulary in float32 (no float64 copy, no full sort): top-k by
+    partial selection, top-p by sorting only a candidate set that grows (64, 256, ...) until it holds the mass."""
+    z = np.asarray(logits, dtype=np.float32).reshape(-1)
+    ids = np.argpartition(z, -top_k)[-top_k:] if top_k and top_k < z.size else None
+    if ids is not None:
+        z = z[ids]
+    p = np.exp((z - z.max()) / np.float32(temperature))
+    if top_p >= 1.0:
+        return (ids if ids is not None else np.arange(p.size)), np.cumsum(p, dtype=np.float64)
+    goal = top_p * float(p.sum(dtype=np.float64))
+    m = min(64, p.size)
+    while True:
+        cand = np.argpartition(p, p.size - m)[p.size - m :] if m < p.size else np.arange(p.size)
+        cand = cand[np.argsort(-p[cand], kind="stable")]
+        mass = np.cumsum(p[cand], dtype=np.float64)
+        if mass[-1] >= goal or m == p.size:
+            break
+        m = min(p.size, m * 4)
+    keep = max(1, int(np.count_nonzero(mass - p[cand] < goal)))  # the smallest prefix whose mass reaches top_p
+    cand = cand[:keep]
+    return (ids[cand] if ids is not None else cand), mass[:keep]
+
+
+def _safe_length(text: str, stop) -> int:
+    """How much of `text` cannot change any more: all but the start of a stop string at its end."""
     hold = 0
     for s in stop:
         for k in range(min(len(s) - 1, len(text)), 0, -1):
             if text.endswith(s[:k]):
                 hold = max(hold, k)
                 break
-    return text[: len(text) - hold] if hold else text
+    return len(text) - hold
 
 
 def main(argv=None) -> int:
