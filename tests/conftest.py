@@ -266,3 +266,13 @@ def tiny_lm_exports(tmp_path_factory, tiny_lm_dirs) -> dict[str, Path]:
         out[family] = root / family
         export_causal_lm(d, out[family], LMExportConfig(new_tokens=8), prompts)
     return out
+
+
+def qemu_or_skip() -> None:
+    """Skip the calling test, with the emulator's own one-line reason, where QEMU user-mode arm64 is missing."""
+    from export.emulate import EmulationError, find_qemu
+
+    try:
+        find_qemu()
+    except EmulationError as e:
+        pytest.skip(str(e))

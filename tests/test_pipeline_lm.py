@@ -586,12 +586,9 @@ def test_the_lm_bundle_verifies_on_emulated_arm64(lm_bundle, tmp_path):
     import shutil
 
     from compress.commands import verify_bundle_dir
-    from export.emulate import EmulationError, find_qemu
+    from tests.conftest import qemu_or_skip
 
-    try:
-        find_qemu()
-    except EmulationError as e:
-        pytest.skip(str(e))
+    qemu_or_skip()
     d, _ = lm_bundle
     b = tmp_path / "b"
     shutil.copytree(d, b)

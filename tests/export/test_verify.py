@@ -15,6 +15,7 @@ from compress.tasks.classification.bundle import SCORE_TOLERANCE, compare_verifi
 from export import emulate
 from export.emulate import EmulationError, Guest
 from export.verify import _compare_known_answer, _known_answer_models
+from tests.conftest import qemu_or_skip
 from tests.export.test_bundle import fake_run, made  # noqa: F401 - the classifier bundle fixtures
 
 
@@ -87,16 +88,9 @@ def test_the_classifier_bundle_records_its_check_inputs_and_results(made):  # no
     assert "check.json" in meta["files"]
 
 
-def _qemu_or_skip():
-    try:
-        emulate.find_qemu()
-    except EmulationError as e:
-        pytest.skip(str(e))
-
-
 @pytest.mark.slow
 def test_the_classifier_bundle_verifies_on_emulated_arm64(made, tmp_path):  # noqa: F811
-    _qemu_or_skip()
+    qemu_or_skip()
     out, _ = made
     b = tmp_path / "b"
     shutil.copytree(out, b)
@@ -109,7 +103,7 @@ def test_the_classifier_bundle_verifies_on_emulated_arm64(made, tmp_path):  # no
 
 @pytest.mark.slow
 def test_qemu_7_sme_is_refused_before_its_results_are_trusted(made, tmp_path):  # noqa: F811
-    _qemu_or_skip()
+    qemu_or_skip()
     qemu, version = emulate.find_qemu()
     if int(version.split(".")[0]) >= 10:
         pytest.skip(f"QEMU {version} computes the SME path correctly")
