@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import platform
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cache
 
 _ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "sve")
@@ -72,3 +76,45 @@ def peak_rss_bytes() -> int | None:
         return int(peak) * (1 if sys.platform == "darwin" else 1024)
     except (ImportError, OSError):
         return None
+
+
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+_GLIBC_MMAP_MAX, _GLIBC_TRIM_THRESHOLD = 65536, 128 * 1024  # glibc's defaults, put back after the block
+
+
+@cache
+def _glibc():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+@contextmanager
+def reused_heap() -> Iterator[bool]:
+    """Serve large blocks from the heap and keep freed memory for reuse while the block runs; yields whether it
+    could (glibc only: elsewhere nothing changes).
+
+    glibc maps every allocation over its mmap threshold (32 MB at most) afresh and unmaps it on free, so a training
+    step whose logits are batch x block x vocabulary (16 x 256 x 8192 float32: 134 MB, several of them per step)
+    pays a page fault for each 4 KB page of each, every step. On the causal-LM default's distillation step (2
+    threads) that was 4.5M faults in 8 steps and 3.6 s a step; with mmap off and trimming deferred, 0.7M faults and
+    1.7 s. Allocator tuning has no library call in PyTorch (its THP_MEM_ALLOC_ENABLE cut faults but made steps
+    slower here), hence mallopt. The cost: freed blocks stay resident for reuse, so the peak can rise by a few of
+    the largest blocks (an aligned request is a little larger than the hole its predecessor left, so repeated
+    64 MB tensors settle after about four holes, then fault no more). What the block freed is returned at its end."""
+    libc = _glibc()
+    if libc is None:
+        yield False
+        return
+    ok = bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+    try:
+        yield ok
+    finally:
+        libc.mallopt(_M_MMAP_MAX, _GLIBC_MMAP_MAX)
+        libc.mallopt(_M_TRIM_THRESHOLD, _GLIBC_TRIM_THRESHOLD)
+        libc.malloc_trim(0)

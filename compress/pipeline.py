@@ -10,6 +10,7 @@ each step calls its task's function for that stage.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from compress.errors import RecipeError, StageError
-from compress.hardware import peak_rss_bytes, reset_peak_rss
+from compress.hardware import peak_rss_bytes, reset_peak_rss, reused_heap
 from compress.manifest import (
     Manifest,
     RunLockedError,
@@ -34,6 +35,8 @@ from compress.manifest import (
 )
 from compress.recipe import AnyRecipe
 from compress.tasks import Task, task_for
+
+_TRAINING_STAGES = ("teacher", "distill", "prune")
 
 
 @dataclass(frozen=True)
@@ -211,7 +214,10 @@ def _run_locked(recipe: AnyRecipe, run_dir: Path, log: Callable[[str], None]) ->
         started = time.time()
         manifest.record(step.id, {"status": "running", "key": key, "started": _iso(started)})
         peak_is_the_steps = reset_peak_rss()  # else the process's peak so far: an upper bound
-        with atomic_dir(out) as tmp:
+        # training steps reuse freed heap (2x faster distillation steps on the LM default, measured; see
+        # reused_heap); the benchmark keeps the allocator a deployed runtime has
+        heap = reused_heap() if step.stage in _TRAINING_STAGES else contextlib.nullcontext()
+        with heap, atomic_dir(out) as tmp:
             metrics = step.run(ctx, step, tmp)
             shutil.rmtree(tmp / "_trainer", ignore_errors=True)
         ended = time.time()

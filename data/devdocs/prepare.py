@@ -20,11 +20,9 @@ Every page is one document, `{"source": "django/topics/db/queries.html", "text":
 from __future__ import annotations
 
 import argparse
-import gzip
 import hashlib
 import importlib.util
 import io
-import json
 import re
 import subprocess
 import tarfile

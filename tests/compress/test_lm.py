@@ -283,3 +283,52 @@ def test_documents_start_with_bos_exactly_when_the_tokenizer_adds_one():
     stream = token_stream(llama_like, [text, "each thread sorts the list"]).tolist()
     eos = llama_like.eos_token_id
     assert stream[0] == bos and stream.count(bos) == 2 and stream[stream.index(eos) + 1] == bos and stream[-1] == eos
+
+
+class _TableModel:
+    """A 'model' whose next-token logits depend on the current token only (a row of a fixed table)."""
+
+    def __init__(self, table: np.ndarray):
+        self.table = table
+
+    def logits(self, ids: np.ndarray) -> np.ndarray:
+        return self.table[ids]
+
+
+def test_benchmark_perplexity_and_kl_match_a_float64_reference_and_a_kept_reference_changes_nothing(monkeypatch):
+    from compress.tasks.causal_lm import suite
+
+    rng = np.random.default_rng(0)
+    vocab = 50
+    teacher, student = (rng.normal(0, 3, (vocab, vocab)).astype(np.float32) for _ in range(2))
+    blocks = [rng.integers(0, vocab, n) for n in (17, 17, 17, 9, 17)]  # two lengths, a partial batch
+
+    def exact(table, ref_table=None):
+        nll, kl, count = 0.0, 0.0, 0
+        for b in blocks:
+            z = table[b[:-1]].astype(np.float64)
+            logp = z - np.log(np.exp(z - z.max(-1, keepdims=True)).sum(-1, keepdims=True)) - z.max(-1, keepdims=True)
+            nll -= logp[np.arange(len(b) - 1), b[1:]].sum()
+            if ref_table is not None:
+                r = ref_table[b[:-1]].astype(np.float64)
+                ref = r - np.log(np.exp(r - r.max(-1, keepdims=True)).sum(-1, keepdims=True)) - r.max(-1, keepdims=True)
+                kl += (np.exp(ref) * (ref - logp)).sum()
+            count += len(b) - 1
+        return math.exp(nll / count), kl / count
+
+    monkeypatch.setattr(suite, "_Quality", _TableModel)  # the reference-as-model branch checks this class
+    t, s = _TableModel(teacher), _TableModel(student)
+    ref_ev = suite._evaluate(t, blocks, batch_size=2, keep=True)
+    kept = ref_ev.log_probs
+    assert kept is not None and all(lp.shape == (len(b) - 1, vocab) for lp, b in zip(kept, blocks, strict=True))
+    by_model = suite._evaluate(s, blocks, batch_size=2, reference=t)
+    by_kept = suite._evaluate(s, blocks, batch_size=2, reference=ref_ev.log_probs)
+    ppl, kl = exact(student, teacher)
+    assert ref_ev.perplexity == pytest.approx(exact(teacher)[0], rel=1e-5)
+    for ev in (by_model, by_kept):
+        assert ev.perplexity == pytest.approx(ppl, rel=1e-5)
+        assert ev.kl_to_reference == pytest.approx(kl, rel=1e-5) and ev.kl_to_reference > 0.1
+        assert all((p == student[b[:-1]].argmax(-1)).all() for p, b in zip(ev.predictions, blocks, strict=True))
+    assert suite._evaluate(t, blocks, reference=ref_ev.log_probs).kl_to_reference == pytest.approx(0.0, abs=1e-6)
+    monkeypatch.setattr(suite, "KEEP_REFERENCE_BYTES", 1000)  # past the cap nothing is kept
+    assert suite._evaluate(t, blocks, keep=True).log_probs is None

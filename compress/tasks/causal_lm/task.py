@@ -606,9 +606,8 @@ def onnx_nll(gen, blocks, batch_size: int = 4) -> tuple[float, int]:
 
 
 def _log_softmax_at(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """log p(target) at each position of (B, T, V) logits, a block at a time in the logits' float32 (the sums in
-    float64): no full-vocabulary float64 copy of the batch (4 blocks of 256 tokens at a 152k vocabulary would be
-    1.2 GB each)."""
+    """log p(target) at each position of (B, T, V) logits, a block at a time in float32: no full-vocabulary
+    float64 copy of the batch (4 blocks of 256 tokens at a 152k vocabulary would be 1.2 GB each)."""
     from compress.tasks.causal_lm.suite import log_softmax
 
     out = np.empty(targets.shape, np.float64)
