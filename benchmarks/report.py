@@ -8,6 +8,8 @@ schema of each task's report is in its `report.py`.
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from compress.targets import BASELINES
 
 SCHEMA_VERSION = 2
 PLOTS_DIR = "report_plots"
+VERIFICATIONS_FILE = "verifications.json"  # bundles of this run checked on another architecture (`verify`)
 
 
 def stage_times(manifest: dict) -> dict:
@@ -92,6 +95,11 @@ def write_report(report: dict, sections: list[Section], plots: dict[str, bytes],
         `report`.
     """
     run_dir = Path(run_dir)
+    verifications = read_verifications(run_dir)
+    if verifications:
+        report = {**report, "verifications": verifications}
+        at = next((i for i, s in enumerate(sections) if s.title == "Notes"), len(sections))
+        sections = [*sections[:at], verification_section(verifications), *sections[at:]]
     write_json_atomic(run_dir / "report.json", report)
     (run_dir / PLOTS_DIR).mkdir(exist_ok=True)
     paths = {}
@@ -103,6 +111,80 @@ def write_report(report: dict, sections: list[Section], plots: dict[str, bytes],
         run_dir / "report.html", render_html_sections(f"edge-compress report: {report['run']}", sections, plots)
     )
     return report
+
+
+def read_verifications(run_dir: Path) -> list[dict]:
+    """The emulated verifications recorded for this run's bundles (`record_verification`), oldest first."""
+    path = Path(run_dir) / VERIFICATIONS_FILE
+    if not path.is_file():
+        return []
+    try:
+        records = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []  # a damaged side file never stops a report; the bundles keep their own record
+    return records if isinstance(records, list) else []
+
+
+def record_verification(run_dir: Path, bundle_dir: Path, meta: dict, result: dict) -> list[dict]:
+    """Keep a bundle's verification (`bundle.json`'s "verification") with the run it was made from, one record
+    per bundle directory (the latest replaces an earlier one), for the report's "Checked on" section."""
+    run_dir, bundle_dir = Path(run_dir), Path(bundle_dir).resolve()
+    cpus = {
+        cpu: {
+            "passed": bool(r.get("comparison", {}).get("passed")),
+            "summary": r.get("comparison", {}).get("summary") or r.get("error", ""),
+            "known_answer": r.get("known_answer", {}).get("relative_max_diff"),
+        }
+        for cpu, r in result.get("cpus", {}).items()
+    }
+    record = {
+        "bundle": str(bundle_dir),
+        "variant": meta.get("variant"),
+        "target": meta.get("target"),
+        "arch": result.get("arch"),
+        "emulator": result.get("emulator"),
+        "runtime": (meta.get("versions") or {}).get("onnxruntime"),
+        "passed": bool(result.get("passed")),
+        "cpus": cpus,
+        "recorded": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    records = [r for r in read_verifications(run_dir) if r.get("bundle") != record["bundle"]] + [record]
+    write_json_atomic(run_dir / VERIFICATIONS_FILE, records)
+    return records
+
+
+def verification_section(records: list[dict]) -> Section:
+    """One row per bundle and emulated CPU: what `verify` compared and whether it held."""
+    rows = [
+        [
+            f"{r.get('variant')} ({r.get('target')})",
+            f"{r.get('arch')} {cpu}",
+            "yes" if c.get("passed") else "NO",
+            c.get("summary", ""),
+        ]
+        for r in records
+        for cpu, c in r.get("cpus", {}).items()
+    ]
+    emulators = sorted({str(r.get("emulator")) for r in records})
+    return Section(
+        "Checked on other CPUs (emulated)",
+        paragraphs=[
+            "Each bundle's own script run on emulated CPUs against the figures recorded here at bundle time "
+            f"(`edge-compress verify`; {', '.join(emulators)}): same labels and scores within tolerance, or the same "
+            "greedy tokens with any difference explained by a measured near-tie. Emulated times are never speeds.",
+        ],
+        header=["bundle", "CPU", "same results", "compared"],
+        rows=rows,
+    )
+
+
+def rewrite_report(run_dir: Path, sections_of: Callable[[dict], list[Section]]) -> dict:
+    """Render a finished run's `report.json` again (with its current verifications), its figures as they are."""
+    run_dir = Path(run_dir)
+    report = json.loads((run_dir / "report.json").read_text(encoding="utf-8"))
+    report.pop("verifications", None)
+    plots = {p.stem: p.read_bytes() for p in sorted((run_dir / PLOTS_DIR).glob("*.png"))}
+    return write_report(report, sections_of(report), plots, run_dir)
 
 
 # ---- two runs side by side ----------------------------------------------------------------------------------

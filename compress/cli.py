@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
             data = task.load_data(recipe)
             task.preflight(recipe)
             print(f"{args.recipe}: ok ({task.name}: {task.summary(data)})")
-            for line in task.costs(recipe) if hasattr(task, "costs") else []:  # an optional hook
+            for line in task.costs(recipe, data) if hasattr(task, "costs") else []:  # an optional hook
                 print(line)
             return
         from compress.pipeline import run_pipeline

@@ -118,7 +118,7 @@ def _bundle_verified(run_dir, target, out_dir, variant, rule, force, arch, cpus,
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.verifying-", dir=out_dir.parent))
     try:
         meta = bundle_run(run_dir, target, staging / "b", variant, rule=rule, out=lambda s: None)
-        result = verify_bundle_dir(staging / "b", arch, cpus, out=out)
+        result = verify_bundle_dir(staging / "b", arch, cpus, out=out)  # the report is told once it is in place
         if not result["passed"]:
             raise CommandError(f"the bundle computes otherwise on emulated {arch} (see above); not writing {out_dir}")
         if out_dir.exists():
@@ -128,14 +128,42 @@ def _bundle_verified(run_dir, target, out_dir, variant, rule, force, arch, cpus,
         shutil.rmtree(staging, ignore_errors=True)
     meta["verification"] = result
     out(f"{out_dir}: written, verified on emulated {arch}")
+    _report_verification(Path(run_dir), out_dir, meta, result, out)
     return meta
 
 
+def _report_verification(run_dir: Path, bundle_dir: Path, meta: dict, result: dict, out: Callable[[str], None]):
+    """Record a bundle's verification with its run and render the run's report again with it."""
+    from benchmarks.report import record_verification, rewrite_report
+
+    report = _run_of_bundle(run_dir, bundle_dir, meta)
+    record_verification(run_dir, bundle_dir, meta, result)
+    rewrite_report(run_dir, _task_of(report, run_dir).report_sections)
+    out(f"{run_dir / 'report.md'}: verification recorded")
+
+
+def _run_of_bundle(run_dir: Path, bundle_dir: Path, meta: dict) -> dict:
+    """The report of the run `meta` (a bundle.json) was made from; a one-line error when `run_dir` is not it."""
+    report = _report(run_dir)
+    if report.get("run") != meta.get("run"):
+        raise CommandError(
+            f"--run {run_dir}: {bundle_dir} was made from run {meta.get('run')!r}, not from this one "
+            f"({report.get('run')!r})"
+        )
+    return report
+
+
 def verify_bundle_dir(
-    bundle_dir: Path, arch: str = "arm64", cpus: list[str] | None = None, *, out: Callable[[str], None] = print
+    bundle_dir: Path,
+    arch: str = "arm64",
+    cpus: list[str] | None = None,
+    *,
+    run_dir: Path | None = None,
+    out: Callable[[str], None] = print,
 ) -> dict:
     """Run a bundle's own script on emulated CPUs of `arch` against the results it recorded here
-    (`export.verify`); the result goes into its bundle.json under "verification".
+    (`export.verify`); the result goes into its bundle.json under "verification" and, with `run_dir` (the run
+    it was made from), into that run's report.
 
     Returns:
         The verification ({"passed", "cpus": {cpu: ...}, ...}).
@@ -153,6 +181,8 @@ def verify_bundle_dir(
             f"--arch {arch}: only arm64 is emulated here (ONNX Runtime publishes no 32-bit ARM or RISC-V wheels)"
         )
     meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    if run_dir is not None:
+        _run_of_bundle(Path(run_dir), bundle_dir, meta)  # before minutes of emulation
     name = meta.get("task", DEFAULT_TASK)
     if name not in TASKS:
         raise CommandError(f"{meta_file}: a bundle of task {name!r}, which this version does not know")
@@ -165,6 +195,8 @@ def verify_bundle_dir(
     meta["verification"] = result
     write_json_atomic(meta_file, meta)
     out(f"{bundle_dir}: {'verified' if result['passed'] else 'DIFFERS from this machine'} on {', '.join(cpus)}")
+    if run_dir is not None:
+        _report_verification(Path(run_dir), bundle_dir, meta, result, out)
     return result
 
 
@@ -278,6 +310,9 @@ def add_subparsers(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--cpu", dest="cpus", action="append", default=None,
                    help="CPU model (repeatable): cortex-a53, cortex-a72, cortex-a76, neoverse-n1, max; "
                    "default: all but max")  # fmt: skip
+    v.add_argument("--run", dest="run_dir", type=Path, default=None,
+                   help="the run directory the bundle was made from: the result goes into its report too "
+                   "(bundle --verify does this itself)")  # fmt: skip
 
 
 def dispatch(args: argparse.Namespace) -> int:
@@ -307,7 +342,8 @@ def dispatch(args: argparse.Namespace) -> int:
         if args.command == "generate":
             return generate_texts(args.bundle_dir, list(args.rest))
         if args.command == "verify":
-            return 0 if verify_bundle_dir(args.bundle_dir, args.arch, args.cpus)["passed"] else 1
+            result = verify_bundle_dir(args.bundle_dir, args.arch, args.cpus, run_dir=args.run_dir)
+            return 0 if result["passed"] else 1
     except CommandError as e:
         print(f"edge-compress: error: {e}", file=sys.stderr)
         return 2

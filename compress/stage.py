@@ -80,6 +80,9 @@ class Task(Protocol):
     def write_report(self, run_dir: Path, results: dict) -> dict:
         """Write `report.json`, `report.md` and the plots for the benchmark's `results`; returns the report."""
 
+    def report_sections(self, report: dict) -> list:
+        """The report's sections (`benchmarks.document.Section`) for a `report.json`, to render it again."""
+
     def compare_row(self, a: dict, b: dict) -> dict:
         """One variant's figures in two reports of this task (`benchmarks.report.delta` each), for `compare`."""
 
@@ -113,6 +116,9 @@ class TaskBase:
     def write_report(self, run_dir: Path, results: dict, manifest: dict) -> dict:
         return self.report_module().write(run_dir, results, manifest)
 
+    def report_sections(self, report: dict) -> list:
+        return self.report_module().sections(report)
+
     def compare_row(self, a: dict, b: dict) -> dict:
         return self.report_module().compare_row(a, b)
 
@@ -123,8 +129,9 @@ class TaskBase:
         rule = {**self.bundle_rules, **rule}
         return self.bundle_function()(run_dir, target, out_dir, variant, force=force, **rule)
 
-    def costs(self, recipe) -> list[str]:
-        """Lines `check` prints about what the run will cost (none unless the task estimates it)."""
+    def costs(self, recipe, data=None) -> list[str]:
+        """Lines `check` prints about what the run will cost (none unless the task estimates it); `data` is the
+        recipe's loaded data (`load_data`), for estimates that depend on its size."""
         return []
 
     def verify_function(self) -> Callable[..., dict]:

@@ -327,3 +327,47 @@ def test_an_int8_model_saved_for_the_device_goes_through_benchmark_and_bundle(fi
     meta = bundle(run, "mobile", tmp_path / "bundle", variant="int8")
     assert meta["default_model"] == "onnx" and "model.onnx.data" in meta["files"]
     assert meta["check"]["ort_vs_onnx_label_agreement"] == 1.0
+
+
+def test_a_bundles_emulated_verification_goes_into_its_runs_report_and_stays(first_run, tmp_path, monkeypatch):
+    import shutil
+
+    from compress.commands import CommandError, verify_bundle_dir
+    from compress.tasks import task_for
+    from compress.tasks.classification.bundle import bundle
+
+    recipe, out, _, _ = first_run
+    run = tmp_path / "run"
+    shutil.copytree(out, run)
+    b = tmp_path / "bundle"
+    bundle(run, "mobile", b)
+    calls = []
+
+    def emulated(bundle_dir, cpus, progress):  # what export.verify returns, without minutes of QEMU
+        calls.append(cpus)
+        return {
+            "arch": "arm64",
+            "emulator": "qemu-aarch64 test",
+            "passed": cpus != ["cortex-a53"],
+            "cpus": {c: {"comparison": {"passed": c != "cortex-a53", "summary": f"onnx: on {c}"}} for c in cpus},
+        }
+
+    monkeypatch.setattr(type(task_for("classification")), "verify_function", lambda self: emulated)
+    other = tmp_path / "other"
+    shutil.copytree(run, other)
+    report = json.loads((other / "report.json").read_text())
+    (other / "report.json").write_text(json.dumps({**report, "run": "another-run"}))
+    with pytest.raises(CommandError, match="made from run .* not from this one"):
+        verify_bundle_dir(b, cpus=["cortex-a72"], run_dir=other, out=lambda s: None)
+    assert not calls  # refused before any emulation
+
+    assert verify_bundle_dir(b, cpus=["cortex-a72", "neoverse-n1"], run_dir=run, out=lambda s: None)["passed"]
+    md = (run / "report.md").read_text()
+    assert "Checked on other CPUs (emulated)" in md and "onnx: on neoverse-n1" in md
+    assert (run / "report.html").read_text().count("onnx: on cortex-a72") == 1
+    assert not verify_bundle_dir(b, cpus=["cortex-a53"], run_dir=run, out=lambda s: None)["passed"]
+    records = json.loads((run / "report.json").read_text())["verifications"]
+    assert len(records) == 1 and not records[0]["passed"]  # the latest verification of a bundle replaces the last
+    assert "| NO |" in (run / "report.md").read_text().replace("  ", " ")
+    run_pipeline(recipe, run, log=lambda s: None)  # a rerun writes the report again, with what was verified
+    assert json.loads((run / "report.json").read_text())["verifications"][0]["cpus"].keys() == {"cortex-a53"}

@@ -193,6 +193,8 @@ def test_check_prints_each_stages_memory_and_refuses_a_recipe_that_cannot_fit(te
                           timeout=120)  # fmt: skip
     assert proc.returncode == 0 and "estimated peak memory per stage" in proc.stdout
     assert "distill/student" in proc.stdout
+    timed = proc.stdout.split("estimated training wall time on this machine")[1]
+    assert "teacher " in timed and "distill/student" in timed and "all training" in timed and " s beside" in timed
     huge = {"architecture": {"hidden_size": 8192, "layers": 80, "heads": 64, "kv_heads": 8,
                              "intermediate_size": 28672}}  # fmt: skip
     big = write_lm_recipe(tmp_path / "big.yaml", text_data_dir, teacher=huge)
@@ -200,6 +202,35 @@ def test_check_prints_each_stages_memory_and_refuses_a_recipe_that_cannot_fit(te
                           timeout=120)  # fmt: skip
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "teacher: needs about" in proc.stderr and "teacher.gradient_checkpointing: true" in proc.stderr
+
+
+def test_the_wall_time_estimate_counts_each_stages_steps_and_its_controls(text_data_dir, tmp_path):
+    from compress.tasks.causal_lm.cost import DecoderShape, cut_shape, time_estimate
+
+    prune = [
+        {"name": "sparse", "sparsity": 0.5, "epochs": 0.5, "batch_size": 8},
+        {"name": "cut", "method": "structured", "heads": 0.5, "ffn": 0.5, "epochs": 0.25, "batch_size": 8},
+        {"name": "wanda", "sparsity": 0.5, "importance": "wanda", "epochs": 0, "batch_size": 8},
+    ]
+    recipe = load_recipe(write_lm_recipe(tmp_path / "r.yaml", text_data_dir, prune=prune,
+                                         distill={"gradient_accumulation_steps": 2, "batch_size": 4}))  # fmt: skip
+    t = DecoderShape(4, 32, 64, 4, 2, 8, 300, True)
+    calls = []
+
+    def seconds(student, teacher, batch):  # 1 s per sequence alone, 1.5 beside the teacher
+        calls.append((student, teacher is not None, batch))
+        return batch * (1.5 if teacher is not None else 1.0)
+
+    rows = {r["stage"]: r for r in time_estimate(recipe, t, 160, seconds)}
+    assert set(rows) == {"teacher", "distill/student", "prune/sparse", "prune/cut"}  # wanda does not train
+    assert rows["teacher"]["seconds"] == 40 * 8  # 2 epochs of 160 blocks, batch 8: 40 steps
+    # 1 epoch, 4 x 2 accumulated: 20 steps of 8 sequences beside the teacher, and the control's 20 alone
+    assert rows["distill/student"]["seconds"] == 20 * 8 * 1.5 + 20 * 8
+    assert rows["prune/sparse"]["seconds"] == 10 * 8 * 1.5  # unstructured: no control
+    # the cut: 5 steps beside the teacher; its control trains as many blocks as the cut and its source (5 + 20)
+    assert rows["prune/cut"]["seconds"] == 5 * 8 * 1.5 + 25 * 8
+    cut = cut_shape(DecoderShape(2, 32, 64, 4, 2, 8, 300, True), recipe.prune[1])
+    assert (cut.kv_heads, cut.heads, cut.ffn, cut.layers) == (1, 2, 32, 2) and (cut, True, 8) in calls
 
 
 def test_memory_keys_lower_the_estimate():
@@ -596,3 +627,28 @@ def test_the_lm_bundle_verifies_on_emulated_arm64(lm_bundle, tmp_path):
     assert result["passed"], result
     onnx = result["cpus"]["cortex-a76"]["comparison"]["models"]["onnx"]
     assert onnx["identical"] + len(onnx["near_ties"]) == onnx["prompts"] == 3
+
+
+def test_a_variant_runs_in_genai_only_as_genais_builder_exports_it(text_data_dir, tmp_path):
+    from compress.errors import RecipeError
+
+    with pytest.raises(RecipeError, match="export.backend: genai, not optimum"):
+        load_recipe(write_lm_recipe(tmp_path / "a.yaml", text_data_dir, benchmark={"in_genai": ["int4"]},
+                                    export={"backend": "optimum"}))  # fmt: skip
+    with pytest.raises(RecipeError, match="'nope' is not a variant of this recipe"):
+        load_recipe(write_lm_recipe(tmp_path / "b.yaml", text_data_dir, benchmark={"in_genai": ["nope"]}))
+
+
+def test_the_same_model_in_both_loops_is_one_row_with_their_ratio_and_greedy_agreement():
+    from compress.tasks.causal_lm.report import _same_model_section
+
+    greedy = {"tokens": [[1, 2], [3, 4], [5, 6]]}
+    report = {"variants": [
+        {"name": "int8", "stage": "quantize", "runtime": "onnxruntime", "tokens_per_s": 900.0, "greedy": greedy},
+        {"name": "int8-genai", "stage": "anchor", "runtime": "genai", "parent": "int8", "tokens_per_s": 1000.0,
+         "greedy": {"tokens": [[1, 2], [3, 9], [5, 6]]}},
+        {"name": "genai-int4", "stage": "anchor", "runtime": "genai", "parent": "teacher-torch", "tokens_per_s": 1.0},
+    ]}  # fmt: skip
+    (sec,) = _same_model_section(report)
+    assert len(sec.rows) == 1 and sec.rows[0][:4] == ["int8", "900", "1000", "0.90x"] and sec.rows[0][-1] == "2/3"
+    assert _same_model_section({"variants": report["variants"][2:]}) == []

@@ -41,3 +41,12 @@ def test_the_genai_backend_exports_a_fused_decoder_that_matches_pytorch_and_quan
     )  # fmt: skip
     assert q["quantized_ops"]["MatMulNBits"] >= 2 * 4 + 1  # every projection of both layers, and the head
     assert q["holdout_perplexity_ratio"] < 1.1
+
+    # The same quantized file through GenAI's own generator (benchmark.in_genai): the same greedy tokens as ours.
+    pytest.importorskip("onnxruntime_genai")
+    from compress.tasks.causal_lm.anchors import runner
+
+    theirs, ours = runner("genai", tmp_path / "int4", 1), generator_for(tmp_path / "int4", "model.onnx", threads=1)
+    for p in prompts:
+        assert list(theirs.stream(p, 8)) == list(ours.stream(p, 8, ignore_eos=True))
+

@@ -321,6 +321,13 @@ class LMBenchmarkConfig(TargetsConfig):
         "Runtime GenAI's model builder (int4) and llama.cpp (GGUF Q8_0, Q4_K_M); `make anchors` installs them",
     )
 
+    in_genai: list[str] = Field(
+        default=[],
+        description="our variants (distill, prune or quantize names) also run through ONNX Runtime GenAI's own "
+        "generator, the same model file (export.backend genai; `make anchors`): the bundle's decode loop against "
+        "the runtime a user would pick, like for like; each row is named NAME-genai",
+    )
+
     @field_validator("prompt_lengths")
     @classmethod
     def _lengths(cls, v: list[int]) -> list[int]:
@@ -394,6 +401,19 @@ class CausalLMRecipe(RecipeBase):
         if t.min_epoch_gain is not None and (t.path is not None or self.data.holdout_fraction == 0):
             why = "teacher.path is used as it is" if t.path is not None else "data.holdout_fraction is 0"
             raise ValueError(f"teacher.min_epoch_gain: measured on held-out train pages, but {why}")
+        return self
+
+    @model_validator(mode="after")
+    def _same_model_in_genai(self) -> CausalLMRecipe:
+        names = [*(d.name for d in self.distill), *(p.name for p in self.prune), *(q.name for q in self.quantize)]
+        for name in self.benchmark.in_genai:
+            if name not in names:
+                raise ValueError(f"benchmark.in_genai: {name!r} is not a variant of this recipe (one of {names})")
+            if self.export.backend != "genai":
+                raise ValueError(
+                    f"benchmark.in_genai: {name!r} can run in GenAI's generator only as GenAI's builder exports it "
+                    f"(export.backend: genai, not {self.export.backend})"
+                )
         return self
 
     @model_validator(mode="after")

@@ -13,7 +13,9 @@ run records every step's measured peak (`peak_rss_bytes` in the manifest) to hol
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 # Resident memory of the process with torch, transformers, optimum and onnxruntime imported (measured here with
@@ -123,6 +125,62 @@ def estimate(recipe, t: DecoderShape) -> list[dict]:
     return out
 
 
+def cut_shape(s: DecoderShape, p) -> DecoderShape:
+    """The shape a structured cut leaves (its shares of KV groups, FFN neurons and hidden channels removed)."""
+    kv = max(1, round(s.kv_heads * (1 - p.heads)))
+    return DecoderShape(s.layers, max(1, round(s.hidden * (1 - p.hidden))), max(1, round(s.ffn * (1 - p.ffn))),
+                        kv * (s.heads // s.kv_heads), kv, s.head_width, s.vocab, s.tied, s.gated)  # fmt: skip
+
+
+def training_steps(c, n_blocks: int) -> int:
+    """Optimizer steps a stage config `c` (epochs or max_steps, batch_size, gradient_accumulation_steps) runs."""
+    per_step = c.batch_size * getattr(c, "gradient_accumulation_steps", 1)
+    max_steps = getattr(c, "max_steps", None)
+    return max_steps if max_steps is not None else max(1, math.ceil(round(c.epochs * n_blocks) / per_step))
+
+
+def time_estimate(
+    recipe, t: DecoderShape, n_blocks: int, seconds: Callable[[DecoderShape, DecoderShape | None, int], float]
+) -> list[dict]:
+    """Each training stage's estimated wall time: its optimizer steps (the equal-training control's too) times
+    the seconds of one step of its shape, `seconds(student, teacher or None, batch)` (measured:
+    `compress.tasks.causal_lm.timing.step_seconds`). Evaluation, export, quantization and the benchmark are not
+    counted. Returns [{"stage", "seconds", "basis"}]."""
+    out = []
+    teacher = recipe.teacher
+    if teacher.path is None:
+        steps = training_steps(teacher, n_blocks)
+        per = seconds(t, None, teacher.batch_size * teacher.gradient_accumulation_steps)
+        out.append({"stage": "teacher", "seconds": steps * per, "basis": f"{steps:,} steps x {per:.2f} s"})
+    steps_of = {}
+    for d in recipe.distill:
+        s = student_shape(t, d)
+        steps = steps_of[d.name] = training_steps(d, n_blocks)
+        batch = d.batch_size * d.gradient_accumulation_steps
+        per = seconds(s, t, batch)
+        total, basis = steps * per, f"{steps:,} steps x {per:.2f} s beside the teacher"
+        if d.control:
+            alone = seconds(s, None, batch)
+            total, basis = total + steps * alone, basis + f", control {steps:,} x {alone:.2f} s"
+        out.append({"stage": f"distill/{d.name}", "seconds": total, "basis": basis})
+    for p in recipe.prune:
+        if p.epochs == 0:
+            continue
+        src = next((d for d in recipe.distill if d.name == (p.source or recipe.distill[0].name)), None)
+        s = student_shape(t, src) if src is not None else t
+        if p.method == "structured":
+            s = cut_shape(s, p)
+        steps, batch = training_steps(p, n_blocks), p.batch_size * p.gradient_accumulation_steps
+        per = seconds(s, t, batch)
+        total, basis = steps * per, f"{steps:,} steps x {per:.2f} s beside the teacher"
+        if p.method == "structured" and p.control:
+            control = steps + steps_of.get(src.name if src is not None else "", 0)  # as many blocks as cut + source
+            alone = seconds(s, None, batch)
+            total, basis = total + control * alone, basis + f", control {control:,} x {alone:.2f} s"
+        out.append({"stage": f"prune/{p.name}", "seconds": total, "basis": basis})
+    return out
+
+
 def machine_memory_bytes() -> int | None:
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -134,4 +192,4 @@ def gib(n: int) -> str:
     return f"{n / 2**30:.1f} GiB"
 
 
-__all__ = ["BASELINE_BYTES", "DecoderShape", "estimate", "gib", "machine_memory_bytes"]
+__all__ = ["BASELINE_BYTES", "DecoderShape", "cut_shape", "estimate", "gib", "machine_memory_bytes", "time_estimate"]

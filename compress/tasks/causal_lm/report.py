@@ -386,6 +386,43 @@ def _anchor_section(report: dict) -> list[Section]:
     return [sec]
 
 
+def _same_model_section(report: dict) -> list[Section]:
+    """Our variants also run by GenAI's generator (`benchmark.in_genai`): the same model file, two decode loops."""
+    by = {v["name"]: v for v in report["variants"]}
+    pairs = [(by[v["parent"]], v) for v in report["variants"]
+             if v.get("runtime") == "genai" and v.get("stage") == "anchor" and v.get("parent") in by
+             and by[v["parent"]].get("runtime") == "onnxruntime"]  # fmt: skip
+    if not pairs:
+        return []
+    sec = Section(
+        "The same model, two decode loops",
+        paragraphs=[
+            "Each row is one model file run by this project's loop (the bundle's `generate.py`) and by ONNX Runtime "
+            "GenAI's generator, in the same run, interleaved: what the loop itself costs or gains. Greedy: the "
+            "recorded dev continuations identical between the two loops."
+        ],
+        header=["model", "tokens/s ours", "tokens/s GenAI", "ours / GenAI", "TTFT ms ours", "TTFT ms GenAI",
+                "greedy identical"],  # fmt: skip
+        right={1, 2, 3, 4, 5, 6},
+    )
+    for ours, theirs in pairs:
+        a, b = ours.get("tokens_per_s"), theirs.get("tokens_per_s")
+        ga, gb = (ours.get("greedy") or {}).get("tokens") or [], (theirs.get("greedy") or {}).get("tokens") or []
+        same = sum(x == y for x, y in zip(ga, gb, strict=False))
+        sec.rows.append(
+            [
+                ours["name"],
+                f"{a:.0f}" if a else "–",
+                f"{b:.0f}" if b else "–",
+                f"{a / b:.2f}x" if a and b else "–",
+                ms((ours.get("ttft_ms") or {}).get("p50")),
+                ms((theirs.get("ttft_ms") or {}).get("p50")),
+                f"{same}/{len(ga)}" if ga else "–",
+            ]
+        )
+    return [sec]
+
+
 def _mixed_section(report: dict) -> list[Section]:
     out = []
     for name, mp in (report.get("mixed_precision") or {}).items():
@@ -476,11 +513,12 @@ def _ort_section(report: dict) -> list[Section]:
     return [sec]
 
 
-def lm_sections(report: dict) -> list[Section]:
+def sections(report: dict) -> list[Section]:
     """The causal-LM report's sections, in order."""
     out = [Section(f"edge-compress report: {report['run']} (causal LM)", level=1), _main_table(report)]
     out += _control_section(report)
     out += _anchor_section(report)
+    out += _same_model_section(report)
     out += _target_sections(report)
     out.append(Section("Size and memory", plot="size_and_memory", caption="Size on disk and peak memory"))
     out += _quantize_section(report)
@@ -508,7 +546,7 @@ def lm_sections(report: dict) -> list[Section]:
 def write(run_dir: Path, results: dict, manifest: dict) -> dict:
     """Write the run's report (`report.json`, `.md`, `.html`, figures) into `run_dir`; returns the document."""
     report = build_lm_report(results, manifest)
-    return write_report(report, lm_sections(report), all_plots(report), run_dir)
+    return write_report(report, sections(report), all_plots(report), run_dir)
 
 
 def compare_row(x: dict, y: dict) -> dict:

@@ -80,15 +80,17 @@ class CausalLMTask(TaskBase):
         _check_windows(recipe, shape.window)
         _check_memory(recipe, shape)
 
-    def costs(self, recipe: CausalLMRecipe) -> list[str]:
-        """`check`'s lines: each stage's estimated peak memory against this machine's."""
+    def costs(self, recipe: CausalLMRecipe, data=None) -> list[str]:
+        """`check`'s lines: each stage's estimated peak memory against this machine's and, given the data, each
+        training stage's wall time from steps measured here."""
         from compress.tasks.causal_lm.cost import gib, machine_memory_bytes
 
         total = machine_memory_bytes()
+        shape = _teacher_shape(recipe.teacher)
         lines = [f"  {c['stage']:<24} ~{gib(c['bytes']):>9}  {c['basis']}"
-                 for c in _check_memory(recipe, _teacher_shape(recipe.teacher))]  # fmt: skip
+                 for c in _check_memory(recipe, shape)]  # fmt: skip
         head = f"estimated peak memory per stage (this machine: {gib(total) if total else 'unknown'}):"
-        return [head, *lines]
+        return [head, *lines, *(_time_lines(recipe, shape, data) if data is not None else [])]
 
     # ---- stages ----
 
@@ -391,6 +393,8 @@ class CausalLMTask(TaskBase):
             ),
         ]
         variants += [ours(*astuple(b)) for b in built_variants(ctx)]
+        same_file = _same_file_in_genai(step.config.in_genai, variants, ctx.log)
+        variants += same_file["variants"]
         anchors = {"built": {}, "unavailable": []}
         if step.config.anchors:
             from compress.tasks.causal_lm.anchors import build_anchors
@@ -412,6 +416,7 @@ class CausalLMTask(TaskBase):
                             t["layers"],
                         )  # fmt: skip
                     )
+        anchors["unavailable"] += same_file["unavailable"]
         results = benchmark_lm(
             variants,
             ctx.data,
@@ -472,6 +477,83 @@ def _decoder_shape(shape):
 
     return DecoderShape(shape.layers, shape.hidden, shape.ffn, shape.n_heads, shape.groups, shape.width,
                         shape.vocab, shape.tied, gated=shape.family != "gpt2")  # fmt: skip
+
+
+def _same_file_in_genai(names: list[str], variants: list, log) -> dict:
+    """`benchmark.in_genai`: rows NAME-genai, each our variant's own model file run by GenAI's generator, when
+    that runtime is installed and runs it ({"variants", "unavailable": [{name, reason}]}, as the anchors')."""
+    from compress.tasks.causal_lm.anchors import runner
+    from compress.tasks.causal_lm.suite import LMVariant
+
+    by_name, out, unavailable = {v.name: v for v in variants}, [], []
+    for name in names:
+        if name not in by_name:  # gated, or not built: nothing to run
+            continue
+        v = by_name[name]
+        try:
+            r = runner("genai", v.model_dir, 1)
+            list(r.stream([0, 1, 2], 2))
+            del r
+        except Exception as e:  # noqa: BLE001 - a missing runtime or one that cannot run the file: the reason
+            reason = f"{type(e).__name__}: {str(e).strip()[:300]}"
+            unavailable.append({"name": f"{name}-genai", "reason": reason})
+            log(f"    {name}-genai: not measured: {reason}")
+            continue
+        out.append(LMVariant(f"{name}-genai", "anchor", "genai", name, v.model_dir, v.model_dir, v.params, v.layers))
+    return {"variants": out, "unavailable": unavailable}
+
+
+def _train_blocks(recipe: CausalLMRecipe, data) -> tuple[int, str]:
+    """Training blocks in the train split, estimated from its characters and the teacher's tokenizer on a sample
+    (a teacher trained here has no tokenizer yet: 4 characters a token is assumed)."""
+    chars = sum(len(d) for d in data.train)
+    source = recipe.teacher.path or recipe.teacher.base
+    if source is not None:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(source, local_files_only=True)
+        sample, taken = [], 0
+        for doc in data.train:
+            sample.append(doc[: 200_000 - taken])
+            taken += len(sample[-1])
+            if taken >= 200_000:
+                break
+        tokens = sum(len(ids) for ids in tok(sample, add_special_tokens=False)["input_ids"])
+        per_token, how = taken / max(1, tokens), "characters per token measured on a sample"
+    else:
+        per_token, how = 4.0, "4 characters a token assumed (the tokenizer is trained by the run)"
+    tokens = int(chars / per_token)
+    if recipe.data.max_train_tokens is not None:
+        tokens = min(tokens, recipe.data.max_train_tokens)
+    return max(1, tokens // recipe.data.block_size), f"{tokens:,} train tokens ({per_token:.2f} {how})"
+
+
+def _time_lines(recipe: CausalLMRecipe, shape, data) -> list[str]:
+    """Each training stage's wall time on this machine, from training steps of its shape timed here."""
+    import torch
+
+    from compress.tasks.causal_lm.cost import time_estimate
+    from compress.tasks.causal_lm.timing import step_seconds
+
+    n_blocks, basis = _train_blocks(recipe, data)
+    measured: dict = {}
+
+    def seconds(student, teacher, batch: int) -> float:
+        key = (student, teacher, batch)
+        if key not in measured:
+            measured[key] = step_seconds(student, teacher, batch, recipe.data.block_size)
+        return measured[key]
+
+    rows = time_estimate(recipe, _decoder_shape(shape), n_blocks, seconds)
+    if not rows:
+        return []
+    total = sum(r["seconds"] for r in rows)
+    return [
+        f"estimated training wall time on this machine ({torch.get_num_threads()} threads; steps of each shape "
+        f"timed here on {basis}; evaluation, export and benchmark not counted):",
+        *(f"  {r['stage']:<24} ~{r['seconds'] / 60:>7.1f} min  {r['basis']}" for r in rows),
+        f"  {'all training':<24} ~{total / 60:>7.1f} min",
+    ]
 
 
 def _check_memory(recipe: CausalLMRecipe, shape) -> list[dict]:
