@@ -152,6 +152,7 @@ def _evaluate(
 
     nll, kl, count, preds = 0.0, 0.0, 0, [None] * len(blocks)
     kept: list | None = [None] * len(blocks) if keep else None
+    positions = sum(len(b) - 1 for b in blocks)
     order: dict[int, list[int]] = {}
     for i, b in enumerate(blocks):
         order.setdefault(len(b), []).append(i)
@@ -160,7 +161,7 @@ def _evaluate(
             chunk = idx[k : k + batch_size]
             ids = np.stack([blocks[i] for i in chunk])
             logits = q.logits(ids)[:, :-1]
-            if kept is not None and sum(len(b) - 1 for b in blocks) * logits.shape[-1] * 4 > KEEP_REFERENCE_BYTES:
+            if kept is not None and positions * logits.shape[-1] * 4 > KEEP_REFERENCE_BYTES:
                 kept = None
             ref_logits = reference.logits(ids)[:, :-1] if isinstance(reference, _Quality) else None
             for r, i in enumerate(chunk):  # one block at a time: float32 temporaries of (block, vocabulary)

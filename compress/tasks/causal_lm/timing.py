@@ -22,14 +22,20 @@ MAX_MEASURED_BATCH = 4
 
 
 def shape_model(s: DecoderShape, block: int, seed: int = 0) -> torch.nn.Module:
-    """A randomly initialised decoder of shape `s` (positions for `block` tokens)."""
-    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+    """A randomly initialised decoder of shape `s` (positions for `block` tokens). Llama-style shapes are built
+    here rather than by `model.new_decoder`: a cut keeps its head width while its hidden size shrinks."""
+    from transformers import LlamaConfig, LlamaForCausalLM
 
+    if not s.gated:  # GPT-2: the teacher stage's own constructor (its head width is hidden / heads)
+        from compress.tasks.causal_lm.config import ArchitectureConfig
+        from compress.tasks.causal_lm.model import new_decoder
+
+        arch = ArchitectureConfig(
+            family="gpt2", hidden_size=s.hidden, layers=s.layers, heads=s.heads, kv_heads=None,
+            intermediate_size=s.ffn, max_positions=max(16, block), tie_embeddings=s.tied,
+        )  # fmt: skip
+        return new_decoder(arch, s.vocab, 0, seed)
     torch.manual_seed(seed)
-    if not s.gated:
-        config = GPT2Config(n_embd=s.hidden, n_layer=s.layers, n_head=s.heads, n_inner=s.ffn, n_positions=block,
-                            vocab_size=s.vocab, tie_word_embeddings=s.tied)  # fmt: skip
-        return GPT2LMHeadModel(config)
     config = LlamaConfig(
         hidden_size=s.hidden,
         num_hidden_layers=s.layers,
