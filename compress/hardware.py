@@ -101,7 +101,7 @@ def reused_heap() -> Iterator[bool]:
 
     glibc maps every allocation over its mmap threshold (32 MB at most) afresh and unmaps it on free, so a training
     step whose logits are batch x block x vocabulary (16 x 256 x 8192 float32: 134 MB, several of them per step)
-    pays a page fault for each 4 KB page of each, every step. On the causal-LM default's distillation step (2
+    pays a page fault for each 4 KB page of each, every step. On the language-model default's distillation step (2
     threads) that was 4.5M faults in 8 steps and 3.6 s a step; with mmap off and trimming deferred, 0.7M faults and
     1.7 s. Allocator tuning has no library call in PyTorch (its THP_MEM_ALLOC_ENABLE cut faults but made steps
     slower here), hence mallopt. The cost: freed blocks stay resident for reuse, so the peak can rise by a few of
