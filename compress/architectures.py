@@ -13,6 +13,9 @@ Families:
 - decoders: GPT-2 (fused QKV in one `Conv1D`, whose weight is stored (in, out)), and the Llama family (Llama,
   Mistral, Qwen2, Qwen3, Gemma, Gemma 2, Granite, OLMo, OLMo 2, StableLM: grouped-query attention, RoPE, a gated
   FFN, each with its own norms and scalings, and the same projection names).
+- encoder-decoders (`ENCODER_DECODERS`): two stacks, each a `Family` row, the decoder's with cross-attention:
+  T5 (and mT5; relative position bias owned by the first block of each stack; a gated FFN where the config says
+  `is_gated_act`), BART (and mBART) and Marian (the same layout as BART).
 """
 
 from __future__ import annotations
@@ -154,6 +157,114 @@ FAMILIES: dict[str, Family] = {
     "olmo2": _LLAMA,
     "stablelm": _LLAMA,
 }
+
+
+@dataclass(frozen=True)
+class EncoderDecoder:
+    """An encoder-decoder family: its two stacks (paths from the model's `base_model`), the config keys of their
+    depths, the decoder's cross-attention, and what only each stack's first layer owns (T5's relative position
+    bias: a student whose first layer comes from a deeper teacher layer takes it from the teacher's first)."""
+
+    name: str
+    encoder: Family
+    decoder: Family
+    encoder_depth_key: str
+    decoder_depth_key: str
+    cross_attention: tuple[str, str, str, str]  # decoder layer -> cross-attention Q, K, V, output projections
+    first_layer_only: tuple[str, ...] = ()  # parameter paths inside a stack's first layer
+
+    def stacks(self) -> tuple[tuple[str, Family, str], ...]:
+        """(stack name, family, depth key) of the encoder and the decoder."""
+        return (("encoder", self.encoder, self.encoder_depth_key), ("decoder", self.decoder, self.decoder_depth_key))
+
+
+def _t5_stack(kind: Literal["encoder", "decoder"], gated: bool) -> Family:
+    ffn = "layer.1.DenseReluDense" if kind == "encoder" else "layer.2.DenseReluDense"
+    return Family(
+        f"t5-{kind}",
+        kind,
+        f"{kind}.block",
+        "layer.0.SelfAttention.q",
+        "layer.0.SelfAttention.k",
+        "layer.0.SelfAttention.v",
+        None,
+        "layer.0.SelfAttention.o",
+        f"{ffn}.wi_1" if gated else f"{ffn}.wi",
+        f"{ffn}.wi_0" if gated else None,
+        f"{ffn}.wo",
+        "d_ff",
+    )
+
+
+def _bart_stack(kind: Literal["encoder", "decoder"]) -> Family:
+    return Family(
+        f"bart-{kind}",
+        kind,
+        f"{kind}.layers",
+        "self_attn.q_proj",
+        "self_attn.k_proj",
+        "self_attn.v_proj",
+        None,
+        "self_attn.out_proj",
+        "fc1",
+        None,
+        "fc2",
+        f"{kind}_ffn_dim",
+    )
+
+
+def _t5(gated: bool) -> EncoderDecoder:
+    return EncoderDecoder(
+        "t5",
+        _t5_stack("encoder", gated),
+        _t5_stack("decoder", gated),
+        "num_layers",
+        "num_decoder_layers",
+        (
+            "layer.1.EncDecAttention.q",
+            "layer.1.EncDecAttention.k",
+            "layer.1.EncDecAttention.v",
+            "layer.1.EncDecAttention.o",
+        ),  # fmt: skip
+        first_layer_only=("layer.0.SelfAttention.relative_attention_bias",),
+    )
+
+
+_BART_LIKE = EncoderDecoder(
+    "bart",
+    _bart_stack("encoder"),
+    _bart_stack("decoder"),
+    "encoder_layers",
+    "decoder_layers",
+    ("encoder_attn.q_proj", "encoder_attn.k_proj", "encoder_attn.v_proj", "encoder_attn.out_proj"),
+)
+# model_type -> encoder-decoder family (T5's rows depend on the config's gated FFN: `encoder_decoder_of`).
+ENCODER_DECODERS: dict[str, EncoderDecoder] = {
+    "t5": _t5(False),
+    "mt5": _t5(True),
+    "bart": _BART_LIKE,
+    "mbart": _BART_LIKE,
+    "marian": _BART_LIKE,
+}
+
+
+def encoder_decoder_of(config_or_model, what: str = "this stage") -> EncoderDecoder:
+    """The encoder-decoder family of a model or config.
+
+    Raises:
+        RecipeError: a model type the table does not describe.
+    """
+    config = getattr(config_or_model, "config", config_or_model)
+    kind = getattr(config, "model_type", None)
+    if kind not in ENCODER_DECODERS:
+        raise RecipeError(
+            f"{what}: model_type {kind!r} is not a supported encoder-decoder; supported: "
+            f"{', '.join(sorted(ENCODER_DECODERS))}"
+        )
+    if kind in ("t5", "mt5"):
+        return _t5(bool(getattr(config, "is_gated_act", False)))
+    return ENCODER_DECODERS[kind]
+
 
 # ONNX node names follow module paths (`/bert/encoder/layer.3/...`, `/model/layers.0/...`, `/transformer/h.2/...`):
 # the last part of each family's `layers` path names a block.

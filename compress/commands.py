@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-COMMANDS = ("compare", "bundle", "predict", "generate", "verify")
+COMMANDS = ("compare", "bundle", "predict", "generate", "translate", "verify")
 
 
 class CommandError(ValueError):
@@ -237,6 +237,17 @@ def generate_texts(bundle_dir: Path, argv: list[str]) -> int:
     return module.main([*argv, "--bundle", str(bundle_dir)])
 
 
+def translate_texts(bundle_dir: Path, argv: list[str]) -> int:
+    """Translate with an encoder-decoder bundle exactly as `python BUNDLE/translate.py ...` does (runs its `main`)."""
+    from export.bundle_checks import BundleError, load_bundle_script
+
+    try:
+        module = load_bundle_script(Path(bundle_dir), "translate.py", "translation bundle")
+    except BundleError as e:
+        raise CommandError(str(e)) from None
+    return module.main([*argv, "--bundle", str(bundle_dir)])
+
+
 def add_subparsers(sub: argparse._SubParsersAction) -> None:
     """Register `compare`, `bundle` and `predict` on the CLI's subparsers."""
     c = sub.add_parser(
@@ -271,6 +282,7 @@ def add_subparsers(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="KL(teacher || variant) on dev, nats per token (default 0.5)",
     )
+    b.add_argument("--max-chrf-drop", type=float, default=None, help="vs the teacher's dev chrF, points (default 1)")
     b.add_argument("--force", action="store_true", help="replace a bundle already at --out (never anything else)")
     b.add_argument("--verify", default=None, metavar="ARCH", help="arm64: run it emulated first (see verify)")
     b.add_argument("--verify-cpu", dest="verify_cpus", action="append", default=None, help="with --verify")
@@ -296,6 +308,15 @@ def add_subparsers(sub: argparse._SubParsersAction) -> None:
     )
     g.add_argument("bundle_dir", type=Path)
     g.add_argument("rest", nargs=argparse.REMAINDER, help="prompts and generate.py options")
+
+    t = sub.add_parser(
+        "translate",
+        help="translate (or summarize) text with an encoder-decoder bundle",
+        description='Same as `python BUNDLE/translate.py ...`. Example: edge-compress translate phone/ "Das Haus" '
+        "--beams 4. Options: --file, --json, --beams, --max-length, --threads, --batch-size.",
+    )
+    t.add_argument("bundle_dir", type=Path)
+    t.add_argument("rest", nargs=argparse.REMAINDER, help="inputs and translate.py options")
 
     v = sub.add_parser(
         "verify",
@@ -331,6 +352,7 @@ def dispatch(args: argparse.Namespace) -> int:
                     "max_accuracy_drop": args.max_accuracy_drop,
                     "max_perplexity_ratio": args.max_perplexity_ratio,
                     "max_kl_to_teacher": args.max_kl_to_teacher,
+                    "max_chrf_drop": args.max_chrf_drop,
                 },
                 force=args.force,
                 verify=args.verify,
@@ -341,6 +363,8 @@ def dispatch(args: argparse.Namespace) -> int:
             return predict_texts(args.bundle_dir, args.texts, file=args.file, model=args.model, threads=args.threads)
         if args.command == "generate":
             return generate_texts(args.bundle_dir, list(args.rest))
+        if args.command == "translate":
+            return translate_texts(args.bundle_dir, list(args.rest))
         if args.command == "verify":
             result = verify_bundle_dir(args.bundle_dir, args.arch, args.cpus, run_dir=args.run_dir)
             return 0 if result["passed"] else 1

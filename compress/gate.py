@@ -7,7 +7,8 @@ dev or test) and asks `classifier_gate` or `lm_gate`:
   than `max_perplexity_ratio` times the parent's;
 - collapse, whatever the budget: a classifier that gives (almost) every held-out example the same label, or is
   no more accurate than always answering the most frequent label; a language model whose perplexity is above
-  that of the unigram model of the train split (it predicts worse than token frequencies alone).
+  that of the unigram model of the train split (it predicts worse than token frequencies alone); a generator of
+  outputs (`generation_gate`) that writes one and the same output, or nothing, for (almost) every input.
 
 The functions are pure: figures in, a verdict out. The pipeline (`compress.pipeline`) records a failed verdict as
 `failed-gate` and builds nothing from that model.
@@ -97,6 +98,53 @@ def classifier_gate(
         parent_value=parent_accuracy,
         bound=f"max_drop {max_drop}" if max_drop is not None else None,
         collapse={"majority_rate": majority, "top_label": top_label, "top_label_share": top_share},
+        reasons=tuple(reasons),
+    )
+
+
+def generation_gate(
+    outputs: Sequence[str],
+    score: float,
+    *,
+    metric: str,
+    parent: str | None = None,
+    parent_score: float | None = None,
+    max_drop: float | None = None,
+) -> GateResult:
+    """Gate a model that writes outputs (a translation, a summary) on its held-out outputs and their score.
+
+    Args:
+        outputs: the model's output texts on the held-out inputs.
+        score: their score against the references (higher is better, in points: chrF, ROUGE-L).
+        metric: the score's name, for the messages.
+        parent, parent_score: the variant the model was made from and its score on the same inputs.
+        max_drop: the largest drop allowed, in the score's points; None skips the budget.
+
+    Returns:
+        The verdict: fails on a drop beyond `max_drop`, or when one output text (empty included) stands for at
+        least 99% of the inputs.
+    """
+    if not outputs:
+        raise ValueError("generation_gate: no held-out outputs")
+    values, counts = np.unique(np.asarray(outputs, dtype=object).astype(str), return_counts=True)
+    top_share = float(counts.max() / len(outputs))
+    top = str(values[counts.argmax()])
+    reasons = []
+    if top_share >= COLLAPSE_SHARE and len(outputs) > 1:
+        reasons.append(f"collapsed: the output {top[:40]!r} for {top_share:.1%} of the {len(outputs)} held-out inputs")
+    if max_drop is not None and parent_score is not None and parent_score - score > max_drop + 1e-12:
+        reasons.append(
+            f"held-out {metric} {score:.2f} is {parent_score - score:.2f} points below {parent}'s {parent_score:.2f} "
+            f"(max_{metric}_drop {max_drop})"
+        )
+    return GateResult(
+        passed=not reasons,
+        metric=metric,
+        value=score,
+        parent=parent,
+        parent_value=parent_score,
+        bound=f"max_{metric}_drop {max_drop}" if max_drop is not None else None,
+        collapse={"top_output": top[:80], "top_output_share": top_share},
         reasons=tuple(reasons),
     )
 

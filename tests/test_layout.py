@@ -9,14 +9,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("compress", "export", "benchmarks")
-TASK_NAME = re.compile(r"(?<!sequence)classification|causal[-_]lm", re.IGNORECASE)  # not transformers' class names
+# not transformers' class names (AutoModelForSeq2SeqLM)
+TASK_NAME = re.compile(r"(?<!sequence)classification|causal[-_]lm|seq2seq(?!lm)", re.IGNORECASE)
 
 # Lowest first; a module may import its own layer or a lower one. The first pattern a module matches decides.
 LAYERS = [
     # a task folder's entry points (its studies, the causal LM's teacher publisher) read recipes: top
     ("top", r"compress(\.__main__|\.cli|\.commands|\.pipeline|\.recipe|\.tasks)?$"
-     r"|compress\.tasks\.[a-z_]+\.(publish|studies(\..+)?)$"),
-    ("tasks", r"compress\.tasks\.[a-z_]+(\..+)?$"),
+     r"|compress\.tasks\.[a-z0-9_]+\.(publish|studies(\..+)?)$"),
+    ("tasks", r"compress\.tasks\.[a-z0-9_]+(\..+)?$"),
     ("techniques", r"compress\.(modeling|structured|decoder_structured|masks|training|vocab|int8|weight_only|"
      r"embedding_quant|sensitivity)$"),
     ("measurement", r"benchmarks(\..+)?$"),

@@ -30,10 +30,17 @@ def _causal_lm() -> Task:
     return TASK
 
 
+def _seq2seq() -> Task:
+    from compress.tasks.seq2seq import TASK
+
+    return TASK
+
+
 # The one table of tasks: the recipe's `task` -> its implementation. Adding a task is a folder and a line here.
 TASKS: dict[str, Callable[[], Task]] = {
     "classification": _classification,
     "causal-lm": _causal_lm,
+    "seq2seq": _seq2seq,
 }
 DEFAULT_TASK = "classification"  # a recipe without `task`
 

@@ -1,0 +1,145 @@
+"""The seq2seq benchmark: every variant's quality on dev and test through the runtime it ships in, and its
+sentence latency on each target.
+
+Quality is chrF and BLEU (sacrebleu) of greedy outputs: the PyTorch teacher through `generate`, every ONNX
+variant through the bundle's loop. Speed is measured in one fresh worker process per target
+(`compress.tasks.seq2seq.worker`), the variants interleaved on the same dev inputs one at a time; the figures are
+sentences per second (1 / mean sentence latency), p50/p90 latency, and output tokens per second.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks.latency import percentiles
+from benchmarks.process import environment
+from compress.targets import resolve_target
+
+OUTPUTS_DIR = "outputs"  # each variant's dev outputs, one JSON line per input (the bundle checks against them)
+
+
+def _score(ctx, name: str, runtime: str, path: Path, tokenizer, model=None) -> dict:
+    from compress.tasks.seq2seq.model import greedy_outputs, quality
+    from compress.tasks.seq2seq.runtime import onnx_outputs, texts
+
+    r, data = ctx.recipe, ctx.data
+    figures: dict = {}
+    outputs: dict[str, list[str]] = {}
+    for split_name in ("dev", "test"):
+        split = getattr(data, split_name)
+        if split is None:
+            continue
+        if runtime == "torch":
+            ids = greedy_outputs(
+                model,
+                tokenizer,
+                [r.data.source_prefix + s for s in split.sources],
+                r.data.max_target_length,
+                r.data.max_source_length,
+            )
+        else:
+            ids = onnx_outputs(path, tokenizer, split.sources, r.data, threads=torch.get_num_threads())
+        outputs[split_name] = texts(tokenizer, ids)
+        q = quality(outputs[split_name], split.targets)
+        figures[f"{split_name}_chrf"], figures[f"{split_name}_bleu"] = q["chrf"], q["bleu"]
+        figures[f"{split_name}_output_tokens"] = float(np.mean([len(x) for x in ids]))
+    ctx.log(f"    {name}: dev chrF {figures['dev_chrf']:.2f}, BLEU {figures['dev_bleu']:.2f}")
+    return figures, outputs
+
+
+def run_suite(ctx, variants, artifacts: dict[str, Path], out: Path) -> dict:
+    """Quality and speed of the teacher (PyTorch and ONNX) and every built variant; returns the results."""
+    from compress.tasks.seq2seq.worker import measure_target
+
+    r = ctx.recipe
+    s = r.benchmark
+    teacher, tokenizer = ctx.load("teacher")
+    rows = [
+        {
+            "name": "teacher-torch",
+            "stage": "teacher",
+            "runtime": "torch",
+            "parent": None,
+            "path": ctx.model_dir("teacher"),
+        },
+        {
+            "name": "teacher-onnx",
+            "stage": "export",
+            "runtime": "onnxruntime",
+            "parent": "teacher-torch",
+            "path": artifacts["teacher-onnx"],
+        },
+    ] + [
+        {
+            "name": v.name,
+            "stage": v.stage,
+            "runtime": "onnxruntime",
+            "parent": v.parent,
+            "path": artifacts[v.name],
+            "model": v.model,
+        }
+        for v in variants
+    ]
+    (out / OUTPUTS_DIR).mkdir()
+    for row in rows:
+        figures, outputs = _score(ctx, row["name"], row["runtime"], row["path"], tokenizer, teacher)
+        row.update(figures)
+        with open(out / OUTPUTS_DIR / f"{row['name']}.dev.jsonl", "w", encoding="utf-8") as f:
+            for src, hyp in zip(ctx.data.dev.sources, outputs["dev"], strict=True):
+                f.write(json.dumps({"input": src, "output": hyp}, ensure_ascii=False) + "\n")
+        model_step = r.model_step(row.get("model", "teacher"))
+        row["params"] = ctx.metrics(model_step).get("params")
+        weights = [f for f in Path(row["path"]).iterdir() if f.name.endswith((".onnx", ".onnx_data", ".safetensors"))]
+        row["size_bytes"] = sum(f.stat().st_size for f in weights)
+        row["size_gzip_bytes"] = sum(len(gzip.compress(f.read_bytes(), 6)) for f in weights)
+    timed = ctx.data.dev.sources[: s.sentences]
+    inputs = tokenizer([r.data.source_prefix + x for x in timed], truncation=True, max_length=r.data.max_source_length)[
+        "input_ids"
+    ]
+    targets = [resolve_target(t) for t in s.targets]
+    per_target = {}
+    for target in targets:
+        ctx.log(
+            f"    timing {len(rows)} variants on {target.name} ({target.threads} threads), {len(inputs)} inputs "
+            f"x {s.runs} runs"
+        )
+        res = measure_target(
+            target,
+            [{"name": row["name"], "runtime": row["runtime"], "path": str(row["path"])} for row in rows],
+            inputs,
+            {"max_length": r.data.max_target_length, "runs": s.runs, "warmup": s.warmup},
+        )
+        per_target[target.name] = res
+        for row in rows:
+            times = res["sentence_s"][row["name"]]
+            made = res["output_tokens"][row["name"]]
+            row.setdefault("targets", {})[target.name] = {
+                "sentence_ms": percentiles(times),
+                "sentences_per_s": len(times) / sum(times),
+                "output_tokens_per_s": sum(made) / sum(times),
+                "load_s": res["load_s"][row["name"]],
+            }
+    primary = s.primary
+    for row in rows:
+        row["sentences_per_s"] = row["targets"][primary]["sentences_per_s"]
+        row["path"] = str(row["path"])
+    return {
+        "environment": environment(targets, primary, per_target),
+        "settings": {
+            "primary_target": primary,
+            "timed_inputs": len(inputs),
+            "runs": s.runs,
+            "warmup": s.warmup,
+            "max_length": r.data.max_target_length,
+            "decoding": "greedy",
+            "batch": 1,
+            "dev_inputs": len(ctx.data.dev),
+            "test_inputs": len(ctx.data.test) if ctx.data.test else 0,
+        },
+        "variants": rows,
+    }

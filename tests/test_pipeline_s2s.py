@@ -1,0 +1,139 @@
+"""The seq2seq path end to end on tiny encoder-decoders: every stage, the report, the bundle; users' T5, BART and
+Marian directories through `teacher.path`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import onnx
+import pytest
+
+from compress.pipeline import run_pipeline
+from compress.recipe import load_recipe
+from tests.s2s_fixtures import make_user_model, write_pairs, write_s2s_recipe
+
+STEPS = ["teacher", "distill/student", "export/teacher", "export/student", "quantize/int8", "quantize/int4",
+         "benchmark"]  # fmt: skip
+
+
+def _ops(path) -> dict[str, int]:
+    """Operator counts of a graph, subgraphs (the merged decoder's branches) included."""
+    counts: dict[str, int] = {}
+
+    def walk(graph):
+        for n in graph.node:
+            counts[n.op_type] = counts.get(n.op_type, 0) + 1
+            for a in n.attribute:
+                if a.g is not None and a.g.node:
+                    walk(a.g)
+
+    walk(onnx.load(str(path), load_external_data=False).graph)
+    return counts
+
+
+@pytest.fixture(scope="module")
+def s2s_run(tmp_path_factory):
+    work = tmp_path_factory.mktemp("s2s_pipeline")
+    recipe = load_recipe(write_s2s_recipe(work / "recipe.yaml", write_pairs(work / "data")))
+    logs: list[str] = []
+    report = run_pipeline(recipe, work / "run", log=logs.append)
+    return work, report, logs
+
+
+def test_every_stage_runs_and_the_report_has_every_variant(s2s_run):
+    work, report, _ = s2s_run
+    manifest = json.loads((work / "run" / "manifest.json").read_text())
+    assert manifest["plan"] == STEPS
+    assert all(manifest["stages"][s]["status"] == "done" for s in STEPS)
+    names = [v["name"] for v in report["variants"]]
+    assert names == ["teacher-torch", "teacher-onnx", "student", "int8", "int4"]
+    for v in report["variants"]:
+        assert 0 <= v["dev_chrf"] <= 100 and v["test_chrf"] is not None
+        assert v["targets"]["host"]["sentences_per_s"] > 0
+    by = {v["name"]: v for v in report["variants"]}
+    # the export reproduces PyTorch exactly: same greedy outputs, so the same scores
+    assert by["teacher-onnx"]["dev_chrf"] == by["teacher-torch"]["dev_chrf"]
+    assert by["student"]["params"] < by["teacher-torch"]["params"]
+    assert by["int8"]["size_bytes"] < by["student"]["size_bytes"]
+    assert (work / "run" / "report.md").read_text().count("| int4 |") >= 1
+
+
+def test_the_student_keeps_the_named_layers_and_the_export_matches_pytorch(s2s_run):
+    work, _, _ = s2s_run
+    manifest = json.loads((work / "run" / "manifest.json").read_text())
+    student = manifest["stages"]["distill/student"]["metrics"]
+    assert (student["encoder_layers"], student["decoder_layers"]) == (2, 1)
+    for name in ("teacher", "student"):
+        check = manifest["stages"][f"export/{name}"]["metrics"]["check"]
+        assert check["identical_outputs"] == check["inputs"] > 0
+        assert check["max_abs_logit_diff"] < 1e-3
+
+
+def test_quantized_graphs_hold_int8_and_int4_kernels_in_encoder_and_decoder(s2s_run):
+    work, _, _ = s2s_run
+    for name, op in (("int8", "MatMulInteger"), ("int4", "MatMulNBits")):
+        d = work / "run" / "quantize" / name
+        for f in ("encoder_model.onnx", "decoder_model_merged.onnx"):
+            assert _ops(d / f).get(op, 0) > 0, (name, f)
+        assert _ops(d / "decoder_model_merged.onnx").get("If", 0) == 1  # first step and cached steps, one file
+
+
+def test_the_bundle_reproduces_the_benchmark_and_runs_without_torch(s2s_run, tmp_path):
+    from compress.commands import bundle_run
+
+    work, _, _ = s2s_run
+    out = tmp_path / "bundle"
+    meta = bundle_run(work / "run", "host", out, "int8", rule={}, force=False, out=lambda s: None)
+    assert meta["check"]["identical_outputs"] == meta["check"]["inputs"] > 0
+    assert set(meta["files"]) >= {"encoder_model.onnx", "decoder_model_merged.onnx", "tokenizer.json", "translate.py"}
+    # torch and transformers made unimportable: the bundle needs neither
+    block = tmp_path / "block"
+    for mod in ("torch", "transformers"):
+        (block / mod).mkdir(parents=True)
+        (block / mod / "__init__.py").write_text("raise ImportError('not on the device')\n")
+    expected = meta["check_inputs"][:3]
+    (tmp_path / "in.txt").write_text("\n".join(e["input"] for e in expected) + "\n", encoding="utf-8")
+    env = {"PYTHONPATH": str(block), "PATH": "/usr/bin:/bin"}
+    script = str(out / "translate.py")
+    proc = subprocess.run([sys.executable, script, "--file", str(tmp_path / "in.txt"), "--json"], capture_output=True,
+                          text=True, env=env)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    got = [json.loads(line)["output"] for line in proc.stdout.splitlines()]
+    assert got == [e["output"] for e in expected]
+    beam = subprocess.run([sys.executable, script, expected[0]["input"], "--beams", "3"], capture_output=True,
+                          text=True, env=env)  # fmt: skip
+    assert beam.returncode == 0, beam.stderr
+
+
+def test_the_default_rule_refuses_when_no_variant_is_close_to_the_teacher(s2s_run, tmp_path):
+    from compress.commands import CommandError, bundle_run
+
+    work, report, _ = s2s_run
+    ref = next(v["dev_chrf"] for v in report["variants"] if v["name"] == "teacher-torch")
+    best = max(v["dev_chrf"] for v in report["variants"] if v["name"] in ("student", "int8", "int4"))
+    if best >= ref:
+        pytest.skip("a variant matched the teacher's chrF: nothing to refuse")
+    with pytest.raises(CommandError, match="no variant within"):
+        bundle_run(work / "run", "host", tmp_path / "b", None, rule={"max_chrf_drop": (ref - best) / 2},
+                   force=False, out=lambda s: None)  # fmt: skip
+    assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("family", ["t5", "bart", "marian"])
+def test_a_users_model_directory_runs_through_with_teacher_path(tmp_path, family):
+    model_dir = make_user_model(family, tmp_path / f"user-{family}")
+    data = write_pairs(tmp_path / "data", train=200, dev=12, test=12)
+    recipe = load_recipe(
+        write_s2s_recipe(tmp_path / "recipe.yaml", data, teacher={"path": str(model_dir)},
+                         quantize=[{"name": "int8", "method": "dynamic", "max_chrf_drop": None}])  # fmt: skip
+    )
+    report = run_pipeline(recipe, tmp_path / "run", log=lambda s: None)
+    by = {v["name"]: v for v in report["variants"]}
+    assert set(by) == {"teacher-torch", "teacher-onnx", "student", "int8"}
+    assert by["teacher-onnx"]["dev_chrf"] == by["teacher-torch"]["dev_chrf"]
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["stages"]["distill/student"]["metrics"]["decoder_layers"] == 1
+    check = manifest["stages"]["export/student"]["metrics"]["check"]
+    assert check["identical_outputs"] == check["inputs"]
