@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 RECIPE ?= configs/default.yaml
 
-.PHONY: setup anchors run quick run-lm quick-lm teacher-lm devdocs test test-slow lint clean
+.PHONY: setup anchors run quick run-lm quick-lm teacher-lm devdocs run-s2s quick-s2s test test-slow lint clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,17 @@ run-lm: setup anchors devdocs    # the causal-LM default: the committed teacher 
 
 quick-lm: setup
 	HF_HUB_OFFLINE=1 $(BIN)/edge-compress run configs/lm-quick.yaml
+
+# The seq2seq anchor's runtime (CTranslate2) in the venv.
+$(BIN)/.ctranslate2: $(BIN)/.installed
+	$(BIN)/python -m pip install --quiet -e ".[dev,ctranslate2]"
+	touch $@
+
+run-s2s: setup $(BIN)/.ctranslate2    # the seq2seq default: German -> English on data/ding (committed)
+	HF_HUB_OFFLINE=1 $(BIN)/edge-compress run configs/s2s.yaml
+
+quick-s2s: setup
+	HF_HUB_OFFLINE=1 $(BIN)/edge-compress run configs/s2s-quick.yaml
 
 # Train the causal-LM default's teacher from its recipe into models/devdocs-llama, with its model card (measured
 # wall time, held-out curve, commit). On 2 CPU cores one epoch of configs/lm-teacher.yaml took 29 to 43 minutes

@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 
 
-def optimum_dynamic_int8(onnx_dir: Path, out_dir: Path) -> dict:
+def optimum_dynamic_int8(onnx_dir: Path, out_dir: Path, file_names: tuple[str, ...] = ("model.onnx",)) -> dict:
     """The teacher quantized with optimum's stock dynamic int8 recipe, as a baseline for our quantize stage.
 
     `optimum.onnxruntime.ORTQuantizer` with `AutoQuantizationConfig.avx2(is_static=False)`, its defaults
@@ -15,8 +15,9 @@ def optimum_dynamic_int8(onnx_dir: Path, out_dir: Path) -> dict:
     optimum gets without tuning. Writes `out_dir/model.onnx` beside the tokenizer and config of `onnx_dir`.
 
     Args:
-        onnx_dir: an exported model directory holding exactly one `.onnx` file (`model.onnx`).
-        out_dir: where the quantized `model.onnx` goes (created).
+        onnx_dir: an exported model directory holding the `.onnx` files `file_names` (default: `model.onnx`).
+        out_dir: where the quantized files go, under the same names (created).
+        file_names: the graphs to quantize, each on its own (an encoder-decoder's encoder and decoders).
 
     Returns:
         The recipe's settings as optimum reports them.
@@ -27,11 +28,12 @@ def optimum_dynamic_int8(onnx_dir: Path, out_dir: Path) -> dict:
     onnx_dir, out_dir = Path(onnx_dir), Path(out_dir)
     qconfig = AutoQuantizationConfig.avx2(is_static=False)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
-        quantizer = ORTQuantizer.from_pretrained(onnx_dir, file_name="model.onnx")
-        quantizer.quantize(save_dir=tmp, quantization_config=qconfig)
-        shutil.move(Path(tmp) / "model_quantized.onnx", out_dir / "model.onnx")
-        shutil.move(Path(tmp) / "ort_config.json", out_dir / "ort_config.json")  # optimum's record of the recipe
+    for name in file_names:
+        with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
+            quantizer = ORTQuantizer.from_pretrained(onnx_dir, file_name=name)
+            quantizer.quantize(save_dir=tmp, quantization_config=qconfig)
+            shutil.move(Path(tmp) / f"{Path(name).stem}_quantized.onnx", out_dir / name)
+            shutil.move(Path(tmp) / "ort_config.json", out_dir / "ort_config.json")  # optimum's record of the recipe
     for f in onnx_dir.iterdir():  # tokenizer and config, as the export stage wrote them
         if f.is_file() and f.suffix != ".onnx" and not (out_dir / f.name).exists():
             shutil.copy2(f, out_dir / f.name)

@@ -16,8 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 # Variants every other variant is compared with, when present in the run (ratios, paired speed-ups).
 BASELINES = ("teacher-torch", "teacher-onnx", "teacher-int8-optimum")
-# The runtimes of the decoder anchors (a task's `anchors`): the teacher as other tools ship and run it.
-ANCHOR_RUNTIMES = ("genai", "llama.cpp")
+# The runtimes of the anchors (a task's `anchors`): the teacher as other tools ship and run it. Decoders: GenAI,
+# llama.cpp; encoder-decoders: CTranslate2.
+ANCHOR_RUNTIMES = ("genai", "llama.cpp", "ctranslate2")
 
 
 def is_reference(variant: dict) -> bool:

@@ -32,11 +32,12 @@ def write_pairs(d: Path, train: int = 600, dev: int = 24, test: int = 24) -> Pat
     return d
 
 
-def write_s2s_recipe(path: Path, data: Path, **sections) -> Path:
+def write_s2s_recipe(path: Path, data_dir: Path, **sections) -> Path:
     recipe = {
         "name": "s2s-test",
         "task": "seq2seq",
-        "data": {"train": str(data / "train.jsonl"), "dev": str(data / "dev.jsonl"), "test": str(data / "test.jsonl"),
+        "data": {"train": str(data_dir / "train.jsonl"), "dev": str(data_dir / "dev.jsonl"),
+                 "test": str(data_dir / "test.jsonl"),
                  "max_source_length": 24, "max_target_length": 16, "holdout_fraction": 0.05},
         "teacher": {"architecture": {"family": "t5", "d_model": 32, "encoder_layers": 2, "decoder_layers": 2,
                                      "heads": 2, "ffn": 64},

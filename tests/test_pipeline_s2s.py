@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import onnx
 import pytest
@@ -47,17 +48,37 @@ def test_every_stage_runs_and_the_report_has_every_variant(s2s_run):
     manifest = json.loads((work / "run" / "manifest.json").read_text())
     assert manifest["plan"] == STEPS
     assert all(manifest["stages"][s]["status"] == "done" for s in STEPS)
-    names = [v["name"] for v in report["variants"]]
-    assert names == ["teacher-torch", "teacher-onnx", "student", "int8", "int4"]
+    names = [v["name"] for v in report["variants"] if v.get("stage") != "anchor"]
+    assert names == ["teacher-torch", "teacher-onnx", "student", "int8", "int4", "teacher-int8-optimum"]
     for v in report["variants"]:
         assert 0 <= v["dev_chrf"] <= 100 and v["test_chrf"] is not None
         assert v["targets"]["host"]["sentences_per_s"] > 0
     by = {v["name"]: v for v in report["variants"]}
     # the export reproduces PyTorch exactly: same greedy outputs, so the same scores
     assert by["teacher-onnx"]["dev_chrf"] == by["teacher-torch"]["dev_chrf"]
+    # optimum runs the same float32 export through its own generate loop: the same outputs again
+    assert by["teacher-optimum"]["dev_chrf"] == by["teacher-torch"]["dev_chrf"]
+    for f in ("encoder_model.onnx", "decoder_model.onnx", "decoder_with_past_model.onnx"):  # optimum's int8
+        assert _ops(Path(by["teacher-int8-optimum"]["path"]) / f).get("MatMulInteger", 0) > 0, f
     assert by["student"]["params"] < by["teacher-torch"]["params"]
     assert by["int8"]["size_bytes"] < by["student"]["size_bytes"]
     assert (work / "run" / "report.md").read_text().count("| int4 |") >= 1
+
+
+def test_the_ctranslate2_anchor_is_measured_or_reported_unavailable(s2s_run):
+    _, report, _ = s2s_run
+    anchors = [v for v in report["variants"] if v.get("runtime") == "ctranslate2"]
+    try:
+        import ctranslate2  # noqa: F401
+    except ImportError:
+        assert anchors == []
+        assert [u["name"] for u in report["anchors"]["unavailable"]] == ["teacher-ct2-int8"]
+        return
+    (ct2,) = anchors
+    assert ct2["name"] == "teacher-ct2-int8" and ct2["runtime"] == "ctranslate2"
+    assert 0 <= ct2["dev_chrf"] <= 100 and ct2["targets"]["host"]["sentences_per_s"] > 0
+    student = next(v for v in report["variants"] if v["name"] == "student")
+    assert student["ratios"]["teacher-ct2-int8"]["speed"] > 0
 
 
 def test_the_student_keeps_the_named_layers_and_the_export_matches_pytorch(s2s_run):
@@ -107,6 +128,32 @@ def test_the_bundle_reproduces_the_benchmark_and_runs_without_torch(s2s_run, tmp
     assert beam.returncode == 0, beam.stderr
 
 
+def test_the_arm64_comparison_tells_a_near_tie_from_a_fault(s2s_run, tmp_path):
+    """The comparison `verify` applies to an emulated CPU's outputs (the emulated runs are the slow tests')."""
+    import numpy as np
+
+    from compress.commands import bundle_run
+    from compress.tasks.seq2seq.bundle import _module, compare_verification
+
+    work, _, _ = s2s_run
+    out = tmp_path / "bundle"
+    bundle_run(work / "run", "host", out, "int8", rule={}, force=False, out=lambda s: None)
+    check = json.loads((out / "check.json").read_text())
+    same = {"onnx": [{"tokens": list(t)} for t in check["expected"]["onnx"]]}
+    assert compare_verification(out, check, same)["passed"]
+    i = next(k for k, t in enumerate(check["expected"]["onnx"]) if t)
+    ids, want = check["inputs"][i], check["expected"]["onnx"][i]
+    z = _module(out).Translator(out, 1).forced_logits(ids, [])
+    runner_up = int(np.argsort(z)[-2])
+    changed = json.loads(json.dumps(same))
+    changed["onnx"][i] = {"tokens": [runner_up], "divergence": {"step": 0, "expected": want[0], "got": runner_up}}
+    margin = float(z[want[0]] - z[runner_up])
+    verdict = compare_verification(out, check, changed, near_tie=margin + 1e-3)
+    assert verdict["passed"] and len(verdict["models"]["onnx"]["near_ties"]) == 1
+    verdict = compare_verification(out, check, changed, near_tie=margin / 2)
+    assert not verdict["passed"] and verdict["models"]["onnx"]["faults"][0]["input"] == i
+
+
 def test_the_default_rule_refuses_when_no_variant_is_close_to_the_teacher(s2s_run, tmp_path):
     from compress.commands import CommandError, bundle_run
 
@@ -126,13 +173,22 @@ def test_a_users_model_directory_runs_through_with_teacher_path(tmp_path, family
     model_dir = make_user_model(family, tmp_path / f"user-{family}")
     data = write_pairs(tmp_path / "data", train=200, dev=12, test=12)
     recipe = load_recipe(
-        write_s2s_recipe(tmp_path / "recipe.yaml", data, teacher={"path": str(model_dir)},
-                         quantize=[{"name": "int8", "method": "dynamic", "max_chrf_drop": None}])  # fmt: skip
+        write_s2s_recipe(
+            tmp_path / "recipe.yaml",
+            data,
+            teacher={"path": str(model_dir)},
+            quantize=[{"name": "int8", "method": "dynamic", "max_chrf_drop": None}],
+        )  # fmt: skip
     )
     report = run_pipeline(recipe, tmp_path / "run", log=lambda s: None)
     by = {v["name"]: v for v in report["variants"]}
-    assert set(by) == {"teacher-torch", "teacher-onnx", "student", "int8"}
+    assert set(by) - {"teacher-ct2-int8"} == {"teacher-torch", "teacher-onnx", "student", "int8", "teacher-optimum",
+                                              "teacher-int8-optimum"}  # fmt: skip
     assert by["teacher-onnx"]["dev_chrf"] == by["teacher-torch"]["dev_chrf"]
+    # optimum runs the same float32 export through its own generate loop: the same outputs again
+    assert by["teacher-optimum"]["dev_chrf"] == by["teacher-torch"]["dev_chrf"]
+    for f in ("encoder_model.onnx", "decoder_model.onnx", "decoder_with_past_model.onnx"):  # optimum's int8
+        assert _ops(Path(by["teacher-int8-optimum"]["path"]) / f).get("MatMulInteger", 0) > 0, f
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["stages"]["distill/student"]["metrics"]["decoder_layers"] == 1
     check = manifest["stages"]["export/student"]["metrics"]["check"]

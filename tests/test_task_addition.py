@@ -106,4 +106,4 @@ def test_an_unknown_task_names_the_known_ones(tmp_path):
     r.write_text("name: x\ntask: word-count\ndata: {train: a.txt, dev: b.txt}\n")
     with pytest.raises(RecipeError, match=r"task = 'word-count': expected one of classification, causal-lm"):
         load_recipe(r)
-    assert json.dumps(sorted(TASKS)) == '["causal-lm", "classification"]'
+    assert json.dumps(sorted(TASKS)) == '["causal-lm", "classification", "seq2seq"]'

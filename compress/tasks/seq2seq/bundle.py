@@ -74,6 +74,10 @@ def _expected(run_dir: Path, name: str, n: int) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()[:n]]
 
 
+def _module(bundle_dir: Path):
+    return load_bundle_script(bundle_dir, "translate.py", "translation bundle")
+
+
 def check_bundle(bundle_dir: Path, expected: list[dict], threads: int) -> dict:
     """Run the bundle's own `translate.py` (its Translator and tokenizer) on the expected inputs; every output
     must equal the benchmark's.
@@ -81,7 +85,7 @@ def check_bundle(bundle_dir: Path, expected: list[dict], threads: int) -> dict:
     Raises:
         Seq2SeqBundleError: an output differs (names the first).
     """
-    module = load_bundle_script(bundle_dir, "translate.py", "seq2seq bundle")
+    module = _module(bundle_dir)
     translator = module.Translator(bundle_dir, threads)
     tok = module._tokenizer(bundle_dir, translator.settings)
     prefix = translator.settings.get("source_prefix", "")
@@ -96,6 +100,10 @@ def check_bundle(bundle_dir: Path, expected: list[dict], threads: int) -> dict:
             f"the bundle's translate.py does not reproduce the benchmark: {len(differ)}/{len(expected)} outputs "
             f"differ; first, input {i} {expected[i]['input'][:60]!r}: {got[i][:60]!r} vs {expected[i]['output'][:60]!r}"
         )
+    # what `verify` replays on other CPUs: the input and output ids
+    (bundle_dir / "check.json").write_text(
+        json.dumps({"inputs": ids, "expected": {"onnx": outs}, "max_length": max_length})
+    )
     return {"inputs": len(expected), "identical_outputs": len(expected)}
 
 
@@ -148,6 +156,63 @@ def write_bundle(
         (tmp / "README.md").write_text(_readme(meta))
         (tmp / "bundle.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
     return meta
+
+
+VERIFY_GUEST = r"""
+def main(bundle_dir, check_file, out_file):
+    sys.path.insert(0, str(bundle_dir))
+    import translate
+
+    check = json.loads(check_file.read_text(encoding="utf-8"))
+    tr = translate.Translator(bundle_dir, threads=1)
+    rows = []
+    for ids, want in zip(check["inputs"], check["expected"]["onnx"]):
+        got = tr.greedy([ids], check["max_length"])[0]
+        row = {"tokens": got}
+        k = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), None)
+        if k is not None:
+            z = tr.forced_logits(ids, want[:k])
+            row["divergence"] = {"step": k, "expected": int(want[k]), "got": int(got[k]),
+                                 "guest_margin": float(z[got[k]] - z[want[k]])}
+        rows.append(row)
+    out_file.write_text(json.dumps({"onnx": rows}))
+"""
+# An output token may differ from x86's only where x86's own top two were this close in logit (a near-tie: the
+# other CPU's rounding may pick either); anywhere else a different token is a fault.
+NEAR_TIE_LOGIT = 0.1
+
+
+def compare_verification(bundle_dir: Path, check: dict, result: dict, near_tie: float = NEAR_TIE_LOGIT) -> dict:
+    """The guest's greedy outputs against the ones recorded at bundle time; at each first divergence, x86's logit
+    margin between the recorded token and the guest's, computed here by the bundle's own translate.py, tells a
+    near-tie from a fault."""
+    translator = None
+    same, ties, faults = 0, [], []
+    for i, (ids, want, row) in enumerate(zip(check["inputs"], check["expected"]["onnx"], result.get("onnx") or [],
+                                             strict=True)):  # fmt: skip
+        div = row.get("divergence")
+        if div is None and row["tokens"] == want:
+            same += 1
+            continue
+        if div is None:  # one output is a prefix of the other: a fault (the end token was not a near-tie here)
+            faults.append({"input": i, "reason": f"{len(row['tokens'])} tokens instead of {len(want)}"})
+            continue
+        translator = translator or _module(Path(bundle_dir)).Translator(bundle_dir, 1)
+        z = translator.forced_logits(ids, want[: div["step"]])
+        entry = {"input": i, **div, "x86_margin": float(z[div["expected"]] - z[div["got"]])}
+        (ties if entry["x86_margin"] <= near_tie else faults).append(entry)
+    ok = not faults
+    summary = f"onnx: {same}/{len(check['inputs'])} greedy outputs identical, {len(ties)} near-tie(s)"
+    return {"models": {"onnx": {"inputs": len(check["inputs"]), "identical": same, "near_ties": ties,
+                                "faults": faults, "passed": ok}},
+            "near_tie_logit": near_tie, "passed": ok, "summary": summary}  # fmt: skip
+
+
+def verify(bundle_dir: Path, cpus: list[str], progress=print) -> dict:
+    """The bundle's translate.py on emulated arm64 CPUs against its recorded outputs (`export.verify`)."""
+    from export.verify import verify_bundle
+
+    return verify_bundle(bundle_dir, VERIFY_GUEST, lambda c, r: compare_verification(bundle_dir, c, r), cpus, progress)
 
 
 def bundle_message(meta: dict, out_dir: Path) -> str:

@@ -142,12 +142,16 @@ class Seq2SeqQuantizeConfig(_Config):
 
 class Seq2SeqBenchmarkConfig(TargetsConfig):
     """Recipe section `benchmark` (seq2seq): quality (chrF, BLEU) of each variant's artifact on dev and test, and
-    its sentence latency on each target."""
+    its sentence latency and peak memory on each target."""
 
     targets: list[TargetSpec] = Field(default=[PRESETS["host"], PRESETS["iot"]], min_length=1)
     sentences: int = Field(default=32, ge=1, le=10_000, description="dev inputs timed per variant and target")
     runs: int = Field(default=3, ge=1, le=100, description="timed passes over the timed sentences")
     warmup: int = Field(default=1, ge=0, le=100, description="untimed passes first")
+    memory: bool = Field(default=True, description="peak RSS of a fresh process per model and target")
+    anchors: list[Literal["ctranslate2-int8"]] = Field(
+        default=["ctranslate2-int8"], description="the teacher as other runtimes ship it (skipped if not installed)"
+    )
 
 
 class Seq2SeqRecipe(RecipeBase):

@@ -69,6 +69,8 @@ def export_seq2seq(model_dir: Path, out: Path, model, tokenizer, data_cfg, opset
                 shutil.move(str(f), out / "parts" / f.name)
     write_settings(out, model, data_cfg)
     tokenizer.save_pretrained(out)
+    model.config.save_pretrained(out)  # with the two files, what optimum's ORTModelForSeq2SeqLM loads
+    model.generation_config.save_pretrained(out)
 
 
 @torch.inference_mode()

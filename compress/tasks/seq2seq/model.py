@@ -174,18 +174,9 @@ def greedy_outputs(
     """The greedy output token ids (without the start and end tokens) of each source, in order: plain greedy
     decoding, as the ONNX loop does it (a model's own generation settings, such as BART's forced end token or a
     no-repeat rule, are not applied)."""
-    from transformers import GenerationConfig
-
-    c = model.config
-    plain = GenerationConfig(
-        decoder_start_token_id=c.decoder_start_token_id,
-        eos_token_id=c.eos_token_id,
-        pad_token_id=c.pad_token_id,
-        max_new_tokens=max_length,
-        num_beams=1,
-        do_sample=False,
-    )
-    model.eval()
+    plain = plain_greedy(model.config, max_length)
+    if hasattr(model, "eval"):  # optimum's ORTModel has no train mode
+        model.eval()
     outs: list[list[int]] = [[] for _ in sources]
     order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
     for start in range(0, len(order), batch_size):
@@ -197,6 +188,17 @@ def greedy_outputs(
         for i, row in zip(idx, gen.tolist(), strict=True):
             outs[i] = strip_special(row, model.config)
     return outs
+
+
+def plain_greedy(config, max_length: int):
+    """transformers' generation settings of plain greedy decoding for a model `config`: its start, end and
+    padding tokens and nothing else of its own generation config (no forced tokens, no repetition rules), as the
+    ONNX loop decodes; pass with `use_model_defaults=False`."""
+    from transformers import GenerationConfig
+
+    return GenerationConfig(decoder_start_token_id=config.decoder_start_token_id, eos_token_id=config.eos_token_id,
+                            pad_token_id=config.pad_token_id, max_new_tokens=max_length, num_beams=1,
+                            do_sample=False)  # fmt: skip
 
 
 def strip_special(ids: list[int], config) -> list[int]:

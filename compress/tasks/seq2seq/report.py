@@ -15,6 +15,7 @@ from benchmarks.document import Section, cpu_line, gated_note, mb, stage_section
 from benchmarks.plots import BLUE, GREEN, GREY, cpu_caption, pareto_front, plt, png, report_plots
 from benchmarks.report import build_envelope, cell, delta, relative, render_comparison, write_report
 from compress.targets import is_reference
+from compress.tasks.seq2seq.anchors import CT2_INT8
 
 
 def _ratios(v: dict, b: dict) -> dict:
@@ -40,14 +41,24 @@ def _step_summary(name: str, m: dict) -> dict:
 
 
 def build_report(results: dict, manifest: dict) -> dict:
-    return build_envelope(results, manifest, task="seq2seq", ratios=_ratios, step_summary=_step_summary)
+    report = build_envelope(results, manifest, task="seq2seq", ratios=_ratios, step_summary=_step_summary)
+    report["anchors"] = results.get("anchors") or {"built": {}, "unavailable": []}
+    by = {v["name"]: v for v in report["variants"]}
+    ct2 = by.get(CT2_INT8)
+    for v in report["variants"]:
+        if ct2 is not None and v is not ct2:
+            v["ratios"][CT2_INT8] = _ratios(v, ct2)
+    return report
 
 
 def _main_table(report: dict) -> Section:
     targets = list(report["environment"]["targets"])
     test = any(v.get("test_chrf") is not None for v in report["variants"])
     header = ["variant", "runtime", "params", "size MB", "dev chrF", "dev BLEU", *(["test chrF"] if test else [])]
-    header += [f"{t} sent/s" for t in targets] + [f"x teacher-torch ({report['settings'].get('primary_target')})"]
+    primary = report["settings"].get("primary_target")
+    anchor = any(v["name"] == CT2_INT8 for v in report["variants"])
+    header += [f"{t} sent/s" for t in targets] + [f"x teacher-torch ({primary})"]
+    header += [f"x {CT2_INT8} ({primary})"] if anchor else []
     sec = Section("Quality, size and speed", header=header, right=set(range(2, len(header))))
     for v in report["variants"]:
         row = [
@@ -61,22 +72,38 @@ def _main_table(report: dict) -> Section:
         if test:
             row.append(f"{v['test_chrf']:.2f}" if v.get("test_chrf") is not None else "–")
         row += [f"{v['targets'][t]['sentences_per_s']:.1f}" for t in targets]
-        speed = (v.get("ratios") or {}).get("teacher-torch", {}).get("speed")
-        row.append(f"{speed:.2f}x" if speed else "–")
+        for ref in ("teacher-torch", *([CT2_INT8] if anchor else [])):
+            speed = (v.get("ratios") or {}).get(ref, {}).get("speed")
+            row.append(f"{speed:.2f}x" if speed else "–")
         sec.rows.append(row)
     s = report["settings"]
     sec.paragraphs = [
         f"chrF and BLEU (sacrebleu) of greedy outputs on {s['dev_inputs']} dev inputs"
         + (f" and {s['test_inputs']} test inputs" if s.get("test_inputs") else "")
         + ", each ONNX variant through the bundle's own loop (encoder once, decoder with its cache), the teacher "
-        "through transformers' `generate`. Speed: sentences per second translating one input at a time "
+        "through transformers' `generate`"
+        + (
+            f", `{CT2_INT8}` the teacher converted by CTranslate2's own converter and run by its `Translator` at "
+            "int8 (greedy)"
+            if anchor
+            else ""
+        )
+        + ". Speed: sentences per second translating one input at a time "
         f"({s['timed_inputs']} dev inputs x {s['runs']} runs, variants interleaved, each writing its own output of "
         f"at most {s['max_length']} tokens), in a fresh process per target.",
     ]
+    for u in (report.get("anchors") or {}).get("unavailable") or []:
+        sec.paragraphs.append(f"Anchor `{u['name']}` not measured: {u['reason']}.")
     note = gated_note(report)
     if note:
         sec.paragraphs.append(note)
     return sec
+
+
+def _rss(r: dict, key: str) -> str:
+    if r.get("error"):
+        return "over the cap" if r.get("fits_memory_limit") is False else "failed"
+    return mb(r.get(key))
 
 
 def _latency_section(report: dict) -> list[Section]:
@@ -87,8 +114,8 @@ def _latency_section(report: dict) -> list[Section]:
             f"Target {t}",
             level=3,
             paragraphs=[target_line(t, d, env)],
-            header=["variant", "sent/s", "p50 ms", "p90 ms", "output tokens/s"],
-            right={1, 2, 3, 4},
+            header=["variant", "sent/s", "p50 ms", "p90 ms", "output tokens/s", "peak RSS MB", "model RSS MB"],
+            right={1, 2, 3, 4, 5, 6},
         )
         for v in report["variants"]:
             r = v["targets"][t]
@@ -99,6 +126,8 @@ def _latency_section(report: dict) -> list[Section]:
                     f"{r['sentence_ms']['p50']:.2f}",
                     f"{r['sentence_ms']['p90']:.2f}",
                     f"{r['output_tokens_per_s']:.0f}",
+                    _rss(r, "peak_rss_bytes"),
+                    _rss(r, "model_rss_bytes"),
                 ]
             )
         out.append(sec)
@@ -120,8 +149,8 @@ def sections(report: dict) -> list[Section]:
         Section(
             "Notes",
             paragraphs=[
-                "Not measured yet for this task: peak memory per variant, beam search speed, and the runtimes a user "
-                "would otherwise pick (optimum's ORTModelForSeq2SeqLM, CTranslate2).",
+                "Not measured yet for this task: peak memory per variant, beam search speed, and optimum's "
+                "ORTModelForSeq2SeqLM as a baseline.",
                 "Compare ratios measured in the same run, not absolute milliseconds across machines or runs.",
             ],
         )

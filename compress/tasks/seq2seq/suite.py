@@ -4,7 +4,8 @@ sentence latency on each target.
 Quality is chrF and BLEU (sacrebleu) of greedy outputs: the PyTorch teacher through `generate`, every ONNX
 variant through the bundle's loop. Speed is measured in one fresh worker process per target
 (`compress.tasks.seq2seq.worker`), the variants interleaved on the same dev inputs one at a time; the figures are
-sentences per second (1 / mean sentence latency), p50/p90 latency, and output tokens per second.
+sentences per second (1 / mean sentence latency), p50/p90 latency, and output tokens per second. Beside them, the
+anchor a user would otherwise ship: the teacher in CTranslate2 at int8 (`compress.tasks.seq2seq.anchors`).
 """
 
 from __future__ import annotations
@@ -34,7 +35,18 @@ def _score(ctx, name: str, runtime: str, path: Path, tokenizer, model=None) -> d
         split = getattr(data, split_name)
         if split is None:
             continue
-        if runtime == "torch":
+        if runtime == "ctranslate2":
+            from compress.tasks.seq2seq.anchors import CT2Translator
+
+            ct2 = CT2Translator(path, torch.get_num_threads(), r.data.max_target_length)
+            enc = tokenizer([r.data.source_prefix + s for s in split.sources], truncation=True,
+                            max_length=r.data.max_source_length)["input_ids"]  # fmt: skip
+            ids = [ct2.greedy(x) for x in enc]
+        elif runtime in ("torch", "optimum"):
+            if runtime == "optimum" and model is None:
+                from compress.tasks.seq2seq.baselines import optimum_model
+
+                model = optimum_model(path, torch.get_num_threads())
             ids = greedy_outputs(
                 model,
                 tokenizer,
@@ -50,6 +62,22 @@ def _score(ctx, name: str, runtime: str, path: Path, tokenizer, model=None) -> d
         figures[f"{split_name}_output_tokens"] = float(np.mean([len(x) for x in ids]))
     ctx.log(f"    {name}: dev chrF {figures['dev_chrf']:.2f}, BLEU {figures['dev_bleu']:.2f}")
     return figures, outputs
+
+
+def _memory(rows: list[dict], target, inputs: list[list[int]], max_length: int, res: dict) -> None:
+    """Peak RSS of a fresh process per variant translating `inputs` under the target's limits (and of one that
+    loads no model, per runtime: `model_rss_bytes` is the difference)."""
+    from benchmarks.memory import measure_peak_rss
+
+    texts = [" ".join(map(str, x)) for x in inputs]
+    base: dict[str, dict] = {}
+    for row in rows:
+        m = measure_peak_rss(row["runtime"], row["path"], Path(row["path"]), texts, threads=target.threads,
+                             cpus=target.cpus, memory_limit_bytes=target.memory_limit_bytes,
+                             baseline=base.get(row["runtime"]), probe="compress.tasks.seq2seq.probe",
+                             max_length=max_length)  # fmt: skip
+        base[row["runtime"]] = m.pop("baseline")
+        res.setdefault("memory", {})[row["name"]] = m
 
 
 def run_suite(ctx, variants, artifacts: dict[str, Path], out: Path) -> dict:
@@ -85,16 +113,42 @@ def run_suite(ctx, variants, artifacts: dict[str, Path], out: Path) -> dict:
         }
         for v in variants
     ]
+    from compress.tasks.seq2seq.baselines import optimum_dirs
+
+    for name, path in optimum_dirs(artifacts["teacher-onnx"], out / "baselines").items():
+        rows.append(
+            {
+                "name": name,
+                "stage": "anchor" if name == "teacher-optimum" else "baseline",
+                "runtime": "optimum",
+                "parent": "teacher-torch",
+                "path": path,
+            }
+        )
+    anchors = {"built": {}, "unavailable": []}
+    if "ctranslate2-int8" in s.anchors:
+        from compress.tasks.seq2seq.anchors import CT2_INT8, build_ct2
+
+        built = build_ct2(ctx.model_dir("teacher"), out / "anchors" / CT2_INT8)
+        if "path" in built:
+            anchors["built"][CT2_INT8] = {**built, "runtime": "ctranslate2", "compute_type": "int8"}
+            rows.append({"name": CT2_INT8, "stage": "anchor", "runtime": "ctranslate2", "parent": "teacher-torch",
+                         "path": Path(built["path"])})  # fmt: skip
+        else:
+            anchors["unavailable"].append({"name": CT2_INT8, "reason": built["reason"]})
+            ctx.log(f"    anchor {CT2_INT8} unavailable: {built['reason']}")
     (out / OUTPUTS_DIR).mkdir()
     for row in rows:
-        figures, outputs = _score(ctx, row["name"], row["runtime"], row["path"], tokenizer, teacher)
+        model = teacher if row["runtime"] == "torch" else None
+        figures, outputs = _score(ctx, row["name"], row["runtime"], row["path"], tokenizer, model)
         row.update(figures)
         with open(out / OUTPUTS_DIR / f"{row['name']}.dev.jsonl", "w", encoding="utf-8") as f:
             for src, hyp in zip(ctx.data.dev.sources, outputs["dev"], strict=True):
                 f.write(json.dumps({"input": src, "output": hyp}, ensure_ascii=False) + "\n")
         model_step = r.model_step(row.get("model", "teacher"))
         row["params"] = ctx.metrics(model_step).get("params")
-        weights = [f for f in Path(row["path"]).iterdir() if f.name.endswith((".onnx", ".onnx_data", ".safetensors"))]
+        weights = [f for f in Path(row["path"]).iterdir()
+                   if f.name.endswith((".onnx", ".onnx_data", ".safetensors", ".bin"))]  # fmt: skip
         row["size_bytes"] = sum(f.stat().st_size for f in weights)
         row["size_gzip_bytes"] = sum(len(gzip.compress(f.read_bytes(), 6)) for f in weights)
     timed = ctx.data.dev.sources[: s.sentences]
@@ -115,6 +169,8 @@ def run_suite(ctx, variants, artifacts: dict[str, Path], out: Path) -> dict:
             {"max_length": r.data.max_target_length, "runs": s.runs, "warmup": s.warmup},
         )
         per_target[target.name] = res
+        if s.memory:
+            _memory(rows, target, inputs[:8], r.data.max_target_length, res)
         for row in rows:
             times = res["sentence_s"][row["name"]]
             made = res["output_tokens"][row["name"]]
@@ -123,10 +179,13 @@ def run_suite(ctx, variants, artifacts: dict[str, Path], out: Path) -> dict:
                 "sentences_per_s": len(times) / sum(times),
                 "output_tokens_per_s": sum(made) / sum(times),
                 "load_s": res["load_s"][row["name"]],
+                **(res.get("memory") or {}).get(row["name"], {}),
             }
     primary = s.primary
     for row in rows:
         row["sentences_per_s"] = row["targets"][primary]["sentences_per_s"]
+        row["peak_rss_bytes"] = row["targets"][primary].get("peak_rss_bytes")
+        row["model_rss_bytes"] = row["targets"][primary].get("model_rss_bytes")
         row["path"] = str(row["path"])
     return {
         "environment": environment(targets, primary, per_target),
@@ -142,4 +201,5 @@ def run_suite(ctx, variants, artifacts: dict[str, Path], out: Path) -> dict:
             "test_inputs": len(ctx.data.test) if ctx.data.test else 0,
         },
         "variants": rows,
+        "anchors": anchors,
     }

@@ -247,6 +247,11 @@ class Seq2SeqTask(TaskBase):
 
         return write_bundle
 
+    def verify_function(self):
+        from compress.tasks.seq2seq.bundle import verify
+
+        return verify
+
     def bundle_message(self, meta: dict, out_dir: Path) -> str:
         from compress.tasks.seq2seq.bundle import bundle_message
 

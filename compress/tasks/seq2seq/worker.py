@@ -5,8 +5,10 @@ every variant with the target's thread count (ONNX Runtime's intra-op spinning o
 into outputs with each, one input at a time as an app does, interleaved (the variant order rotates from input to
 input, so a slow moment of the machine is shared), then prints one JSON line of raw times.
 
-Each variant runs through what a user of it runs: `torch` is transformers' `generate` (greedy, its cache);
-`onnxruntime` is the bundle's loop (`bundle_template/translate.py`). Each writes its own greedy output (up to
+Each variant runs through what a user of it runs: `torch` is transformers' `generate` (greedy, its cache),
+`optimum` optimum's `ORTModelForSeq2SeqLM.generate`;
+`onnxruntime` is the bundle's loop (`bundle_template/translate.py`); `ctranslate2` is CTranslate2's
+`Translator` (int8 compute, `compress.tasks.seq2seq.anchors`). Each writes its own greedy output (up to
 `max_length` tokens), so the work per input is the model's own: the figure is what a user waits for.
 """
 
@@ -31,23 +33,34 @@ class _OnnxRunner:
         return len(self.translator.greedy([ids], self.max_length)[0])
 
 
+class _CT2Runner:
+    def __init__(self, path: str, threads: int, max_length: int):
+        from compress.tasks.seq2seq.anchors import CT2Translator
+
+        self.translator = CT2Translator(path, threads, max_length)
+
+    def __call__(self, ids: list[int]) -> int:
+        return len(self.translator.greedy(ids))
+
+
 class _TorchRunner:
+    optimum = False
+
     def __init__(self, path: str, threads: int, max_length: int):
         import torch
-        from transformers import AutoModelForSeq2SeqLM, GenerationConfig
+        from transformers import AutoModelForSeq2SeqLM
+
+        from compress.tasks.seq2seq.model import plain_greedy
 
         torch.set_num_threads(threads)
         self.torch = torch
-        self.model = AutoModelForSeq2SeqLM.from_pretrained(path, local_files_only=True).eval()
-        c = self.model.config
-        self.config = GenerationConfig(
-            decoder_start_token_id=c.decoder_start_token_id,
-            eos_token_id=c.eos_token_id,
-            pad_token_id=c.pad_token_id,
-            max_new_tokens=max_length,
-            num_beams=1,
-            do_sample=False,
-        )
+        if self.optimum:
+            from compress.tasks.seq2seq.baselines import optimum_model
+
+            self.model = optimum_model(path, threads)
+        else:
+            self.model = AutoModelForSeq2SeqLM.from_pretrained(path, local_files_only=True).eval()
+        self.config = plain_greedy(self.model.config, max_length)
 
     def __call__(self, ids: list[int]) -> int:
         with self.torch.inference_mode():
@@ -57,11 +70,17 @@ class _TorchRunner:
         return int(out.shape[1]) - 1
 
 
+class _OptimumRunner(_TorchRunner):
+    optimum = True
+
+
 def _run(spec: dict) -> dict:
     runners, load_s = {}, {}
     for v in spec["variants"]:
         t0 = time.perf_counter()
-        kind = _TorchRunner if v["runtime"] == "torch" else _OnnxRunner
+        kind = {"torch": _TorchRunner, "optimum": _OptimumRunner, "ctranslate2": _CT2Runner}.get(
+            v["runtime"], _OnnxRunner
+        )
         runners[v["name"]] = kind(v["path"], spec["threads"], spec["max_length"])
         load_s[v["name"]] = time.perf_counter() - t0
     names, inputs = list(runners), spec["inputs"]

@@ -136,6 +136,15 @@ class Translator:
             tokens = np.where(done, self.pad, nxt).astype(np.int64)[:, None]
         return out
 
+    def forced_logits(self, ids: list[int], prefix: list[int]):
+        """The logits (V,) of the next output token after `prefix` (output ids without the start token): what a
+        check compares where two CPUs chose different tokens."""
+        hidden, mask = self.encode([ids])
+        past, logits = None, None
+        for tok in [self.start, *prefix]:
+            logits, past = self._step(np.array([[tok]], dtype=np.int64), hidden, mask, past)
+        return logits[0]
+
     def beam(self, ids: list[int], max_length: int, beams: int) -> list[int]:
         """Beam search over one input: the finished hypothesis of highest mean log-probability per token."""
         hidden, mask = self.encode([ids])
