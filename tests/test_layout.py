@@ -14,7 +14,7 @@ TASK_NAME = re.compile(r"(?<!sequence)classification|causal[-_]lm|seq2seq(?!lm)"
 
 # Lowest first; a module may import its own layer or a lower one. The first pattern a module matches decides.
 LAYERS = [
-    # a task folder's entry points (its studies, the causal LM's teacher publisher) read recipes: top
+    # a task folder's entry points (its studies, its teacher publisher) read recipes: top
     ("top", r"compress(\.__main__|\.cli|\.commands|\.pipeline|\.recipe|\.tasks)?$"
      r"|compress\.tasks\.[a-z0-9_]+\.(publish|studies(\..+)?)$"),
     ("tasks", r"compress\.tasks\.[a-z0-9_]+(\..+)?$"),

@@ -69,6 +69,8 @@ def test_the_recipe_refuses_what_it_cannot_do(tmp_path):
         load_recipe(write_s2s_recipe(tmp_path / "r2.yaml", data, quantize=[{"name": "q", "bits": 8}]))
     with pytest.raises(RecipeError, match="source_field and data.target_field are both 'source'"):
         load_recipe(write_s2s_recipe(tmp_path / "r3.yaml", data, data={"target_field": "source"}))
+    with pytest.raises(RecipeError, match="distill and quantize are both empty: the run would build no variant"):
+        load_recipe(write_s2s_recipe(tmp_path / "r5.yaml", data, distill=[], quantize=[]))
     from compress.tasks import task_for
 
     recipe = load_recipe(write_s2s_recipe(tmp_path / "r4.yaml", data, distill=[{"name": "s", "decoder_layers": [5]}]))
@@ -199,3 +201,20 @@ def test_the_bundle_loop_matches_pytorch_greedy_and_beam_one_is_greedy(tmp_path)
     # a padded batch gives each input its own output (float32: padding is masked, not mixed in)
     batch = [tok(t).input_ids for t in texts]
     assert translator.greedy(batch, 8) == [translator.greedy([x], 8)[0] for x in batch]
+
+
+def test_the_source_gap_tells_a_model_that_reads_its_input_from_one_that_does_not(tmp_path):
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    from compress.tasks.seq2seq.data import Pairs
+    from compress.tasks.seq2seq.training import MIN_SOURCE_GAP, source_gap
+    from tests.s2s_fixtures import make_pairs, make_user_model
+
+    d = make_user_model("t5", tmp_path / "t5")
+    model, tok = AutoModelForSeq2SeqLM.from_pretrained(d), AutoTokenizer.from_pretrained(d)
+    rows = make_pairs(64, 11)
+    pairs = Pairs([r["source"] for r in rows], [r["target"] for r in rows])
+    assert source_gap(model, tok, pairs, "", 24, 16) > 10 * MIN_SOURCE_GAP  # a word-for-word task: it must read
+    with torch.no_grad():  # the encoder's output made the same for every input: nothing of the source gets through
+        model.encoder.final_layer_norm.weight.zero_()
+    assert abs(source_gap(model, tok, pairs, "", 24, 16)) < MIN_SOURCE_GAP

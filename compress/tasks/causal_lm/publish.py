@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,34 +22,9 @@ from pathlib import Path
 import torch
 
 from compress.errors import RecipeError
-from compress.manifest import atomic_dir, hash_path, library_versions
+from compress.manifest import atomic_dir, library_versions
+from compress.publish import code_commit, corpus_files, machine_line, repo_relative
 from compress.recipe import load_recipe, parse_overrides
-
-ROOT = Path(__file__).resolve().parents[3]
-
-
-def _commit() -> str:
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout
-        return sha.stdout.strip() + (" (with uncommitted changes)" if dirty.strip() else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown (not a git checkout)"
-
-
-def _relative(path: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(ROOT))
-    except ValueError:
-        return str(path)
-
-
-def _cpu() -> str:
-    from compress.hardware import cpu_info
-
-    info = cpu_info()
-    isa = ", ".join(flag for flag, has in info["isa"].items() if has)
-    return f"{info['model']} ({info['logical_cores']} logical cores; {isa}), torch on {torch.get_num_threads()} threads"
 
 
 def publish(recipe_path: Path, out: Path, overrides: dict | None = None) -> dict:
@@ -79,15 +53,11 @@ def publish(recipe_path: Path, out: Path, overrides: dict | None = None) -> dict
     record = {
         "recipe": json.loads(recipe.model_dump_json()),
         "recipe_file": str(recipe_path),
-        "corpus": {
-            key: {"file": Path(p).name, "sha256": hash_path(Path(p))}
-            for key, p in (("train", recipe.data.train), ("dev", recipe.data.dev), ("test", recipe.data.test))
-            if p is not None
-        },
-        "corpus_dir": _relative(Path(recipe.data.train).parent),
-        "commit": _commit(),
+        "corpus": corpus_files(recipe.data),
+        "corpus_dir": repo_relative(Path(recipe.data.train).parent),
+        "commit": code_commit(),
         "versions": library_versions(),
-        "machine": _cpu(),
+        "machine": machine_line(),
         "finished": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "wall_time_s": round(wall, 1),
         "metrics_float32": result.metrics,
@@ -228,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {record_file}: not found (publish the model first)", file=sys.stderr)
             return 2
         record = json.loads(record_file.read_text())
-        record.setdefault("corpus_dir", _relative(Path(record["recipe"]["data"]["train"]).parent))
+        record.setdefault("corpus_dir", repo_relative(Path(record["recipe"]["data"]["train"]).parent))
         (args.out / "README.md").write_text(model_card(record, args.out.name))
         return 0
     try:

@@ -178,6 +178,15 @@ class Seq2SeqRecipe(RecipeBase):
             )
         return v
 
+    @model_validator(mode="after")
+    def _builds_a_variant(self) -> Seq2SeqRecipe:
+        if not self.distill and not self.quantize:
+            raise ValueError(
+                "distill and quantize are both empty: the run would build no variant to benchmark; add a quantize "
+                "entry with source: teacher at least"
+            )
+        return self
+
     def quantize_sources(self) -> list[str]:
         return ["teacher", *super().quantize_sources()]
 

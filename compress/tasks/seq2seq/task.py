@@ -80,7 +80,7 @@ class Seq2SeqTask(TaskBase):
             new_model,
             train_tokenizer,
         )
-        from compress.tasks.seq2seq.training import train_seq2seq
+        from compress.tasks.seq2seq.training import MIN_SOURCE_GAP, source_gap, train_seq2seq
 
         r, data = ctx.recipe, ctx.data
         cfg = r.teacher
@@ -107,13 +107,25 @@ class Seq2SeqTask(TaskBase):
             )
             metrics["train_loss"] = _last(history, "train_loss")
             metrics["train_steps"] = _last(history, "step")
+            metrics["loss_curve"] = [{"step": h["step"], "epoch": round(h["epoch"], 3), "loss": round(h["loss"], 4)}
+                                     for h in history if "loss" in h]  # fmt: skip
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
         metrics.update(params=count_parameters(model), **layer_counts(model))
         figures, outputs = self._held_out(ctx, model, tokenizer)
         metrics.update(figures)
         metrics["gate"] = self._gate(outputs, metrics["holdout_chrf_torch"], None, None, None)
-        ctx.log(f"    teacher: held-out chrF {metrics['holdout_chrf_torch']:.2f} ({metrics['params']:,} parameters)")
+        held = data.holdout if len(data.holdout) else data.dev
+        gap = source_gap(model, tokenizer, held, r.data.source_prefix, r.data.max_source_length,
+                         r.data.max_target_length)  # fmt: skip
+        metrics["source_gap_nats"] = round(gap, 4)
+        if gap < MIN_SOURCE_GAP and cfg.path is None:  # a user's model is used as it is: measured, not gated
+            metrics["gate"]["passed"] = False
+            metrics["gate"]["reasons"] = [*metrics["gate"]["reasons"], (
+                f"does not read its input: held-out loss with each source swapped for another pair's is only "
+                f"{gap:.4f} nats/token above the loss with the right ones (at least {MIN_SOURCE_GAP} expected)")]
+        ctx.log(f"    teacher: held-out chrF {metrics['holdout_chrf_torch']:.2f} ({metrics['params']:,} parameters), "
+                f"source gap {gap:.3f} nats/token")  # fmt: skip
         return metrics
 
     def distill(self, ctx: RunContext, step: Step, out: Path) -> dict:
