@@ -3,6 +3,7 @@ Marian directories through `teacher.path`."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -184,6 +185,9 @@ def test_a_users_model_directory_runs_through_with_teacher_path(tmp_path, family
     by = {v["name"]: v for v in report["variants"]}
     assert set(by) - {"teacher-ct2-int8"} == {"teacher-torch", "teacher-onnx", "student", "int8", "teacher-optimum",
                                               "teacher-int8-optimum"}  # fmt: skip
+    if family in ("t5", "bart") and importlib.util.find_spec("ctranslate2") is not None:
+        # CTranslate2 converts both families; a BartConfig made in code lacks a key its converter reads
+        assert by["teacher-ct2-int8"]["dev_chrf"] >= 0, report["anchors"]
     assert by["teacher-onnx"]["dev_chrf"] == by["teacher-torch"]["dev_chrf"]
     # optimum runs the same float32 export through its own generate loop: the same outputs again
     assert by["teacher-optimum"]["dev_chrf"] == by["teacher-torch"]["dev_chrf"]

@@ -9,11 +9,34 @@ reported as unavailable, with the reason, and the run goes on.
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from pathlib import Path
 
 CT2_INT8 = "teacher-ct2-int8"
 VOCABULARY = "shared_vocabulary.json"
+
+
+# Keys CTranslate2's loaders read that transformers' own configs no longer write, with the value the transformers
+# model class always has: BART in transformers is post-norm whatever its config says (`normalize_before` is a
+# fairseq key that original BART checkpoints carry and a BartConfig made in code lacks).
+ARCHITECTURE_KEYS = {"bart": {"normalize_before": False}}
+
+
+def _as_ct2_reads_it(teacher_dir: Path, tmp: Path) -> Path:
+    """`teacher_dir`, or a view of it in `tmp` (links to its files) whose config.json has the keys the converter
+    reads for its model type; the teacher's own directory is never written."""
+    config = json.loads((teacher_dir / "config.json").read_text(encoding="utf-8"))
+    missing = {k: v for k, v in ARCHITECTURE_KEYS.get(config.get("model_type"), {}).items() if k not in config}
+    if not missing:
+        return teacher_dir
+    view = tmp / teacher_dir.name
+    view.mkdir()
+    for f in teacher_dir.iterdir():
+        if f.name != "config.json":
+            (view / f.name).symlink_to(f.resolve())
+    (view / "config.json").write_text(json.dumps({**config, **missing}, indent=2) + "\n", encoding="utf-8")
+    return view
 
 
 def build_ct2(teacher_dir: Path, out: Path) -> dict:
@@ -24,7 +47,10 @@ def build_ct2(teacher_dir: Path, out: Path) -> dict:
         return {"reason": f'ctranslate2 is not installed ({e}); pip install -e ".[ctranslate2]"'}
     t0 = time.perf_counter()
     try:
-        TransformersConverter(str(teacher_dir)).convert(str(out), quantization="int8", force=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            TransformersConverter(str(_as_ct2_reads_it(Path(teacher_dir), Path(tmp)))).convert(
+                str(out), quantization="int8", force=True
+            )
     except Exception as e:  # noqa: BLE001 - a model its converter refuses is reported, not a failed run
         return {"reason": f"CTranslate2's converter refused the teacher: {type(e).__name__}: {str(e)[:200]}"}
     if not (out / VOCABULARY).is_file():
