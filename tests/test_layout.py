@@ -106,3 +106,24 @@ def test_imports_go_down_the_layers_and_make_no_cycle():
     for m in graph:
         if m not in state:
             visit(m, [])
+
+
+def test_what_runs_on_a_device_imports_no_torch():
+    """The bundle templates and the memory probes' runtimes are imported from their task folders in a fresh
+    process under a target's address-space cap (512 MiB for `iot`, which `import torch` alone exceeds): importing
+    them must not import the task's stages."""
+    import subprocess
+    import sys
+
+    modules = [
+        "compress.tasks.seq2seq.bundle_template.translate",
+        "compress.tasks.seq2seq.anchors",
+        "compress.tasks.seq2seq.probe",
+        "compress.tasks.causal_lm.bundle_template.generate",
+        "compress.tasks.causal_lm.probe",
+        "compress.tasks.classification.bundle_template.predict",
+        "compress.tasks.classification.probe",
+    ]
+    code = f"import importlib, sys\nfor m in {modules!r}: importlib.import_module(m)\nprint('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "False", out.stdout + out.stderr

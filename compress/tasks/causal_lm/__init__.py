@@ -6,6 +6,13 @@ evaluation (`model`), stages (`teacher`, `distill`, `prune`, `export` with `gena
 (`report`), the bundle (`bundle`, shipping `bundle_template/generate.py`), tied together by `task`.
 """
 
-from compress.tasks.causal_lm.task import CausalLMTask
 
-TASK = CausalLMTask()
+def __getattr__(name: str):
+    """`TASK`, made on first use: importing a module of this folder that needs no torch (the bundle template, the
+    memory probe's runtimes) must not import the stages, and with them torch."""
+    if name == "TASK":
+        from compress.tasks.causal_lm.task import CausalLMTask
+
+        globals()["TASK"] = task = CausalLMTask()
+        return task
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -6,6 +6,13 @@ and scores (`model`), training (`training`), stages (`export`, `quantize`, run b
 (`suite`, run in `worker` processes), the report sections (`report`) and the bundle (`bundle`).
 """
 
-from compress.tasks.seq2seq.task import Seq2SeqTask
 
-TASK = Seq2SeqTask()
+def __getattr__(name: str):
+    """`TASK`, made on first use: importing a module of this folder that needs no torch (the bundle template, the
+    memory probe's runtimes) must not import the stages, and with them torch."""
+    if name == "TASK":
+        from compress.tasks.seq2seq.task import Seq2SeqTask
+
+        globals()["TASK"] = task = Seq2SeqTask()
+        return task
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
