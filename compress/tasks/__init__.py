@@ -19,19 +19,19 @@ __all__ = ["DEFAULT_TASK", "TASKS", "RunContext", "Step", "Task", "task_for"]
 
 
 def _classification() -> Task:
-    from compress.tasks.classification import TASK
+    from compress.tasks.classification.task import TASK
 
     return TASK
 
 
 def _causal_lm() -> Task:
-    from compress.tasks.causal_lm import TASK
+    from compress.tasks.causal_lm.task import TASK
 
     return TASK
 
 
 def _seq2seq() -> Task:
-    from compress.tasks.seq2seq import TASK
+    from compress.tasks.seq2seq.task import TASK
 
     return TASK
 

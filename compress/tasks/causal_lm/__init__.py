@@ -4,15 +4,7 @@ Everything of this task lives in this folder: its recipe (`config`), corpus (`da
 evaluation (`model`), stages (`teacher`, `distill`, `prune`, `export` with `genai`, `quantize`), the benchmark
 (`suite`, run in `worker` processes, with the `anchors` a user would pick instead), the report sections
 (`report`), the bundle (`bundle`, shipping `bundle_template/generate.py`), tied together by `task`.
+
+The task object is `task.TASK`, imported by `compress.tasks`' table when a recipe names the task: this package's
+`__init__` imports nothing, so a torch-free module of it (the bundle template, the memory probe) loads no torch.
 """
-
-
-def __getattr__(name: str):
-    """`TASK`, made on first use: importing a module of this folder that needs no torch (the bundle template, the
-    memory probe's runtimes) must not import the stages, and with them torch."""
-    if name == "TASK":
-        from compress.tasks.causal_lm.task import CausalLMTask
-
-        globals()["TASK"] = task = CausalLMTask()
-        return task
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

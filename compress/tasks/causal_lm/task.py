@@ -699,3 +699,6 @@ def _log_softmax_at(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
 
 
 __all__ = ["CausalLMTask", "decoder_feeds", "onnx_nll"]
+
+
+TASK = CausalLMTask()

@@ -3,15 +3,7 @@
 Everything of this task lives in this folder: its recipe (`config`), data (`data`), stages (`teacher`, `distill`,
 `prune`, `export`, `quantize`), the benchmark (`suite`, run in `worker` processes), the report sections
 (`report`), the bundle (`bundle`, shipping `bundle_template/predict.py`), tied together by `task`.
+
+The task object is `task.TASK`, imported by `compress.tasks`' table when a recipe names the task: this package's
+`__init__` imports nothing, so a torch-free module of it (the bundle template, the memory probe) loads no torch.
 """
-
-
-def __getattr__(name: str):
-    """`TASK`, made on first use: importing a module of this folder that needs no torch (the bundle template, the
-    memory probe's runtimes) must not import the stages, and with them torch."""
-    if name == "TASK":
-        from compress.tasks.classification.task import ClassificationTask
-
-        globals()["TASK"] = task = ClassificationTask()
-        return task
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

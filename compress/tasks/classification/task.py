@@ -408,3 +408,6 @@ def _gate(split, predictions, parent=None, parent_predictions=None, max_drop=Non
     )
     verdict = classifier_gate(predictions, labels, parent=parent, parent_accuracy=parent_accuracy, max_drop=max_drop)
     return {**verdict.to_dict(), "examples": len(labels)}
+
+
+TASK = ClassificationTask()

@@ -4,15 +4,7 @@ Everything of this task lives in this folder: its recipe (`config`), pairs (`dat
 and scores (`model`), training (`training`), stages (`export`, `quantize`, run by `task`), the ONNX loop
 (`bundle_template/translate.py`, also what the gates and the benchmark run through `runtime`), the benchmark
 (`suite`, run in `worker` processes), the report sections (`report`) and the bundle (`bundle`).
+
+The task object is `task.TASK`, imported by `compress.tasks`' table when a recipe names the task: this package's
+`__init__` imports nothing, so a torch-free module of it (the bundle template, the memory probe) loads no torch.
 """
-
-
-def __getattr__(name: str):
-    """`TASK`, made on first use: importing a module of this folder that needs no torch (the bundle template, the
-    memory probe's runtimes) must not import the stages, and with them torch."""
-    if name == "TASK":
-        from compress.tasks.seq2seq.task import Seq2SeqTask
-
-        globals()["TASK"] = task = Seq2SeqTask()
-        return task
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -277,3 +277,6 @@ def _last(history: list[dict], key: str):
 
 def _onnx_bytes(d: Path) -> int:
     return sum(f.stat().st_size for f in d.iterdir() if f.is_file() and f.name.endswith((".onnx", ".onnx_data")))
+
+
+TASK = Seq2SeqTask()
