@@ -283,6 +283,9 @@ def add_subparsers(sub: argparse._SubParsersAction) -> None:
         help="KL(teacher || variant) on dev, nats per token (default 0.5)",
     )
     b.add_argument("--max-chrf-drop", type=float, default=None, help="vs the teacher's dev chrF, points (default 1)")
+    b.add_argument("--draft", default=None, metavar="VARIANT",
+                   help="language models: carry this smaller variant to speculate for the shipped one")  # fmt: skip
+    b.add_argument("--draft-tokens", type=int, default=None, help="with --draft: proposals per pass (default 4)")
     b.add_argument("--force", action="store_true", help="replace a bundle already at --out (never anything else)")
     b.add_argument("--verify", default=None, metavar="ARCH", help="arm64: run it emulated first (see verify)")
     b.add_argument("--verify-cpu", dest="verify_cpus", action="append", default=None, help="with --verify")
@@ -353,6 +356,8 @@ def dispatch(args: argparse.Namespace) -> int:
                     "max_perplexity_ratio": args.max_perplexity_ratio,
                     "max_kl_to_teacher": args.max_kl_to_teacher,
                     "max_chrf_drop": args.max_chrf_drop,
+                    "draft": args.draft,
+                    "draft_tokens": args.draft_tokens,
                 },
                 force=args.force,
                 verify=args.verify,

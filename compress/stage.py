@@ -89,7 +89,7 @@ class Task(Protocol):
     def render_comparison(self, cmp: dict) -> str:
         """`benchmarks.report.compare_reports`' result as a plain-text table."""
 
-    bundle_rules: dict[str, float]  # the options of the default variant's rule (for example a quality bound)
+    bundle_rules: dict[str, Any]  # the bundle's options: the default variant's rule (a quality bound), and others
 
     def bundle(self, run_dir: Path, target: str, out_dir: Path, variant: str | None, *, rule: dict,
                force: bool) -> dict:  # fmt: skip
@@ -105,7 +105,7 @@ class TaskBase:
     `report` module (`write`, `compare_row`, `render_compare`) and bundle function, which the task names in
     `report_module` and `bundle_function` (imported there, when first used: reading a recipe imports neither)."""
 
-    bundle_rules: dict[str, float] = {}
+    bundle_rules: dict[str, Any] = {}
 
     def report_module(self) -> Any:
         raise NotImplementedError

@@ -532,6 +532,71 @@ def test_bundle_refuses_an_unmeasured_target_and_a_loose_choice_names_the_candid
     assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
 
 
+def test_a_draft_ships_checked_to_change_no_token_and_generate_py_speculates_with_it(lm_run, tmp_path, capsys):
+    import hashlib
+
+    from compress.cli import main
+    from compress.tasks.causal_lm.bundle import load_generate_module
+
+    _, out, report, _ = lm_run
+    d = tmp_path / "spec"
+    with pytest.raises(SystemExit) as e:  # the student, with its structured cut proposing
+        main(["bundle", str(out), "--target", "host", "--out", str(d), "--variant", "student",
+              "--draft", "cut", "--draft-tokens", "3"])  # fmt: skip
+    assert e.value.code == 0 and "Draft cut: greedy tokens identical" in capsys.readouterr().out
+    meta = json.loads((d / "bundle.json").read_text())
+    draft = meta["draft"]
+    assert draft["variant"] == "cut" and draft["tokens"] == 3 and draft["kv_cache"] == "copy"
+    check = draft["check"]
+    assert check["greedy_identical"] == 1.0 and check["prompts"] == 3 and 0 <= check["acceptance"] <= 1
+    assert check["tokens_per_s"]["model"] > 0 and check["speedup"] > 0 and 1 <= check["tokens_per_pass"] <= 4
+    assert meta["files"]["draft/model.onnx"] == hashlib.sha256((d / "draft/model.onnx").read_bytes()).hexdigest()
+    assert "Speculation: `draft/` holds `cut`" in (d / "README.md").read_text()
+    # generate.py --draft: the model's own greedy tokens, and what the draft did
+    by = {v["name"]: v for v in report["variants"]}
+    prompt_ids, text = report["settings"]["greedy_prompt_ids"][0], "The parser reads"
+    with pytest.raises(SystemExit) as e:
+        main(["generate", str(d), text, "--json", "--draft", "--max-new-tokens", "8"])
+    row = json.loads(capsys.readouterr().out)
+    with pytest.raises(SystemExit) as e2:
+        main(["generate", str(d), text, "--json", "--max-new-tokens", "8"])
+    alone = json.loads(capsys.readouterr().out)
+    assert e.value.code == e2.value.code == 0 and row["tokens"] == alone["tokens"]
+    assert row["speculation"]["passes"] >= 1 and "speculation" not in alone
+    spec = load_generate_module(d).Generator.from_bundle(d, draft=True)
+    assert list(spec.stream(prompt_ids, 8, ignore_eos=True)) == by["student"]["greedy"]["tokens"][0][:8]
+    for argv, message in (
+        (["--temperature", "0.7"], "greedy decoding only"),
+        (["--draft-tokens", "2"], "apply to --draft"),
+    ):
+        with pytest.raises(SystemExit) as e:
+            main(["generate", str(d), text, *(["--draft"] if "greedy" in message else []), *argv])
+        assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_bundle_refuses_a_draft_it_cannot_use(lm_run, lm_bundle, tmp_path):
+    from compress.tasks.causal_lm.bundle import bundle_lm as bundle
+    from export.bundle_checks import BundleError
+
+    _, out, _, _ = lm_run
+    loose = {"max_perplexity_ratio": 100.0, "max_kl_to_teacher": 100.0}
+    for draft, message in (
+        ("nope", "--draft 'nope': no such variant"),
+        ("teacher-onnx", "a draft must be an ONNX variant"),  # optimum's runtime: a baseline
+        ("student", "is the variant being shipped"),
+    ):
+        with pytest.raises(BundleError, match=message):
+            bundle(out, "host", tmp_path / "b", "student", draft=draft, **loose)
+    with pytest.raises(BundleError, match="expected at least 1"):
+        bundle(out, "host", tmp_path / "b", "student", draft="cut", draft_tokens=0, **loose)
+    assert not (tmp_path / "b").exists()
+    with pytest.raises(SystemExit) as e:  # a generate.py --draft on a bundle without one: a message
+        from compress.cli import main
+
+        main(["generate", str(lm_bundle[0]), "x", "--draft"])
+    assert e.value.code == 2
+
+
 def test_compare_two_lm_runs(lm_run, capsys):
     from compress.cli import main
 

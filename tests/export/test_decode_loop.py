@@ -191,3 +191,86 @@ def test_a_long_prompt_is_read_in_slices_to_the_same_tokens(genai_export, tiny_l
         lb, cb = sliced.prefill(prompt)
         assert la.shape[1] == 150 and lb.shape[1] == 150 - 4 * 32 and ca.length == cb.length == 150
         np.testing.assert_allclose(la[0, -1], lb[0, -1], atol=1e-4)
+
+
+def _speculating(target_dir, draft_dir, tokens=4):
+    from compress.tasks.causal_lm.export import generator_for
+
+    gen = generator_for(target_dir)
+    gen.use_draft(generator_for(draft_dir), tokens)
+    return gen
+
+
+@pytest.mark.parametrize("k", [1, 3, 6])
+def test_a_draft_changes_the_work_per_token_never_a_token(tiny_lm_exports, k):
+    from compress.tasks.causal_lm.export import generator_for
+
+    alone = generator_for(tiny_lm_exports["llama"])
+    for draft, all_kept in (("gpt2", False), ("llama", True)):  # another model; the model itself
+        gen = _speculating(tiny_lm_exports["llama"], tiny_lm_exports[draft], k)
+        proposed = accepted = 0
+        for prompt in _prompts(3, 10):
+            want = alone.generate(prompt, 30, ignore_eos=True)["tokens"]
+            assert gen.generate(prompt, 30, ignore_eos=True)["tokens"] == want
+            sp = gen.speculation
+            assert sp["draft_steps"] == sp["proposed"] and sp["accepted"] <= sp["proposed"]
+            # every pass yields its kept proposals and one token of its own; the prefill yields the first token
+            assert sp["accepted"] + sp["passes"] + 1 <= 30 <= sp["accepted"] + sp["passes"] + 1 + k
+            proposed, accepted = proposed + sp["proposed"], accepted + sp["accepted"]
+        if all_kept:
+            assert accepted == proposed > 0
+        else:
+            assert 0 < accepted < proposed  # a model trained on the same text agrees often, not always
+
+
+def test_speculation_stops_where_the_model_alone_stops(tiny_lm_exports):
+    from compress.tasks.causal_lm.export import generator_for
+
+    prompt = _prompts(1, 12)[0]
+    for window in (14, 17, 20):  # room for 1 to 7 new tokens: proposals cut to the room left
+        alone = generator_for(tiny_lm_exports["llama"])
+        alone.context_window = window
+        gen = _speculating(tiny_lm_exports["llama"], tiny_lm_exports["qwen2"], 4)
+        gen.context_window = window
+        a, b = alone.generate(prompt, 50, ignore_eos=True), gen.generate(prompt, 50, ignore_eos=True)
+        assert a["tokens"] == b["tokens"] and len(b["tokens"]) == window - 12
+        assert b["finish_reason"] == a["finish_reason"] == "context_window"
+    eos = _speculating(tiny_lm_exports["llama"], tiny_lm_exports["gpt2"], 4)
+    alone = generator_for(tiny_lm_exports["llama"])
+    first = alone.generate(prompt, 20, ignore_eos=True)["tokens"]
+    eos.eos_token_ids = alone.eos_token_ids = {first[5]}  # a token the model makes: generation ends at it
+    assert eos.generate(prompt, 20)["tokens"] == alone.generate(prompt, 20)["tokens"] == first[: first.index(first[5])]
+
+
+def test_a_draft_must_share_the_vocabulary_and_speculates_greedy_decoding_only(tiny_lm_exports, tmp_path):
+    import shutil
+
+    from compress.tasks.causal_lm.export import generator_for
+    from tests.lm_fixtures import tiny_tokenizer
+
+    other = tmp_path / "other"
+    shutil.copytree(tiny_lm_exports["gpt2"], other)
+    tiny_tokenizer(320).save_pretrained(other)  # another vocabulary, the same model file
+    gen = generator_for(tiny_lm_exports["llama"])
+    with pytest.raises(ValueError, match="share the model's vocabulary"):
+        gen.use_draft(generator_for(other))
+    with pytest.raises(ValueError, match="at least 1"):
+        gen.use_draft(generator_for(tiny_lm_exports["gpt2"]), 0)
+    gen.use_draft(generator_for(tiny_lm_exports["gpt2"]))
+    with pytest.raises(g.PromptError, match="greedy decoding only"):
+        gen.generate(_prompts(1)[0], 5, temperature=0.8)
+
+
+def test_an_in_place_model_speculates_with_either_kind_of_draft(genai_export, tiny_lm_exports):
+    from compress.tasks.causal_lm.export import generator_for
+
+    alone = generator_for(genai_export)
+    for draft in (genai_export, tiny_lm_exports["llama"]):  # a draft with a cache in place; one passed on
+        gen = generator_for(genai_export)
+        gen.cache_start = 16  # buffers grow while verified proposals are cut back
+        gen.use_draft(generator_for(draft), 5)
+        for prompt in _prompts(2, 12):
+            assert gen.generate(prompt, 40, ignore_eos=True)["tokens"] == alone.generate(prompt, 40, ignore_eos=True)[
+                "tokens"
+            ]
+        assert gen.kv_cache == "in-place"

@@ -3,6 +3,7 @@
     model.onnx (+ model.onnx.data when its weights are kept outside it)  model.ort  required_operators.config
     tokenizer.json  generation_config.json  bundle.json  manifest.json (the run's)  generate.py  README.md
     chat_template.jinja (when the model's tokenizer has one)
+    draft/model.onnx, draft/model.ort (with `--draft VARIANT`: a smaller variant that speculates for the model)
 
 `generate.py` needs only onnxruntime, tokenizers and numpy (and jinja2 for the chat template); it is the same
 decoder loop the pipeline measured (`compress/tasks/causal_lm/bundle_template/generate.py`). Before the bundle is
@@ -114,6 +115,18 @@ def _readme(meta: dict) -> str:
         if meta.get("chat")
         else "\n- No chat template: the model's tokenizer has none, so prompts are continued as text.\n"
     )
+    d = meta.get("draft")
+    if d:
+        c = d["check"]
+        chat += f"""
+- Speculation: `draft/` holds `{d["variant"]}`, a smaller variant on the same tokenizer. `--draft` lets it propose
+  {d["tokens"]} tokens per pass of the model (`--draft-tokens K`); the model keeps those it would have chosen, so
+  the greedy tokens are the model's own (checked on {c["prompts"]} prompts: {c["greedy_identical"]:.0%}
+  identical). Measured at bundle time ({c["threads"]} thread(s), {c["new_tokens"]} new tokens per prompt):
+  {c["acceptance"]:.0%} of the proposals kept, {c["tokens_per_s"]["with_draft"]:.0f} tokens/s against
+  {c["tokens_per_s"]["model"]:.0f} without ({c["speedup"]:.2f}x). Greedy only: no `--temperature` or
+  `--interactive` with it.
+"""
     return f"""# {meta["variant"]} for target {meta["target"]}
 
 From run `{meta["run"]}`. {meta["selection"]}.
@@ -146,12 +159,17 @@ def bundle_lm(
     *,
     max_perplexity_ratio: float = 1.25,
     max_kl_to_teacher: float = 0.5,
+    draft: str | None = None,
+    draft_tokens: int = 4,
     force: bool = False,
 ) -> dict:
     """Write the bundle of a causal-LM run (see the module docstring); returns its metadata (bundle.json).
 
     Without `variant`, the fastest decoder on `target` whose dev perplexity is within `max_perplexity_ratio`
     of the teacher's and whose KL to the teacher is within `max_kl_to_teacher` (`select_lm_variant`).
+    `draft`: another variant of the run (same tokenizer) carried in `draft/` to speculate for the model
+    (`generate.py --draft`, `draft_tokens` proposals per pass); its greedy tokens must be the model's own, and the
+    tokens/s with and without it and the share of its proposals kept are measured (`_check_draft`).
     """
     from export.mobile import convert_to_ort
 
@@ -177,6 +195,7 @@ def bundle_lm(
     eos = [int(e) for e in (eos if isinstance(eos, list) else [eos] if eos is not None else [])]
     greedy = chosen.get("greedy") or {}
     prompts = report.get("settings", {}).get("greedy_prompt_ids") or []
+    draft_dir = _draft_artifact(report, run_dir, manifest, chosen, artifact_dir, draft, draft_tokens)
     with atomic_dir(out_dir) as tmp:
         copy_model(artifact_dir / "model.onnx", tmp)  # with its external-data file (weights over ONNX's 2 GiB)
         conv = None
@@ -194,8 +213,12 @@ def bundle_lm(
         meta = _metadata(report, chosen, target, threads, why, window, eos, conv)
         meta["chat"], meta["bos_token_ids"] = _tokenizer_settings(artifact_dir, tmp)
         meta["kv_cache"] = _kv_cache_mode(tmp / "model.onnx")
+        if draft_dir is not None:
+            meta["draft"] = _add_draft(draft_dir, tmp, draft, draft_tokens, target)
         (tmp / "bundle.json").write_text(json.dumps(meta, indent=2) + "\n")
         meta["check"] = _check(tmp, prompts, greedy, threads)
+        if draft_dir is not None:
+            meta["draft"]["check"] = _check_draft(tmp, prompts, greedy, threads)
         models = [m for m in ("ort", "onnx") if (tmp / f"model.{m}").is_file()]
         record = {"task": "causal-lm", "count": len(prompts), "prompts": prompts,
                   "expected": {m: greedy["tokens"] for m in models}}  # fmt: skip
@@ -203,7 +226,11 @@ def bundle_lm(
         if meta["chat"] is not None:
             meta["check"]["chat_template"] = _check_chat(tmp, artifact_dir)
         (tmp / "README.md").write_text(_readme(meta))
-        meta["files"] = {f.name: sha256(f) for f in sorted(tmp.iterdir()) if f.is_file() and f.name != "bundle.json"}
+        meta["files"] = {
+            f.relative_to(tmp).as_posix(): sha256(f)
+            for f in sorted(tmp.rglob("*"))
+            if f.is_file() and f.name != "bundle.json"
+        }
         (tmp / "bundle.json").write_text(json.dumps(meta, indent=2) + "\n")
     return meta
 
@@ -253,6 +280,105 @@ def _kv_cache_mode(model: Path) -> str:
 
     graph = onnx.load(str(model), load_external_data=False).graph
     return "in-place" if any(n.op_type == "GroupQueryAttention" for n in graph.node) else "copy"
+
+
+def _draft_artifact(report: dict, run_dir: Path, manifest: dict, chosen: dict, artifact_dir: Path,
+                    draft: str | None, tokens: int) -> Path | None:  # fmt: skip
+    """The artifact directory of the draft variant `draft` (None: no draft), as the benchmark measured it.
+
+    Raises:
+        LMBundleError: an unknown or non-ONNX variant, the shipped variant itself, fewer than 1 draft token, or
+            a draft whose tokenizer is not the model's.
+    """
+    if draft is None:
+        return None
+    if int(tokens) < 1:
+        raise LMBundleError(f"--draft-tokens {tokens}: expected at least 1")
+    by = {v["name"]: v for v in report["variants"]}
+    if draft not in by:
+        raise LMBundleError(
+            f"--draft {draft!r}: no such variant in {run_dir / 'report.json'}; variants: {', '.join(by)}"
+        )
+    v = by[draft]
+    if v["runtime"] != "onnxruntime" or not v.get("artifact"):
+        raise LMBundleError(f"--draft {draft!r} runs on {v['runtime']}; a draft must be an ONNX variant of the run")
+    if draft == chosen["name"]:
+        raise LMBundleError(f"--draft {draft!r} is the variant being shipped; a draft is a smaller, faster variant")
+    path = measured_artifact(run_dir, manifest, v["artifact"])
+    if sha256(path / "tokenizer.json") != sha256(artifact_dir / "tokenizer.json"):
+        raise LMBundleError(
+            f"--draft {draft!r}: its tokenizer.json differs from {chosen['name']!r}'s; a draft must propose the "
+            "model's own tokens (a student with a trimmed or retrained vocabulary cannot)"
+        )
+    return path
+
+
+def _add_draft(draft_dir: Path, bundle_dir: Path, name: str, tokens: int, target: str) -> dict:
+    """Copy the draft's model into `bundle_dir/draft/` (and its .ort where the converter takes it); its record."""
+    from export.mobile import convert_to_ort
+
+    dst = bundle_dir / "draft"
+    dst.mkdir()
+    copy_model(draft_dir / "model.onnx", dst)
+    try:
+        convert_to_ort(dst / "model.onnx", dst, target_platform="arm" if target in ("mobile", "iot") else None)
+    except Exception:  # noqa: BLE001 - a draft the converter refuses runs from model.onnx (generate.py falls back)
+        pass
+    config = json.loads((draft_dir / "config.json").read_text())
+    return {
+        "variant": name,
+        "model": "draft/model.onnx",
+        "tokens": int(tokens),
+        "kv_cache": _kv_cache_mode(dst / "model.onnx"),
+        "context_window": int(config.get("max_position_embeddings") or config.get("n_positions")),
+    }
+
+
+def _check_draft(bundle_dir: Path, prompts: list[list[int]], greedy: dict, threads: int, rounds: int = 3) -> dict:
+    """The bundle's generate.py with its draft against the greedy tokens the benchmark recorded (they must be
+    identical: speculation changes the work per token, never a token), and its speed with and without the draft
+    on those prompts, interleaved, `rounds` times, after one warm-up of each."""
+    expected = greedy.get("tokens") or []
+    n = greedy.get("new_tokens", 0)
+    module = load_generate_module(bundle_dir)
+    model = "ort" if (bundle_dir / "model.ort").is_file() else "onnx"
+    plain = module.Generator.from_bundle(bundle_dir, model=model, threads=threads)
+    spec = module.Generator.from_bundle(bundle_dir, model=model, threads=threads, draft=True)
+    got, passes, proposed, accepted = [], 0, 0, 0
+    for p in prompts:
+        got.append(list(spec.stream(p, n, ignore_eos=True)))
+        passes += spec.speculation["passes"]
+        proposed += spec.speculation["proposed"]
+        accepted += spec.speculation["accepted"]
+    same = sum(a == b for a, b in zip(got, expected, strict=True))
+    if same < len(prompts):
+        raise LMBundleError(
+            f"with the draft, the bundle generates other greedy tokens than the model alone ({same} of "
+            f"{len(prompts)} prompts identical); not writing the bundle"
+        )
+    seconds = {"model": [], "draft": []}
+    for r in range(rounds + 1):  # round 0 warms both up
+        for name, gen in (("model", plain), ("draft", spec)) if r % 2 else (("draft", spec), ("model", plain)):
+            t0 = time.perf_counter()
+            for p in prompts:
+                for _ in gen.stream(p, n, ignore_eos=True):
+                    pass
+            if r:
+                seconds[name].append(time.perf_counter() - t0)
+    tokens = n * len(prompts)
+    model_tps, draft_tps = tokens / float(np.median(seconds["model"])), tokens / float(np.median(seconds["draft"]))
+    return {
+        "prompts": len(prompts),
+        "new_tokens": n,
+        "greedy_identical": same / len(prompts),
+        "model_file": f"model.{model}",
+        "acceptance": accepted / proposed if proposed else None,
+        "tokens_per_pass": (accepted + passes) / passes if passes else None,  # of the model, each verifying
+        "tokens_per_s": {"model": round(model_tps, 1), "with_draft": round(draft_tps, 1)},
+        "speedup": round(draft_tps / model_tps, 3),
+        "rounds": rounds,
+        "threads": threads,
+    }
 
 
 # Conversations on which the bundle's chat template must give transformers' tokens (a template that refuses one,

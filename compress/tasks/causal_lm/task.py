@@ -342,14 +342,23 @@ class CausalLMTask(TaskBase):
 
         return bundle_lm
 
-    # vs the teacher on dev: perplexity ratio, and KL(teacher || variant) in nats per token
-    bundle_rules = {"max_perplexity_ratio": 1.25, "max_kl_to_teacher": 0.5}
+    # vs the teacher on dev: perplexity ratio, and KL(teacher || variant) in nats per token; a draft variant that
+    # speculates for the shipped one (none by default) and its proposals per pass
+    bundle_rules = {"max_perplexity_ratio": 1.25, "max_kl_to_teacher": 0.5, "draft": None, "draft_tokens": 4}
 
     def bundle_message(self, meta: dict, out_dir: Path) -> str:
         return (
             f"{out_dir}: {meta['variant']} for target {meta['target']} ({meta['threads']} thread(s)); "
             f"{meta['selection']}. Greedy tokens identical to the pipeline's on {meta['check']['prompts']} "
-            f'prompts.\ntry: python {Path(out_dir) / "generate.py"} "The os module provides"'
+            "prompts."
+            + (
+                f" Draft {meta['draft']['variant']}: greedy tokens identical, "
+                f"{meta['draft']['check']['acceptance']:.0%} of its proposals kept, "
+                f"{meta['draft']['check']['speedup']:.2f}x the tokens/s without it."
+                if meta.get("draft")
+                else ""
+            )
+            + f'\ntry: python {Path(out_dir) / "generate.py"} "The os module provides"'
         )
 
     def benchmark(self, ctx: RunContext, step: Step, out: Path) -> dict:

@@ -22,6 +22,12 @@ default) ends there, `--on-full slide` keeps the latest half of the context, rea
 and goes on (the model then no longer sees the beginning). bundle.json's `validated_context` says how long a
 context the figures were measured at; beyond it the model was never checked.
 
+`--draft` decodes greedily with speculation, where the bundle carries a draft model (a smaller student on the same
+tokenizer, in `draft/`): the draft proposes `--draft-tokens` tokens one at a time, the model reads them all in one
+pass and keeps those it would have chosen itself, then adds its own next token. The tokens are the model's own
+greedy tokens (bundle.json's `draft.check` says on how many prompts that was checked, the share of proposals kept
+and the tokens/s with and without the draft); only the work per token changes.
+
 `--chat` and `--interactive` wrap each prompt as a user message in the model's own chat template (when its
 tokenizer has one; needs jinja2), rendered as transformers' `apply_chat_template` renders it, so an
 instruction-tuned model is prompted as it was trained. `--interactive` keeps the conversation and the model's
@@ -182,10 +188,31 @@ class Generator:
         self.prefill_chunk = max(16, min(256, (1 << 21) // vocab)) if isinstance(vocab, int) else 256
         if not self.past_names:
             self.kv_cache = "copy"
+        self.draft = None  # a Generator on the same tokenizer that proposes tokens (`use_draft`)
+        self.speculation = None  # the last speculative generation's counts (`_speculate`)
+
+    def use_draft(self, draft: Generator, tokens: int = 4) -> None:
+        """Decode greedily with `draft` proposing `tokens` tokens per pass of this model (see `_speculate`).
+
+        Raises:
+            ValueError: a draft with another vocabulary (its proposals would be other tokens), or `tokens` < 1.
+        """
+        if int(tokens) < 1:
+            raise ValueError(f"draft tokens = {tokens}: expected at least 1")
+        mine = self.tokenizer.get_vocab(with_added_tokens=True)
+        theirs = draft.tokenizer.get_vocab(with_added_tokens=True)
+        if mine != theirs:
+            raise ValueError(
+                f"the draft's tokenizer is not the model's ({len(theirs)} against {len(mine)} tokens, or other ids): "
+                "a draft must share the model's vocabulary"
+            )
+        self.draft, self.draft_tokens = draft, int(tokens)
+        self.context_window = min(self.context_window, draft.context_window)
 
     @classmethod
-    def from_bundle(cls, bundle_dir=HERE, model="auto", threads=None, max_context=None) -> Generator:
-        """The generator of a bundle directory (reads bundle.json)."""
+    def from_bundle(cls, bundle_dir=HERE, model="auto", threads=None, max_context=None, draft=False) -> Generator:
+        """The generator of a bundle directory (reads bundle.json); with `draft`, speculating with the bundle's
+        draft model (`use_draft`; ValueError where the bundle has none)."""
         d = Path(bundle_dir)
         meta = json.loads((d / "bundle.json").read_text(encoding="utf-8"))
         if model == "auto":
@@ -194,17 +221,29 @@ class Generator:
         template = None
         if chat.get("template"):  # read here, compiled (jinja2 imported) only when a chat is asked for
             template = _LazyTemplate((d / chat["template"]).read_text(encoding="utf-8"), chat.get("special_tokens"))
-        return cls(
+        threads = int(threads or meta.get("threads") or 1)
+        gen = cls(
             d / f"model.{model}",
             d / "tokenizer.json",
             meta["context_window"],
             meta.get("eos_token_ids", []),
-            threads=int(threads or meta.get("threads") or 1),
+            threads=threads,
             chat_template=template,
             max_context=max_context,
             bos_token_ids=meta.get("bos_token_ids", []),
             kv_cache=meta.get("kv_cache", "auto"),
         )
+        if draft:
+            spec = meta.get("draft")
+            if not spec:
+                raise ValueError("this bundle carries no draft model (bundle it with `edge-compress bundle --draft`)")
+            path = d / spec["model"]
+            if model == "ort" and path.with_suffix(".ort").is_file():
+                path = path.with_suffix(".ort")
+            small = cls(path, d / "tokenizer.json", spec.get("context_window", meta["context_window"]),
+                        threads=threads, max_context=max_context, kv_cache=spec.get("kv_cache", "auto"))  # fmt: skip
+            gen.use_draft(small, spec.get("tokens", 4))
+        return gen
 
     # ---- the model ----
 
@@ -332,6 +371,12 @@ class Generator:
         """
         prompt_ids = [int(t) for t in prompt_ids]
         self.check_prompt(prompt_ids)
+        if self.draft is not None:
+            if temperature > 0 or state is not None or on_full != "stop":
+                raise PromptError("a draft model speculates greedy decoding only: no --temperature, "
+                                  "--interactive or --on-full slide with --draft")  # fmt: skip
+            yield from self._speculate(prompt_ids, max_new_tokens, ignore_eos)
+            return
         rng = np.random.default_rng(seed)
         keep, cache = _reusable(state, prompt_ids)
         logits, cache = self.prefill(prompt_ids[keep:], cache, keep)
@@ -356,6 +401,58 @@ class Generator:
         finally:
             if state is not None:
                 state["ids"], state["cache"] = in_cache, cache
+
+    def _speculate(self, prompt_ids, max_new_tokens: int, ignore_eos: bool):
+        """Greedy decoding with speculation (Leviathan et al. 2023; Chen et al. 2023, greedy case): the draft
+        proposes k tokens one by one; this model reads the last token and the k proposals in one pass; the
+        proposals up to the first one it would not have chosen are kept, then its own choice there. Each pass
+        yields 1 to k + 1 tokens, the same ones this model's greedy loop yields (up to rounding where the pass
+        over k + 1 positions and a one-position step sum in another order); both caches are cut back to what was
+        kept. `self.speculation` counts passes, proposals and proposals kept."""
+        draft, k = self.draft, self.draft_tokens
+        stats = self.speculation = {"passes": 0, "proposed": 0, "accepted": 0, "draft_steps": 0}
+        logits, cache = self.prefill(prompt_ids)
+        _, dcache = draft.prefill(prompt_ids)
+        seq, dpast, made = list(prompt_ids), len(prompt_ids), 0  # the draft's cache holds seq[:dpast]
+        token = int(np.argmax(logits[0, -1]))
+        while True:  # invariant: this model's cache holds seq, `token` follows it
+            seq.append(token)
+            yield token
+            made += 1
+            if (token in self.eos_token_ids and not ignore_eos) or made >= max_new_tokens:
+                return
+            if len(seq) >= self.context_window:
+                return
+            past = len(seq) - 1
+            n = min(k, max_new_tokens - made - 1, self.context_window - 1 - len(seq))
+            if n < 1:  # no room for a proposal: one plain step
+                logits, cache = self.forward(np.asarray([[token]]), cache, past)
+                token = int(np.argmax(logits[0, -1]))
+                continue
+            dlogits, dcache = draft.forward(np.asarray([seq[dpast:]]), dcache, dpast)  # one or two tokens behind
+            proposals = [int(np.argmax(dlogits[0, -1]))]
+            for _ in range(n - 1):
+                dlogits, dcache = draft.forward(np.asarray([proposals[-1:]]), dcache, len(seq) + len(proposals) - 1)
+                proposals.append(int(np.argmax(dlogits[0, -1])))
+            stats["draft_steps"] += n
+            logits, cache = self.forward(np.asarray([[token, *proposals]]), cache, past)  # (1, n + 1, V)
+            choice = logits[0].argmax(-1)
+            kept = 0
+            while kept < n and int(choice[kept]) == proposals[kept]:
+                kept += 1
+            stats["passes"] += 1
+            stats["proposed"] += n
+            stats["accepted"] += kept
+            cache = cache.cut(len(seq) + kept)
+            dpast = len(seq) + min(kept, n - 1)  # the last proposal never entered the draft's cache
+            dcache = dcache.cut(dpast)
+            for t in proposals[:kept]:
+                seq.append(t)
+                yield t
+                made += 1
+                if (t in self.eos_token_ids and not ignore_eos) or made >= max_new_tokens:
+                    return
+            token = int(choice[kept])
 
     def generate(self, prompt, max_new_tokens: int = 64, *, stop=(), on_text=None, **sampling) -> dict:
         """Continue `prompt` (text, or token ids); returns {"text", "tokens", "finish_reason", "prompt_tokens"}.
@@ -593,15 +690,24 @@ def main(argv=None) -> int:
     p.add_argument("--interactive", action="store_true", help="a multi-turn chat, one user message per input line")
     p.add_argument("--max-context", type=int, default=None, help="tokens held at most (default: the model's window)")
     p.add_argument("--on-full", choices=["stop", "slide"], default="stop", help="when the context is full")
+    p.add_argument("--draft", action="store_true", help="greedy, with the bundle's draft model speculating")
+    p.add_argument("--draft-tokens", type=int, default=None, help="--draft: tokens proposed per pass (bundle.json's)")
+    p.add_argument("--stats", action="store_true", help="--draft: print the proposals kept to standard error")
     p.add_argument("--model", choices=["auto", "ort", "onnx"], default="auto")
     p.add_argument("--threads", type=int, default=None)
     a = p.parse_args(argv)
     try:
         meta = json.loads((Path(a.bundle) / "bundle.json").read_text(encoding="utf-8"))
-        gen = Generator.from_bundle(a.bundle, a.model, a.threads, a.max_context)
+        gen = Generator.from_bundle(a.bundle, a.model, a.threads, a.max_context, draft=a.draft)
     except (OSError, ValueError, KeyError) as e:
         sys.stderr.write(f"generate.py: not a usable bundle at {a.bundle}: {e}\n")
         return 2
+    if a.draft_tokens is not None or a.stats:
+        if not a.draft or a.draft_tokens is not None and a.draft_tokens < 1:
+            sys.stderr.write("generate.py: --draft-tokens (at least 1) and --stats apply to --draft\n")
+            return 2
+        if a.draft_tokens is not None:
+            gen.draft_tokens = a.draft_tokens
     defaults = meta.get("generation", {})
     sampling = {
         "temperature": a.temperature if a.temperature is not None else defaults.get("temperature", 0.0),
@@ -625,6 +731,10 @@ def main(argv=None) -> int:
         return 2
     if a.system is not None and not (a.chat or a.interactive):
         sys.stderr.write("generate.py: --system applies to --chat or --interactive\n")
+        return 2
+    if a.draft and (sampling["temperature"] > 0 or a.interactive or a.on_full != "stop"):
+        sys.stderr.write("generate.py: --draft speculates greedy decoding only: no --temperature, --interactive "
+                         "or --on-full slide with it\n")  # fmt: skip
         return 2
     if a.interactive:
         return _interactive(gen, a.system, max_new, stop, sampling)
@@ -651,10 +761,16 @@ def main(argv=None) -> int:
             if as_json:
                 out = gen.generate(prompt, max_new, stop=stop, **sampling)
                 out = {"input": n, **out, "seconds": round(time.perf_counter() - t0, 4)}
+                if gen.draft is not None:
+                    out["speculation"] = gen.speculation
                 print(json.dumps(out, ensure_ascii=False), flush=True)
             else:
                 gen.generate(prompt, max_new, stop=stop, on_text=lambda s: print(s, end="", flush=True), **sampling)
                 print(flush=True)
+            if a.stats:
+                sp = gen.speculation
+                sys.stderr.write(f"draft: {sp['accepted']}/{sp['proposed']} proposals kept over {sp['passes']} passes "
+                                 f"({time.perf_counter() - t0:.3f} s)\n")  # fmt: skip
         except PromptError as e:
             status = 2 if not as_json else max(status, 1)
             if as_json:
