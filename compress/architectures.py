@@ -323,15 +323,23 @@ def is_projection(module: nn.Module) -> bool:
     return isinstance(module, nn.Linear | Conv1D)
 
 
-def projection_modules(model) -> list[tuple[str, nn.Module]]:
-    """(name, module) of every attention and FFN projection inside the layers, in layer order.
+def layer_stacks(model) -> tuple[str, ...]:
+    """Paths (from `base_model`) of the model's layer stacks: one for an encoder or a decoder, two for an
+    encoder-decoder (its encoder's, then its decoder's)."""
+    if getattr(model.config, "model_type", None) in ENCODER_DECODERS:
+        return tuple(fam.layers for _, fam, _ in encoder_decoder_of(model).stacks())
+    return (family_of(model).layers,)
 
-    Selected by a predicate over (name, module): a projection (`is_projection`) inside the layer stack. The
+
+def projection_modules(model) -> list[tuple[str, nn.Module]]:
+    """(name, module) of every attention and FFN projection inside the layers, in layer order (an
+    encoder-decoder's: its encoder's, then its decoder's self-attention, cross-attention and FFN).
+
+    Selected by a predicate over (name, module): a projection (`is_projection`) inside a layer stack. The
     embeddings, the classifier or LM head, and a pooler stay out.
     """
-    fam = family_of(model)
-    prefix = f"{fam.layers}."
-    return [(name, m) for name, m in model.base_model.named_modules() if name.startswith(prefix) and is_projection(m)]
+    prefixes = tuple(f"{stack}." for stack in layer_stacks(model))
+    return [(name, m) for name, m in model.base_model.named_modules() if name.startswith(prefixes) and is_projection(m)]
 
 
 def out_in(module: nn.Module) -> tuple[int, int]:

@@ -15,7 +15,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from compress.architectures import as_out_in, family_of, projection_modules
+from compress.architectures import as_out_in, layer_stacks, projection_modules
 from compress.modeling import count_parameters
 from compress.structured import current_mask, effective, set_mask_, taylor_scores
 
@@ -27,15 +27,19 @@ def prunable_linears(model) -> list[tuple[str, nn.Module]]:
 
 
 def measure_sparsity(model) -> dict:
-    """Share of exact zeros per prunable matrix, per encoder layer, over all prunable weights and the model."""
+    """Share of exact zeros per prunable matrix, per layer (an encoder-decoder's as `encoder.0`, `decoder.0`),
+    over all prunable weights and the model."""
     per_matrix, per_layer = {}, {}
     zeros_total = numel_total = 0
-    prefix = f"{family_of(model).layers}."
+    stacks = layer_stacks(model)
     for name, m in prunable_linears(model):
         w = effective(m).detach()
         z, n = int((w == 0).sum()), w.numel()
         per_matrix[name] = z / n
-        layer = name.removeprefix(prefix).split(".")[0]
+        stack = next(s for s in stacks if name.startswith(f"{s}."))
+        layer = name.removeprefix(f"{stack}.").split(".")[0]
+        if len(stacks) > 1:
+            layer = f"{stack.split('.')[0]}.{layer}"
         lz, ln = per_layer.get(layer, (0, 0))
         per_layer[layer] = (lz + z, ln + n)
         zeros_total += z

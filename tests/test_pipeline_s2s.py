@@ -16,8 +16,10 @@ from compress.pipeline import run_pipeline
 from compress.recipe import load_recipe
 from tests.s2s_fixtures import make_user_model, write_pairs, write_s2s_recipe
 
-STEPS = ["teacher", "distill/student", "export/teacher", "export/student", "quantize/int8", "quantize/int4",
-         "benchmark"]  # fmt: skip
+STEPS = ["teacher", "distill/student", "prune/sparse", "export/teacher", "export/student", "export/sparse",
+         "quantize/int8", "quantize/int4", "benchmark"]  # fmt: skip
+PRUNE = [{"name": "sparse", "sparsity": 0.5, "epochs": 0.5, "batch_size": 32, "learning_rate": 3.0e-3,
+          "max_chrf_drop": None}]  # fmt: skip
 
 
 def _ops(path) -> dict[str, int]:
@@ -38,7 +40,7 @@ def _ops(path) -> dict[str, int]:
 @pytest.fixture(scope="module")
 def s2s_run(tmp_path_factory):
     work = tmp_path_factory.mktemp("s2s_pipeline")
-    recipe = load_recipe(write_s2s_recipe(work / "recipe.yaml", write_pairs(work / "data")))
+    recipe = load_recipe(write_s2s_recipe(work / "recipe.yaml", write_pairs(work / "data"), prune=PRUNE))
     logs: list[str] = []
     report = run_pipeline(recipe, work / "run", log=logs.append)
     return work, report, logs
@@ -50,7 +52,7 @@ def test_every_stage_runs_and_the_report_has_every_variant(s2s_run):
     assert manifest["plan"] == STEPS
     assert all(manifest["stages"][s]["status"] == "done" for s in STEPS)
     names = [v["name"] for v in report["variants"] if v.get("stage") != "anchor"]
-    assert names == ["teacher-torch", "teacher-onnx", "student", "int8", "int4", "teacher-int8-optimum"]
+    assert names == ["teacher-torch", "teacher-onnx", "student", "sparse", "int8", "int4", "teacher-int8-optimum"]
     for v in report["variants"]:
         assert 0 <= v["dev_chrf"] <= 100 and v["test_chrf"] is not None
         assert v["targets"]["host"]["sentences_per_s"] > 0
@@ -91,6 +93,28 @@ def test_the_student_keeps_the_named_layers_and_the_export_matches_pytorch(s2s_r
         check = manifest["stages"][f"export/{name}"]["metrics"]["check"]
         assert check["identical_outputs"] == check["inputs"] > 0
         assert check["max_abs_logit_diff"] < 1e-3
+
+
+def test_a_pruned_student_ships_its_zeros_in_both_graphs_and_a_smaller_download(s2s_run):
+    import numpy as np
+    from onnx import numpy_helper
+
+    work, report, _ = s2s_run
+    manifest = json.loads((work / "run" / "manifest.json").read_text())
+    m = manifest["stages"]["prune/sparse"]["metrics"]
+    assert abs(m["sparsity_prunable"] - 0.5) < 0.01 and m["train_steps"] > 0 and m["gate"]["passed"]
+    assert {k.split(".")[0] for k in m["per_layer"]} == {"encoder", "decoder"}
+    check = manifest["stages"]["export/sparse"]["metrics"]["check"]
+    assert check["identical_outputs"] == check["inputs"] > 0
+    for f in ("encoder_model.onnx", "decoder_model_merged.onnx"):  # the projections' zeros, as exported
+        graph = onnx.load(str(work / "run" / "export" / "sparse" / f)).graph
+        mats = [numpy_helper.to_array(t) for t in graph.initializer if len(t.dims) == 2 and min(t.dims) > 1]
+        zeros = sum(int((a == 0).sum()) for a in mats) / sum(a.size for a in mats)
+        assert zeros > 0.2, (f, zeros)  # half of the projections (the float32 embedding is dense)
+        assert np.isfinite(zeros)
+    by = {v["name"]: v for v in report["variants"]}
+    assert by["sparse"]["parent"] == "student" and by["sparse"]["params"] == by["student"]["params"]
+    assert by["sparse"]["size_gzip_bytes"] < by["student"]["size_gzip_bytes"]
 
 
 def test_quantized_graphs_hold_int8_and_int4_kernels_in_encoder_and_decoder(s2s_run):

@@ -63,8 +63,11 @@ def test_the_held_out_slice_keeps_every_pair_of_a_source_on_one_side(tmp_path):
 
 def test_the_recipe_refuses_what_it_cannot_do(tmp_path):
     data = write_pairs(tmp_path / "data", train=20, dev=4, test=4)
-    with pytest.raises(RecipeError, match="prune: pruning an encoder-decoder is not built yet"):
-        load_recipe(write_s2s_recipe(tmp_path / "r1.yaml", data, prune=[{"name": "p", "sparsity": 0.5}]))
+    with pytest.raises(RecipeError, match=r"prune.0.method.*'unstructured' or 'n:m'"):  # no structured cut yet
+        load_recipe(write_s2s_recipe(tmp_path / "r1.yaml", data, prune=[{"name": "p", "method": "structured",
+                                                                        "heads": 0.5}]))  # fmt: skip
+    with pytest.raises(RecipeError, match=r"prune.0.calibration_batches applies only to importance 'wanda'"):
+        load_recipe(write_s2s_recipe(tmp_path / "r6.yaml", data, prune=[{"name": "p", "calibration_batches": 4}]))
     with pytest.raises(RecipeError, match=r"quantize.0.bits does not apply to method 'dynamic'"):
         load_recipe(write_s2s_recipe(tmp_path / "r2.yaml", data, quantize=[{"name": "q", "bits": 8}]))
     with pytest.raises(RecipeError, match="source_field and data.target_field are both 'source'"):
@@ -218,3 +221,68 @@ def test_the_source_gap_tells_a_model_that_reads_its_input_from_one_that_does_no
     with torch.no_grad():  # the encoder's output made the same for every input: nothing of the source gets through
         model.encoder.final_layer_norm.weight.zero_()
     assert abs(source_gap(model, tok, pairs, "", 24, 16)) < MIN_SOURCE_GAP
+
+
+def _bart(decoder_layers: int = 2):
+    from transformers import BartConfig, BartForConditionalGeneration
+
+    torch.manual_seed(0)
+    return BartForConditionalGeneration(BartConfig(vocab_size=64, d_model=16, encoder_layers=2,
+        decoder_layers=decoder_layers, encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32,
+        decoder_ffn_dim=32, max_position_embeddings=32)).eval()  # fmt: skip
+
+
+@pytest.mark.parametrize("make", [_t5, _bart])
+def test_masks_reach_every_projection_of_both_stacks_and_nothing_else(make):
+    from compress.architectures import projection_modules
+    from compress.masks import UnstructuredPruner, measure_sparsity
+    from compress.structured import remove_masks_
+
+    model = make()
+    layers = 3 if make is _t5 else 2  # in each stack
+    names = [n for n, _ in projection_modules(model)]
+    enc, dec = [n for n in names if n.startswith("encoder.")], [n for n in names if n.startswith("decoder.")]
+    cross = [n for n in dec if "EncDecAttention" in n or "encoder_attn" in n]
+    # per layer: Q, K, V, O and the two FFN matrices; the decoder's also its cross-attention's Q, K, V, O
+    assert (len(enc), len(dec), len(cross), len(names)) == (6 * layers, 10 * layers, 4 * layers, 16 * layers)
+    assert not any("shared" in n or "embed" in n or "lm_head" in n or "relative_attention_bias" in n for n in names)
+    embed = model.get_input_embeddings().weight.detach().clone()
+    UnstructuredPruner(sparsity=0.5).prune_to_(model, 1.0)
+    remove_masks_(model)
+    m = measure_sparsity(model)
+    assert abs(m["sparsity_prunable"] - 0.5) < 0.01
+    assert set(m["per_layer"]) == {f"{stack}.{i}" for stack in ("encoder", "decoder") for i in range(layers)}
+    assert torch.equal(model.get_input_embeddings().weight, embed)  # shared by encoder, decoder and head: dense
+    model = make()
+    UnstructuredPruner(nm=(2, 4)).prune_to_(model, 1.0)
+    for _, mod in projection_modules(model):
+        w = mod.weight.detach()  # (out, in): at most 2 of every 4 consecutive inputs of a row are kept
+        assert int((w.reshape(w.shape[0], -1, 4) != 0).sum(-1).max()) <= 2
+
+
+def test_prune_seq2seq_holds_its_zeros_through_the_fine_tune_and_on_the_cubic_schedule(tmp_path):
+    from compress.masks import measure_sparsity
+    from compress.tasks.seq2seq.config import Seq2SeqArchitectureConfig, Seq2SeqPruneConfig
+    from compress.tasks.seq2seq.model import new_model, train_tokenizer
+    from compress.tasks.seq2seq.prune import prune_seq2seq
+
+    data_dir = write_pairs(tmp_path / "data", train=96, dev=8, test=8)
+    cfg = _cfg(data_dir, max_source_length=16, max_target_length=16)
+    data = load_pair_data(cfg, seed=0)
+    tok = train_tokenizer(data.train.sources + data.train.targets, "bart", 300)
+
+    teacher = new_model(Seq2SeqArchitectureConfig(family="bart", d_model=32, encoder_layers=2, decoder_layers=2,
+                                                  heads=2, ffn=64), tok, 16).eval()  # fmt: skip
+    seen = []
+    for kw in ({"schedule": "oneshot", "importance": "wanda", "calibration_batches": 2},
+               {"schedule": "cubic", "every": 1, "end": 0.5}):  # fmt: skip
+        p = Seq2SeqPruneConfig(name="p", sparsity=0.6, epochs=1, batch_size=16, learning_rate=1e-3, **kw)
+        model, metrics = prune_seq2seq(teacher, tok, teacher, p, data, cfg, seed=0, work_dir=tmp_path / "w",
+                                       measure=lambda m: {"probe": 1.0})  # fmt: skip
+        assert metrics["train_steps"] == 6  # 96 pairs / 16, one epoch: the masks were held through it
+        assert abs(measure_sparsity(model)["sparsity_prunable"] - 0.6) < 0.01 and metrics["sparsity_prunable"] >= 0.59
+        assert not any(h for mod in model.modules() for h in mod._forward_pre_hooks.values())  # zeros baked in
+        seen.append(metrics)
+    assert seen[0]["probe_before_finetune"] == 1.0 and seen[0]["importance"] == "wanda"
+    assert seen[1]["schedule_history"][-1][1] == 1.0 and len(seen[1]["schedule_history"]) > 2
+    assert measure_sparsity(teacher)["sparsity_prunable"] == 0.0  # a copy was pruned, never the input

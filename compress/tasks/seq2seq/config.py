@@ -7,11 +7,11 @@ strict base, variant names, targets) are in `compress.config`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from compress.config import NAME, PruneBase, RecipeBase, TargetsConfig, _Config, distinct_layers
+from compress.config import NAME, PRUNE_APPLIES, PruneBase, RecipeBase, TargetsConfig, _Config, distinct_layers
 from compress.errors import RecipeError
 from compress.targets import PRESETS, TargetSpec
 
@@ -108,6 +108,29 @@ class Seq2SeqDistillConfig(_Config):
     _decoder_sorted = field_validator("decoder_layers")(lambda v: v if v is None else distinct_layers(v))
 
 
+class Seq2SeqPruneConfig(PruneBase):
+    """Recipe section `prune` (a list): unstructured or n:m masks over the attention (self and cross) and FFN
+    projections of both stacks (magnitude, or Wanda: |w| times its input's norm on training pairs), in one shot or
+    on the cubic schedule, held through a fine-tune that distils the teacher, then made permanent. The zeros make
+    the compressed download smaller; ONNX Runtime's dense CPU kernels do not run them faster. Whole heads and FFN
+    neurons (structured) are not built for encoder-decoders: students are cut by layers (`distill.*_layers`)."""
+
+    APPLIES: ClassVar[dict] = {**PRUNE_APPLIES, "calibration_batches": ("importance", ("wanda",))}
+
+    method: Literal["unstructured", "n:m"] = Field(
+        default="unstructured", description="structured (heads, FFN) is not built for encoder-decoders"
+    )
+    importance: Literal["magnitude", "wanda"] = Field(default="magnitude", description="which weights go first")
+    calibration_batches: int = Field(default=8, ge=1, le=10_000, description="wanda: training batches run")
+    temperature: float = Field(default=1.0, gt=0, le=100)
+    max_steps: int | None = Field(default=None, ge=1, description="stop the fine-tune after this many steps")
+    warmup_ratio: float = Field(default=0.05, ge=0, lt=1)
+    weight_decay: float = Field(default=0.0, ge=0, lt=1, description="0: decay would pull the kept weights to 0 too")
+    max_chrf_drop: float | None = Field(
+        default=10.0, ge=0, le=100, description="quality gate: held-out chrF at most this below its source's"
+    )
+
+
 class Seq2SeqExportConfig(_Config):
     """Recipe section `export`: encoder and decoder-with-past ONNX files (optimum's exporter), checked against
     PyTorch: logits at every cached step within `atol`, greedy outputs identical."""
@@ -163,20 +186,10 @@ class Seq2SeqRecipe(RecipeBase):
     data: PairDataConfig
     teacher: Seq2SeqTeacherConfig = Seq2SeqTeacherConfig()
     distill: list[Seq2SeqDistillConfig] = Field(default=[Seq2SeqDistillConfig()], min_length=0)
-    prune: list[PruneBase] = Field(default=[], min_length=0)
+    prune: list[Seq2SeqPruneConfig] = Field(default=[], min_length=0)
     export: Seq2SeqExportConfig = Seq2SeqExportConfig()
     quantize: list[Seq2SeqQuantizeConfig] = Field(default=[Seq2SeqQuantizeConfig()], min_length=0)
     benchmark: Seq2SeqBenchmarkConfig = Seq2SeqBenchmarkConfig()
-
-    @field_validator("prune", mode="after")
-    @classmethod
-    def _no_pruning_yet(cls, v: list) -> list:
-        if v:
-            raise ValueError(
-                "prune: pruning an encoder-decoder is not built yet (students are cut by layers: distill.*_layers); "
-                "remove the section"
-            )
-        return v
 
     @model_validator(mode="after")
     def _builds_a_variant(self) -> Seq2SeqRecipe:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from compress.errors import RecipeError, StageError
+from compress.errors import RecipeError
 from compress.stage import RunContext, Step, TaskBase, built_variants, save_results
 from compress.tasks.seq2seq.config import Seq2SeqRecipe
 
@@ -167,7 +167,29 @@ class Seq2SeqTask(TaskBase):
         return metrics
 
     def prune(self, ctx: RunContext, step: Step, out: Path) -> dict:
-        raise StageError("prune: not built for encoder-decoders yet")  # the recipe refuses a prune section
+        from compress.tasks.seq2seq.model import count_parameters, layer_counts
+        from compress.tasks.seq2seq.prune import prune_seq2seq
+
+        r, cfg = ctx.recipe, step.config
+        source = r.source_of(cfg)
+        student, tokenizer = ctx.load(source)
+        teacher, _ = ctx.load("teacher")
+        model, metrics = prune_seq2seq(
+            student, tokenizer, teacher, cfg, ctx.data, r.data, seed=r.seed, work_dir=out / "_trainer",
+            measure=lambda m: self._held_out(ctx, m, tokenizer)[0],
+        )  # fmt: skip
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+        metrics.update(params=count_parameters(model), **layer_counts(model))
+        figures, outputs = self._held_out(ctx, model, tokenizer)
+        metrics.update(figures)
+        parent_score = ctx.metrics(r.model_step(source)).get("holdout_chrf_torch")
+        metrics["gate"] = self._gate(outputs, metrics["holdout_chrf_torch"], source, parent_score, cfg.max_chrf_drop)
+        ctx.log(
+            f"    {step.name}: {metrics['sparsity_prunable']:.1%} of the projections zero, held-out chrF "
+            f"{metrics['holdout_chrf_torch']:.2f} (its source {source}: {parent_score:.2f})"
+        )
+        return metrics
 
     def export(self, ctx: RunContext, step: Step, out: Path) -> dict:
         from compress.tasks.seq2seq.export import check_export, export_seq2seq

@@ -84,8 +84,10 @@ def train_seq2seq(
     alpha: float = 0.0,
     temperature: float = 1.0,
     label_smoothing: float = 0.0,
+    callbacks: list | None = None,
 ) -> list[dict]:
-    """Train `model` in place on `pairs` (teacher or distill settings `cfg`); returns the Trainer's log history."""
+    """Train `model` in place on `pairs` (teacher, distill or prune settings `cfg`; `callbacks`: the Trainer's,
+    such as a pruning schedule); returns the Trainer's log history."""
     dataset = PairDataset(
         pairs, tokenizer, data_cfg.source_prefix, data_cfg.max_source_length, data_cfg.max_target_length
     )
@@ -112,10 +114,25 @@ def train_seq2seq(
         alpha=alpha,
         temperature=temperature,
         label_smoothing=label_smoothing,
+        callbacks=callbacks,
     )
     trainer.train()
     model.eval()
     return list(trainer.state.log_history)
+
+
+def pair_batches(pairs: Pairs, tokenizer, data_cfg, batch_size: int, n: int, seed: int) -> list[dict]:
+    """`n` collated batches of `batch_size` training pairs drawn at random (`seed`): calibration for Wanda. Each
+    batch holds `labels`, from which the model makes its decoder inputs."""
+    import numpy as np
+
+    order = np.random.default_rng(seed).permutation(len(pairs))[: batch_size * n]
+    chosen = Pairs([pairs.sources[i] for i in order], [pairs.targets[i] for i in order])
+    dataset = PairDataset(chosen, tokenizer, data_cfg.source_prefix, data_cfg.max_source_length,
+                          data_cfg.max_target_length)  # fmt: skip
+    collator = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE)
+    return [collator([dataset[i] for i in range(j, min(j + batch_size, len(dataset)))])
+            for j in range(0, len(dataset), batch_size)]  # fmt: skip
 
 
 # A model whose held-out loss barely changes when every target is paired with another pair's source does not read
