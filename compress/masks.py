@@ -55,6 +55,13 @@ def measure_sparsity(model) -> dict:
     }
 
 
+def pruning_record(config, model) -> dict:
+    """What a prune step did, as each task records it: the `config`'s method, scope, schedule, importance and
+    target sparsity (a `compress.config.PruneBase`), and the sparsity measured on `model` (`measure_sparsity`)."""
+    keys = ("method", "scope", "schedule", "importance", "target_sparsity")
+    return {k: getattr(config, k) for k in keys} | measure_sparsity(model)
+
+
 def magnitude_masks(
     scores: Sequence[torch.Tensor],
     sparsity: float,

@@ -61,7 +61,7 @@ def lm_run(tmp_path_factory):
             work / "recipe.yaml",
             data,
             prune=prune,
-            benchmark={"memory": True, "anchors": ["genai-int4", "llama.cpp-q8_0"]},
+            benchmark={"memory": True, "memory_contexts": [48], "anchors": ["genai-int4", "llama.cpp-q8_0"]},
         )
     )
     out = work / "run"
@@ -163,6 +163,23 @@ def test_every_anchor_is_measured_or_reported_with_its_reason(lm_run):
     for name, v in measured.items():
         assert v["runtime"] in ("genai", "llama.cpp") and v["perplexity"] > 1 and v["tokens_per_s"] > 0
         assert name in md
+
+
+def test_memory_against_context_is_measured_tabled_and_plotted_for_our_variants(lm_run):
+    _, out, report, _ = lm_run
+    assert report["settings"]["memory_contexts"] == [48, 128]  # the headline probe's 128 is one more point
+    ours = {"student", "pruned", "cut", "int4", "int8"}
+    for v in report["variants"]:
+        curve = v["targets"]["host"].get("memory_by_context")
+        if v["name"] not in ours:
+            assert curve is None  # baselines and anchors: the headline probe only
+            continue
+        assert list(curve) == ["48", "128"] and curve["48"]["prompt_tokens"] == 48
+        assert all(m["peak_rss_bytes"] > m["baseline_rss_bytes"] > 0 for m in curve.values())
+        assert curve["128"] == v["targets"]["host"]["memory"]
+    md = (out / "report.md").read_text()
+    assert "### Against context (target host)" in md and "| RSS MB @48 | RSS MB @128 |" in md
+    assert (out / "report_plots" / "context.png").stat().st_size > 1000
 
 
 def test_each_step_records_its_own_peak_memory(lm_run):
@@ -451,6 +468,7 @@ def test_a_fresh_venv_with_only_the_three_runtime_packages_generates_the_measure
             "distill.hidden_layer_map = [[1, 9]]: student indices go up to 2, teacher indices up to 4",
         ),
         ({"benchmark": {"prompt_lengths": [8, 250]}}, "benchmark.prompt_lengths = [8, 250]"),
+        ({"benchmark": {"memory_contexts": [64, 250]}}, "benchmark.memory_contexts = [64, 250]: [250] is not"),
         ({"data": {"block_size": 512}}, "data.block_size = 512"),
         ({"prune": {"method": "structured", "heads": 0.25}}, "prune.0.heads = 0.25: removes no group"),
         ({"prune": {"schedule": "cubic", "rounds": 3}}, "prune.0.rounds applies to method 'structured'"),

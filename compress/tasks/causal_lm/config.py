@@ -311,6 +311,11 @@ class LMBenchmarkConfig(TargetsConfig):
     warmup: int = Field(default=1, ge=0, le=100, description="untimed generations per variant first")
     memory: bool = Field(default=True, description="peak RSS of a fresh process per model and target")
     memory_context: int = Field(default=128, ge=1, le=65536, description="prompt tokens of the RSS probe")
+    memory_contexts: list[int] = Field(
+        default=[],
+        description="further prompt lengths of the RSS probe, on the primary target, for the run's own ONNX "
+        "variants: the report plots peak RSS and decode ms/token against context",
+    )
     ort_format: bool = Field(default=True, description="convert ONNX variants to .ort and check them")
     greedy_prompts: int = Field(default=20, ge=1, le=1000, description="dev prompts for greedy agreement")
     greedy_tokens: int = Field(default=32, ge=1, le=4096)

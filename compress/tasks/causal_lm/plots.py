@@ -78,6 +78,34 @@ def ttft_by_length(report: dict) -> bytes | None:
     return png(fig)
 
 
+def context_curve(report: dict) -> bytes | None:
+    """A causal LM's figure on the primary target: decode ms/token (p50) by prompt length, and model RSS by
+    prompt length (`benchmark.memory_contexts`), one line per variant measured at several contexts."""
+    target = report["settings"].get("primary_target")
+    rows = [v for v in report["variants"] if (v["targets"].get(target) or {}).get("memory_by_context")]
+    if not rows:
+        return None
+    new = report["settings"].get("new_tokens")
+    fig, (speed, memory) = plt.subplots(1, 2, figsize=(10.4, 4.0))
+    for v in rows:
+        rec = v["targets"][target]
+        by = rec.get("decode_ms_per_token_by_length") or {}
+        xs = sorted(by, key=int)
+        speed.plot([int(x) for x in xs], [by[x]["p50"] for x in xs], marker="o", label=v["name"])
+        pts = sorted((int(k), m["model_rss_bytes"] / 1e6) for k, m in rec["memory_by_context"].items()
+                     if m.get("model_rss_bytes") is not None)  # fmt: skip
+        memory.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=v["name"])
+    for ax, label in ((speed, "decode ms per token (p50)"), (memory, "model RSS, MB (peak minus no-model process)")):
+        ax.set_xlabel(f"prompt tokens (then {new} generated)")
+        ax.set_ylabel(label)
+        ax.set_xscale("log", base=2)
+        ax.grid(True, which="both", alpha=0.3)
+    memory.legend(fontsize=8)
+    fig.suptitle(f"Against context, target {target}, on {cpu_caption(report)}", fontsize=10)
+    return png(fig)
+
+
 def all_plots(report: dict) -> dict[str, bytes]:
     """name -> PNG of every figure that has data."""
-    return report_plots(report, quality_vs_speed=quality_vs_speed(report), ttft_by_length=ttft_by_length(report))
+    return report_plots(report, quality_vs_speed=quality_vs_speed(report), ttft_by_length=ttft_by_length(report),
+                        context=context_curve(report))  # fmt: skip

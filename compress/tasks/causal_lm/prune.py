@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from compress.losses import next_token_loss
-from compress.masks import UnstructuredPruner, measure_sparsity
+from compress.masks import UnstructuredPruner, pruning_record
 from compress.schedule import GradualPruningCallback
 from compress.structured import remove_masks_
 from compress.tasks.causal_lm.config import LMPruneConfig, TextDataConfig
@@ -102,12 +102,7 @@ def prune_lm(
     metrics, _ = measure_lm(model, tokenizer, data, data_config, reference=teacher_predictions)
     metrics.update(
         {
-            "method": s.method,
-            "scope": s.scope,
-            "schedule": s.schedule,
-            "importance": s.importance,
-            "target_sparsity": s.target_sparsity,
-            **measure_sparsity(model),
+            **pruning_record(s, model),
             **describe_decoder(model, data_config.block_size),
             "dev_perplexity_torch_before_finetune": (before or {}).get("dev_perplexity_torch"),
             "train_loss_final": final_train_loss(history),

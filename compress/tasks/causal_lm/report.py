@@ -335,7 +335,38 @@ def _target_sections(report: dict) -> list[Section]:
         out.append(sec)
     out.append(Section(plot="quality_vs_speed", caption="Perplexity against decode speed per target"))
     out.append(Section(plot="ttft_by_length", caption="Time to first token by prompt length"))
+    out += _context_section(report)
     return out
+
+
+def _context_section(report: dict) -> list[Section]:
+    """Model RSS and decode ms/token against context on the primary target (`benchmark.memory_contexts`)."""
+    s = report["settings"]
+    target = s.get("primary_target")
+    rows = [v for v in report["variants"] if (v["targets"].get(target) or {}).get("memory_by_context")]
+    if not rows:
+        return []
+    contexts = sorted({int(k) for v in rows for k in v["targets"][target]["memory_by_context"]})
+    lengths = sorted({int(k) for v in rows for k in v["targets"][target].get("decode_ms_per_token_by_length", {})})
+    header = ["variant"] + [f"RSS MB @{n}" for n in contexts] + [f"ms/token @{n}" for n in lengths]
+    sec = Section(
+        f"Against context (target {target})",
+        level=3,
+        paragraphs=[
+            f"Model RSS (peak of a fresh process minus the same process without a model) generating "
+            f"{s['new_tokens']} tokens after a prompt of each length, and decode ms per token (p50) after the timed "
+            "prompts of each length. The cache grows with the context; the weights do not."
+        ],
+        header=header,
+    )
+    sec.right = set(range(1, len(header)))
+    for v in rows:
+        rec = v["targets"][target]
+        mem, by = rec["memory_by_context"], rec.get("decode_ms_per_token_by_length") or {}
+        row = [v["name"]] + [mb((mem.get(str(n)) or {}).get("model_rss_bytes")) for n in contexts]
+        row += [ms((by.get(str(n)) or {}).get("p50")) for n in lengths]
+        sec.rows.append(row)
+    return [sec, Section(plot="context", caption="Decode time and memory against context")]
 
 
 def _anchor_section(report: dict) -> list[Section]:

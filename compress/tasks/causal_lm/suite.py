@@ -245,6 +245,9 @@ def benchmark_lm(
     if s.memory:
         memory_prompt = [str(t) for t in prompts_from(tokenizer, data.dev, 1, s.memory_context, None)[0]]
         _memory(variants, targets, memory_prompt, s, per_target, log)
+        if s.memory_contexts:
+            primary = next(t for t in targets if t.name == s.primary)
+            _memory_by_context(deployable, primary, tokenizer, data.dev, s, per_target, log)
     middle = str(sorted(s.prompt_lengths)[len(s.prompt_lengths) // 2])
     for v in variants:
         _target_figures(records[v.name], v.name, targets, per_target, s.primary, middle)
@@ -282,6 +285,7 @@ def _settings(s: LMBenchmarkConfig, data_config: TextDataConfig, ref: dict, gree
         "greedy_prompt_tokens": GREEDY_PROMPT_TOKENS,
         "greedy_tokens": s.greedy_tokens,
         "memory_context": s.memory_context,
+        "memory_contexts": sorted({*s.memory_contexts, s.memory_context}) if s.memory_contexts else [],
         "eval_threads": threads,
         "quality_wall_s": quality_s,
         "protocol": s.model_dump(mode="json"),
@@ -366,6 +370,28 @@ def _memory(variants: list[LMVariant], targets: list, memory_prompt: list[str], 
             per_target[target.name].setdefault("memory", {})[v.name] = m
 
 
+def _memory_by_context(variants: list[LMVariant], target, tokenizer, dev, s: LMBenchmarkConfig,
+                       per_target: dict[str, dict], log: Callable[[str], None]) -> None:  # fmt: skip
+    """Peak RSS of each of `variants` on `target` generating after a prompt of each of `memory_contexts` tokens
+    (a fresh process each), beside the headline probe's: `per_target[target]["memory_by_context"]`."""
+    contexts = sorted(set(s.memory_contexts) - {s.memory_context})
+    log(f"    peak RSS against context on target {target.name}: prompts of {', '.join(map(str, contexts))} tokens")
+    out = per_target[target.name].setdefault("memory_by_context", {})
+    for n in contexts:
+        prompt = [str(t) for t in prompts_from(tokenizer, dev, 1, n, None)[0]]
+        base = None
+        for v in variants:
+            m = measure_peak_rss(v.runtime, v.path, v.model_dir, prompt, threads=target.threads, cpus=target.cpus,
+                                 memory_limit_bytes=target.memory_limit_bytes, baseline=base,
+                                 probe="compress.tasks.causal_lm.probe", new_tokens=s.new_tokens)  # fmt: skip
+            base = m.pop("baseline")
+            out.setdefault(v.name, {})[str(n)] = {**m, "prompt_tokens": len(prompt)}
+    for v in variants:  # the headline probe is one more point of each curve
+        headline = (per_target[target.name].get("memory") or {}).get(v.name)
+        if headline is not None:
+            out.setdefault(v.name, {})[str(s.memory_context)] = headline
+
+
 def _target_figures(rec: dict, name: str, targets: list, per_target: dict, primary: str, middle: str) -> None:
     """A variant's summaries per target (TTFT per prompt length, decode latency, tokens/s, load time, memory), and
     the primary target's at the top level of its record."""
@@ -383,6 +409,11 @@ def _target_figures(rec: dict, name: str, targets: list, per_target: dict, prima
             "tokens_per_s": 1e3 / decode["mean"] if decode else None,
             "load_s": res["load_s"][name],
             **({"memory": res["memory"][name]} if "memory" in res else {}),
+            **(
+                {"memory_by_context": dict(sorted(res["memory_by_context"][name].items(), key=lambda kv: int(kv[0])))}
+                if name in res.get("memory_by_context", {})
+                else {}
+            ),
         }
     first = rec["targets"][primary]
     rec["tokens_per_s"] = first["tokens_per_s"]

@@ -661,6 +661,12 @@ def _check_windows(recipe: CausalLMRecipe, window: int) -> None:
             f"benchmark.memory_context = {b.memory_context} plus benchmark.new_tokens = {b.new_tokens} exceed "
             f"the teacher's context window of {window} tokens"
         )
+    too_long = [n for n in b.memory_contexts if n < 1 or n + b.new_tokens > window]
+    if too_long:
+        raise RecipeError(
+            f"benchmark.memory_contexts = {b.memory_contexts}: {too_long} is not a prompt length from 1 to the "
+            f"teacher's context window of {window} tokens less benchmark.new_tokens = {b.new_tokens}"
+        )
 
 
 def _session(path: Path):

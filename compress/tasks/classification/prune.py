@@ -28,7 +28,7 @@ import torch
 
 from compress.batches import EncodedDataset, PadCollator
 from compress.losses import distillation_loss
-from compress.masks import UnstructuredPruner, measure_sparsity
+from compress.masks import UnstructuredPruner, pruning_record
 from compress.modeling import count_parameters, num_layers
 from compress.schedule import GradualPruningCallback
 from compress.structured import (
@@ -163,12 +163,7 @@ def _measure(
     dev = predict_logits(model, tokenizer, dev_set, desc="pruned dev")
     after = _shape(model, seq_len)
     metrics = {
-        "method": s.method,
-        "scope": s.scope,
-        "schedule": s.schedule,
-        "importance": s.importance,
-        "target_sparsity": s.target_sparsity,
-        **measure_sparsity(model),
+        **pruning_record(s, model),
         "target_heads": s.heads,
         "target_ffn": s.ffn,
         **after,

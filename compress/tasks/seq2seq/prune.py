@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from compress.masks import UnstructuredPruner, measure_sparsity
+from compress.masks import UnstructuredPruner, pruning_record
 from compress.schedule import GradualPruningCallback
 from compress.structured import remove_masks_
 from compress.tasks.seq2seq.config import PairDataConfig, Seq2SeqPruneConfig
@@ -78,12 +78,7 @@ def prune_seq2seq(
     model.eval()
     steps = [h["step"] for h in history if "step" in h]
     metrics = {
-        "method": s.method,
-        "scope": s.scope,
-        "schedule": s.schedule,
-        "importance": s.importance,
-        "target_sparsity": s.target_sparsity,
-        **measure_sparsity(model),
+        **pruning_record(s, model),
         **before,
         "train_steps": steps[-1] if steps else 0,
         "note": "zeros shrink the compressed file; ONNX Runtime's dense CPU kernels do not run them faster",
