@@ -10,7 +10,6 @@ each step calls its task's function for that stage.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from compress.errors import RecipeError, StageError
-from compress.hardware import peak_rss_bytes, reset_peak_rss, reused_heap
+from compress.hardware import peak_rss_bytes, reset_peak_rss, returned_heap, reused_heap
 from compress.manifest import (
     Manifest,
     RunLockedError,
@@ -215,8 +214,9 @@ def _run_locked(recipe: AnyRecipe, run_dir: Path, log: Callable[[str], None]) ->
         manifest.record(step.id, {"status": "running", "key": key, "started": _iso(started)})
         peak_is_the_steps = reset_peak_rss()  # else the process's peak so far: an upper bound
         # training steps reuse freed heap (2x faster distillation steps on the LM default, measured; see
-        # reused_heap); the benchmark keeps the allocator a deployed runtime has
-        heap = reused_heap() if step.stage in _TRAINING_STAGES else contextlib.nullcontext()
+        # reused_heap); the other steps, which load model after model, give large blocks back (returned_heap; the
+        # benchmark's timings and memory probes run in fresh processes, with the allocator a deployed runtime has)
+        heap = reused_heap() if step.stage in _TRAINING_STAGES else returned_heap()
         with heap, atomic_dir(out) as tmp:
             metrics = step.run(ctx, step, tmp)
             shutil.rmtree(tmp / "_trainer", ignore_errors=True)
