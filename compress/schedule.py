@@ -122,3 +122,8 @@ class GradualPruningCallback(TrainerCallback):
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
         self._tighten(model, state.global_step, 1.0)
+
+    def finish(self, model) -> None:
+        """Bring the masks to their final targets where training did not (it never ran: no examples)."""
+        if not self.history or self.history[-1][1] < 1.0:
+            self.pruner.prune_to_(model, 1.0)

@@ -171,8 +171,6 @@ def bundle_lm(
     (`generate.py --draft`, `draft_tokens` proposals per pass); its greedy tokens must be the model's own, and the
     tokens/s with and without it and the share of its proposals kept are measured (`_check_draft`).
     """
-    from export.mobile import convert_to_ort
-
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     report, manifest = open_run(run_dir, out_dir, force, variant)
     chosen, why, threads = choose_variant(
@@ -198,13 +196,7 @@ def bundle_lm(
     draft_dir = _draft_artifact(report, run_dir, manifest, chosen, artifact_dir, draft, draft_tokens)
     with atomic_dir(out_dir) as tmp:
         copy_model(artifact_dir / "model.onnx", tmp)  # with its external-data file (weights over ONNX's 2 GiB)
-        conv = None
-        try:
-            conv = convert_to_ort(
-                tmp / "model.onnx", tmp, target_platform="arm" if target in ("mobile", "iot") else None
-            )
-        except Exception as e:  # noqa: BLE001 - a model the converter refuses ships as .onnx only, and says so
-            conv = {"error": f"{type(e).__name__}: {str(e).strip()[:200]}"}
+        conv = _with_ort(tmp / "model.onnx", target)
         shutil.copy2(artifact_dir / "tokenizer.json", tmp / "tokenizer.json")
         if gen_cfg.is_file():
             shutil.copy2(gen_cfg, tmp / "generation_config.json")
@@ -233,6 +225,17 @@ def bundle_lm(
         }
         (tmp / "bundle.json").write_text(json.dumps(meta, indent=2) + "\n")
     return meta
+
+
+def _with_ort(model: Path, target: str) -> dict:
+    """`model` converted to ONNX Runtime's mobile format beside it (`export.mobile.convert_to_ort`); a model the
+    converter refuses ships as .onnx only: {"error": why} instead of the conversion's record."""
+    from export.mobile import convert_to_ort
+
+    try:
+        return convert_to_ort(model, model.parent, target_platform="arm" if target in ("mobile", "iot") else None)
+    except Exception as e:  # noqa: BLE001 - the converter's own error types; the bundle says why, not a traceback
+        return {"error": f"{type(e).__name__}: {str(e).strip()[:200]}"}
 
 
 def _metadata(report: dict, chosen: dict, target: str, threads: int, why: str, window: int, eos: list[int],
@@ -314,16 +317,12 @@ def _draft_artifact(report: dict, run_dir: Path, manifest: dict, chosen: dict, a
 
 
 def _add_draft(draft_dir: Path, bundle_dir: Path, name: str, tokens: int, target: str) -> dict:
-    """Copy the draft's model into `bundle_dir/draft/` (and its .ort where the converter takes it); its record."""
-    from export.mobile import convert_to_ort
-
+    """Copy the draft's model into `bundle_dir/draft/` (and its .ort where the converter takes it: else
+    generate.py runs the draft from model.onnx); its record."""
     dst = bundle_dir / "draft"
     dst.mkdir()
     copy_model(draft_dir / "model.onnx", dst)
-    try:
-        convert_to_ort(dst / "model.onnx", dst, target_platform="arm" if target in ("mobile", "iot") else None)
-    except Exception:  # noqa: BLE001 - a draft the converter refuses runs from model.onnx (generate.py falls back)
-        pass
+    _with_ort(dst / "model.onnx", target)
     config = json.loads((draft_dir / "config.json").read_text())
     return {
         "variant": name,

@@ -95,8 +95,8 @@ def prune_lm(
     else:
         callbacks = [GradualPruningCallback(pruner, start=s.start, end=s.end, every=s.every)]
     history = _finetune(model, train_set, teacher, s, seed, work_dir, callbacks)
-    if callbacks and (not callbacks[0].history or callbacks[0].history[-1][1] < 1.0):
-        pruner.prune_to_(model, 1.0)
+    if callbacks:
+        callbacks[0].finish(model)
     remove_masks_(model)
     model.eval()
     metrics, _ = measure_lm(model, tokenizer, data, data_config, reference=teacher_predictions)

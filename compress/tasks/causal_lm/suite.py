@@ -352,22 +352,7 @@ def _memory(variants: list[LMVariant], targets: list, memory_prompt: list[str], 
             f"    peak RSS on target {target.name}: a fresh process per model, generating after a "
             f"{s.memory_context}-token prompt"
         )
-        base: dict[str, dict] = {}
-        for v in variants:
-            m = measure_peak_rss(
-                v.runtime,
-                v.path,
-                v.model_dir,
-                memory_prompt,
-                threads=target.threads,
-                cpus=target.cpus,
-                memory_limit_bytes=target.memory_limit_bytes,
-                baseline=base.get(v.runtime),
-                probe="compress.tasks.causal_lm.probe",
-                new_tokens=s.new_tokens,
-            )
-            base[v.runtime] = m.pop("baseline")
-            per_target[target.name].setdefault("memory", {})[v.name] = m
+        per_target[target.name].setdefault("memory", {}).update(_probe_each(variants, target, memory_prompt, s))
 
 
 def _memory_by_context(variants: list[LMVariant], target, tokenizer, dev, s: LMBenchmarkConfig,
@@ -379,17 +364,35 @@ def _memory_by_context(variants: list[LMVariant], target, tokenizer, dev, s: LMB
     out = per_target[target.name].setdefault("memory_by_context", {})
     for n in contexts:
         prompt = [str(t) for t in prompts_from(tokenizer, dev, 1, n, None)[0]]
-        base = None
-        for v in variants:
-            m = measure_peak_rss(v.runtime, v.path, v.model_dir, prompt, threads=target.threads, cpus=target.cpus,
-                                 memory_limit_bytes=target.memory_limit_bytes, baseline=base,
-                                 probe="compress.tasks.causal_lm.probe", new_tokens=s.new_tokens)  # fmt: skip
-            base = m.pop("baseline")
-            out.setdefault(v.name, {})[str(n)] = {**m, "prompt_tokens": len(prompt)}
+        for name, m in _probe_each(variants, target, prompt, s).items():
+            out.setdefault(name, {})[str(n)] = {**m, "prompt_tokens": len(prompt)}
     for v in variants:  # the headline probe is one more point of each curve
         headline = (per_target[target.name].get("memory") or {}).get(v.name)
         if headline is not None:
             out.setdefault(v.name, {})[str(s.memory_context)] = headline
+
+
+def _probe_each(variants: list[LMVariant], target, prompt: list[str], s: LMBenchmarkConfig) -> dict[str, dict]:
+    """`measure_peak_rss` of each variant generating `s.new_tokens` after `prompt` on `target`, by name (the
+    no-model process measured once per runtime)."""
+    base: dict[str, dict] = {}
+    out = {}
+    for v in variants:
+        m = measure_peak_rss(
+            v.runtime,
+            v.path,
+            v.model_dir,
+            prompt,
+            threads=target.threads,
+            cpus=target.cpus,
+            memory_limit_bytes=target.memory_limit_bytes,
+            baseline=base.get(v.runtime),
+            probe="compress.tasks.causal_lm.probe",
+            new_tokens=s.new_tokens,
+        )
+        base[v.runtime] = m.pop("baseline")
+        out[v.name] = m
+    return out
 
 
 def _target_figures(rec: dict, name: str, targets: list, per_target: dict, primary: str, middle: str) -> None:

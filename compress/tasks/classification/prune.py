@@ -135,8 +135,8 @@ def _fine_tune_(
 
 def _make_permanent_(model, pruner, s: PruneConfig, callbacks):
     """Bring the masks to their targets if training did not, then make them permanent; returns the selection."""
-    if callbacks and (not callbacks[0].history or callbacks[0].history[-1][1] < 1.0):
-        pruner.prune_to_(model, 1.0)  # training did not run (no examples): the targets hold all the same
+    if callbacks:
+        callbacks[0].finish(model)  # training did not run (no examples): the targets hold all the same
     if s.method == "structured":
         selection = masked_selection(model)
         compact_(model)

@@ -72,8 +72,8 @@ def prune_seq2seq(
             temperature=s.temperature,
             callbacks=callbacks,
         )
-    if callbacks and (not callbacks[0].history or callbacks[0].history[-1][1] < 1.0):
-        pruner.prune_to_(model, 1.0)
+    if callbacks:
+        callbacks[0].finish(model)
     remove_masks_(model)
     model.eval()
     steps = [h["step"] for h in history if "step" in h]
