@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 RECIPE ?= configs/default.yaml
 
-.PHONY: setup anchors run quick run-lm quick-lm teacher-lm teacher-s2s devdocs run-s2s quick-s2s test test-slow lint clean
+.PHONY: setup anchors run quick run-lm quick-lm shapes-lm teacher-lm teacher-s2s devdocs run-s2s quick-s2s test test-slow lint clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,23 @@ run-lm: setup anchors devdocs    # the causal-LM default: the committed teacher 
 
 quick-lm: setup
 	HF_HUB_OFFLINE=1 $(BIN)/edge-compress run configs/lm-quick.yaml
+
+# The post-training path at the sizes people ship: random-weight decoders of SmolLM2-135M's, Qwen2.5-0.5B's and
+# Llama-3.2-1B's published shapes (compress/tasks/causal_lm/shapes.py) exported, quantized to int4, benchmarked
+# against PyTorch, optimum and GenAI's int4, and bundled (configs/lm-ptq-shapes.yaml); wall time and peak RSS of
+# each command in $(SHAPES_DIR)/NAME.*-time.txt. SHAPES=... picks others (shapes.py lists them).
+SHAPES ?= smollm2-135m qwen2.5-0.5b llama-3.2-1b
+SHAPES_DIR ?= runs/shapes
+shapes-lm: setup anchors devdocs
+	@for s in $(SHAPES); do \
+	  set -e; mkdir -p $(SHAPES_DIR); \
+	  /usr/bin/time -f "%e s wall, %M KB peak RSS" -o $(SHAPES_DIR)/$$s.build-time.txt \
+	    $(BIN)/python -m compress.tasks.causal_lm.shapes $$s --corpus data/devdocs/train.jsonl.gz --out $(SHAPES_DIR)/$$s; \
+	  HF_HUB_OFFLINE=1 /usr/bin/time -f "%e s wall, %M KB peak RSS" -o $(SHAPES_DIR)/$$s.run-time.txt \
+	    $(BIN)/edge-compress run configs/lm-ptq-shapes.yaml --set teacher.path=$(CURDIR)/$(SHAPES_DIR)/$$s --out runs/shape-$$s; \
+	  /usr/bin/time -f "%e s wall, %M KB peak RSS" -o $(SHAPES_DIR)/$$s.bundle-time.txt \
+	    $(BIN)/edge-compress bundle runs/shape-$$s --target host --out $(SHAPES_DIR)/$$s.bundle; \
+	done
 
 # The seq2seq anchor's runtime (CTranslate2) in the venv.
 $(BIN)/.ctranslate2: $(BIN)/.installed

@@ -165,14 +165,17 @@ def unigram_perplexity(log_probs: np.ndarray, eval_blocks: Sequence[np.ndarray])
 def lm_gate(
     perplexity: float,
     *,
-    unigram: float,
+    unigram: float | None,
     parent: str | None = None,
     parent_perplexity: float | None = None,
     max_ratio: float | None = None,
 ) -> GateResult:
-    """Gate a language model on its held-out perplexity: against the unigram model (collapse) and its parent."""
+    """Gate a language model on its held-out perplexity: against the unigram model (collapse; `unigram=None`
+    skips that test, for random weights measured for their shape) and its parent."""
     reasons = []
-    if not math.isfinite(perplexity) or perplexity > unigram:
+    if not math.isfinite(perplexity):
+        reasons.append(f"collapsed: held-out perplexity is {perplexity}")
+    elif unigram is not None and perplexity > unigram:
         reasons.append(
             f"collapsed: held-out perplexity {perplexity:.2f} is above the unigram model's {unigram:.2f} (token "
             "frequencies alone predict better)"
@@ -190,6 +193,6 @@ def lm_gate(
         parent=parent,
         parent_value=parent_perplexity,
         bound=f"max_perplexity_ratio {max_ratio}" if max_ratio is not None else None,
-        collapse={"unigram_perplexity": unigram},
+        collapse={"unigram_perplexity": unigram} if unigram is not None else {"skipped": "random weights"},
         reasons=tuple(reasons),
     )

@@ -52,3 +52,11 @@ def test_unigram_and_lm_gate():
     collapsed = lm_gate(60.0, unigram=50.0)
     assert not collapsed.passed and "above the unigram model's 50.00" in collapsed.reason
     assert not lm_gate(float("nan"), unigram=50.0).passed
+
+
+def test_lm_gate_without_the_collapse_test_still_gates_the_ratio():
+    """Random weights (a published shape measured for speed and memory) skip the unigram test only."""
+    assert lm_gate(60.0, unigram=None).passed
+    assert lm_gate(60.0, unigram=None).to_dict()["collapse"] == {"skipped": "random weights"}
+    assert not lm_gate(60.0, unigram=None, parent="teacher", parent_perplexity=40.0, max_ratio=1.25).passed
+    assert not lm_gate(float("inf"), unigram=None).passed

@@ -103,6 +103,12 @@ class LMTeacherConfig(LMTrainingMemory):
     base: Path | None = Field(default=None, description="a Hugging Face causal-LM directory to train further")
     architecture: ArchitectureConfig = ArchitectureConfig()
     tokenizer: TokenizerConfig = TokenizerConfig()
+    random_weights: bool = Field(
+        default=False,
+        description="the model's weights are random (a published shape measured for size, speed and memory, "
+        "`compress.tasks.causal_lm.shapes`): the collapse test against the unigram model is off for it and "
+        "every variant made from it; ratios to a parent still gate",
+    )
     epochs: float = Field(default=1.0, gt=0, le=100)
     max_steps: int | None = Field(default=None, ge=1, description="stop after this many optimizer steps")
     batch_size: int = Field(default=16, ge=1, le=4096)

@@ -250,7 +250,7 @@ class CausalLMTask(TaskBase):
         parent_value = (parent_metrics or {}).get(f"{key}_perplexity_torch")
         return lm_gate(
             metrics[f"{key}_perplexity_torch"],
-            unigram=unigram_perplexity(log_probs, blocks),
+            unigram=None if ctx.recipe.teacher.random_weights else unigram_perplexity(log_probs, blocks),
             parent=parent,
             parent_perplexity=parent_value,
             max_ratio=ratio,
@@ -315,7 +315,7 @@ class CausalLMTask(TaskBase):
                 },  # fmt: skip
             }
         _, tokenizer = ctx.load("teacher")
-        unigram = unigram_perplexity(self.unigram(ctx, tokenizer), blocks)
+        unigram = None if r.teacher.random_weights else unigram_perplexity(self.unigram(ctx, tokenizer), blocks)
         metrics["gate"] = lm_gate(
             metrics["holdout_perplexity"],
             unigram=unigram,
