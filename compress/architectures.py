@@ -21,9 +21,10 @@ Families:
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
+import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
@@ -51,6 +52,7 @@ class Family:
     per_layer_keys: tuple[str, ...] = ()  # config lists with one entry per layer (Qwen2's layer_types)
     shared_layers: bool = False  # ALBERT: one layer applied num_hidden_layers times
     conv1d: bool = False  # projections are transformers' Conv1D, weight (in, out)
+    gate_up: bool = False  # ffn_in holds the gate's rows, then the up projection's (Phi-3's gate_up_proj)
 
     def projections(self) -> tuple[str, ...]:
         """Paths of every projection matrix of a layer (attention and FFN)."""
@@ -136,6 +138,26 @@ _LLAMA = Family(
     layer_index="self_attn.layer_idx",
     per_layer_keys=("layer_types",),
 )
+# Gemma 3's text decoder (Gemma3ForCausalLM): Llama's layout, q/k norms over one head's width, sliding and global
+# layers (`layer_types`); its base_model_prefix names the image-text model's language model, absent from the
+# text-only class, so its layers are found from the whole model.
+_GEMMA3 = replace(_LLAMA, name="gemma3", layers="model.layers")
+_PHI3 = Family(
+    "phi3",
+    "decoder",
+    "layers",
+    None,
+    None,
+    None,
+    "self_attn.qkv_proj",  # Q rows, then K's, then V's (grouped-query: K and V have the key/value heads only)
+    "self_attn.o_proj",
+    "mlp.gate_up_proj",
+    None,
+    "mlp.down_proj",
+    "intermediate_size",
+    layer_index="self_attn.layer_idx",
+    gate_up=True,
+)
 
 # model_type (config.json) -> family.
 FAMILIES: dict[str, Family] = {
@@ -156,6 +178,8 @@ FAMILIES: dict[str, Family] = {
     "olmo": _LLAMA,
     "olmo2": _LLAMA,
     "stablelm": _LLAMA,
+    "gemma3_text": _GEMMA3,
+    "phi3": _PHI3,
 }
 
 
@@ -340,6 +364,12 @@ def projection_modules(model) -> list[tuple[str, nn.Module]]:
     """
     prefixes = tuple(f"{stack}." for stack in layer_stacks(model))
     return [(name, m) for name, m in model.base_model.named_modules() if name.startswith(prefixes) and is_projection(m)]
+
+
+def ffn_in_rows(fam: Family, neurons: torch.Tensor, width: int) -> torch.Tensor:
+    """The rows of a layer's FFN input projection that feed `neurons` (of `width`): the neurons' own rows, or, where
+    gate and up are fused (`Family.gate_up`), their gate rows and their up rows."""
+    return torch.cat([neurons, neurons + width]) if fam.gate_up else neurons
 
 
 def out_in(module: nn.Module) -> tuple[int, int]:

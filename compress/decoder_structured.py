@@ -33,7 +33,16 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from compress.architectures import Family, as_out_in, family_of, ffn_width, head_dim, kv_heads, weight_layers
+from compress.architectures import (
+    Family,
+    as_out_in,
+    family_of,
+    ffn_in_rows,
+    ffn_width,
+    head_dim,
+    kv_heads,
+    weight_layers,
+)
 from compress.errors import RecipeError
 
 
@@ -217,7 +226,7 @@ def _cut_config(cfg, fam: Family, keep_g: int, keep_f: int, r: int, hd: int, ch:
     return new_cfg
 
 
-def _layer_roles(fam: Family, cut: DecoderCut, i: int, r: int, hd: int, ch: torch.Tensor | None):
+def _layer_roles(fam: Family, cut: DecoderCut, i: int, r: int, hd: int, ch: torch.Tensor | None, width: int):
     """Layer `i`'s kept (output, input) indices per projection path, with its kept query and key/value rows."""
     grp = torch.tensor(cut.groups[i])
     q_rows = (grp[:, None] * (r * hd) + torch.arange(r * hd)).flatten()
@@ -228,7 +237,7 @@ def _layer_roles(fam: Family, cut: DecoderCut, i: int, r: int, hd: int, ch: torc
         fam.key: (kv_rows, ch),
         fam.value: (kv_rows, ch),
         fam.out: (ch, q_rows),
-        fam.ffn_in: (neu, ch),
+        fam.ffn_in: (ffn_in_rows(fam, neu, width), ch),
         fam.ffn_gate: (neu, ch),
         fam.ffn_out: (ch, neu),
         fam.qkv: (None, ch),
@@ -271,7 +280,7 @@ def apply_cut(model, cut: DecoderCut):
         if local.startswith(prefix):
             i_str, _, rest = local[len(prefix) :].partition(".")
             i = int(i_str)
-            roles, q_rows, kv_rows = _layer_roles(fam, cut, i, r, hd, ch)
+            roles, q_rows, kv_rows = _layer_roles(fam, cut, i, r, hd, ch, ffn_width(cfg))
             path, _, leaf = rest.rpartition(".")
             if path is not None and path in roles and leaf in ("weight", "bias"):
                 out_idx, in_idx = roles[path]

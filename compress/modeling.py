@@ -26,7 +26,7 @@ from torch import nn
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from transformers.pytorch_utils import Conv1D, prune_conv1d_layer, prune_linear_layer
 
-from compress.architectures import family_of, ffn_width, num_layers, weight_layers
+from compress.architectures import family_of, ffn_in_rows, ffn_width, num_layers, weight_layers
 from compress.errors import RecipeError
 
 __all__ = ["build_student", "count_parameters", "describe", "load_classifier", "macs_per_token", "num_layers"]
@@ -246,7 +246,9 @@ def neuron_importance(model) -> list[torch.Tensor]:
     fam = family_of(model, "distill.intermediate_size")
     out = []
     for layer in weight_layers(model):
-        sq = _rows(layer.get_submodule(fam.ffn_in)).pow(2).sum(1)  # (F,)
+        sq = _rows(layer.get_submodule(fam.ffn_in)).pow(2).sum(1)  # (F,), or (2F,) for a fused gate and up
+        if fam.gate_up:
+            sq = sq.view(2, -1).sum(0)  # a neuron's gate row and its up row
         if fam.ffn_gate:
             sq = sq + _rows(layer.get_submodule(fam.ffn_gate)).pow(2).sum(1)
         sq = sq + _rows(layer.get_submodule(fam.ffn_out)).pow(2).sum(0)  # (H, F) -> (F,)
@@ -293,11 +295,13 @@ def narrow_ffn_(model, size: int) -> None:
         if size > imp.numel():
             raise RecipeError(f"distill.intermediate_size = {size}: layer {i} has only {imp.numel()} FFN neurons")
         keep = torch.sort(torch.argsort(imp, descending=True)[:size]).values  # original order
-        sides = [(fam.ffn_in, "out"), (fam.ffn_out, "in")] + ([(fam.ffn_gate, "out")] if fam.ffn_gate else [])
-        for path, side in sides:
+        rows = ffn_in_rows(fam, keep, imp.numel())
+        sides = [(fam.ffn_in, "out", rows), (fam.ffn_out, "in", keep)]
+        sides += [(fam.ffn_gate, "out", keep)] if fam.ffn_gate else []
+        for path, side, index in sides:
             parent_path, _, attr = path.rpartition(".")
             parent = layer.get_submodule(parent_path) if parent_path else layer
-            setattr(parent, attr, slice_projection(getattr(parent, attr), keep, side))
+            setattr(parent, attr, slice_projection(getattr(parent, attr), index, side))
     setattr(model.config, fam.ffn_key, size)
 
 

@@ -105,7 +105,8 @@ def macs_per_token(config_or_model, seq_len: int) -> int:
     for i in range(n_layers):
         a = heads - len(pruned.get(i if not fam.shared_layers else 0, ()))
         kv = g if g != heads else a
-        total += 2 * d * a * h + 2 * d * kv * h + 2 * seq_len * a * h + (3 if fam.ffn_gate else 2) * d * f
+        ffn_matrices = 3 if fam.ffn_gate or fam.gate_up else 2
+        total += 2 * d * a * h + 2 * d * kv * h + 2 * seq_len * a * h + ffn_matrices * d * f
     if fam.kind == "decoder":
         total += d * int(config.vocab_size)
     return total

@@ -50,9 +50,18 @@ def tiny_tokenizer(vocab_size: int = 300):
 def tiny_causal_lm(
     family: str, vocab_size: int, eos_id: int, seed: int = 0, *, hidden: int = 32, layers: int = 4, ffn: int = 64
 ):
-    """A random decoder of `family` (gpt2, llama, qwen2), 4 heads (2 key/value heads), built in code."""
+    """A random decoder of `family` (gpt2, llama, qwen2, phi3), 4 heads (2 key/value heads), built in code."""
     import torch
-    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+    from transformers import (
+        GPT2Config,
+        GPT2LMHeadModel,
+        LlamaConfig,
+        LlamaForCausalLM,
+        Phi3Config,
+        Phi3ForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+    )
 
     torch.manual_seed(seed)
     common = dict(vocab_size=vocab_size, bos_token_id=eos_id, eos_token_id=eos_id)
@@ -70,6 +79,8 @@ def tiny_causal_lm(
     )
     if family == "qwen2":
         return Qwen2ForCausalLM(Qwen2Config(**shape))
+    if family == "phi3":  # fused qkv_proj and gate_up_proj
+        return Phi3ForCausalLM(Phi3Config(**shape, pad_token_id=None))
     return LlamaForCausalLM(LlamaConfig(**shape))
 
 

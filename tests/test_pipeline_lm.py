@@ -735,3 +735,32 @@ def test_the_same_model_in_both_loops_is_one_row_with_their_ratio_and_greedy_agr
     (sec,) = _same_model_section(report)
     assert len(sec.rows) == 1 and sec.rows[0][:4] == ["int8", "900", "1000", "0.90x"] and sec.rows[0][-1] == "2/3"
     assert _same_model_section({"variants": report["variants"][2:]}) == []
+
+
+def test_a_random_weight_published_shape_goes_through_the_ptq_path_only_when_said_to(text_data_dir, tmp_path):
+    """configs/lm-ptq-shapes.yaml's path on a cut-down Qwen2.5-0.5B shape (its 151,936-token vocabulary, one narrow
+    layer): random weights fail the collapse gate unless `teacher.random_weights` says they are random; then export,
+    int4 and benchmark run, and the gates say the collapse test was skipped."""
+    from compress.errors import StageError
+    from compress.tasks.causal_lm.shapes import build_random
+    from tests.lm_fixtures import make_documents
+
+    shape = tmp_path / "shape"
+    small = {"num_hidden_layers": 1, "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 2,
+             "num_key_value_heads": 1, "max_position_embeddings": 256}  # fmt: skip
+    build_random("qwen2.5-0.5b", shape, make_documents()["train"], overrides=small)
+    recipe = dict(
+        distill=[],
+        prune=[],
+        quantize=[{"name": "int4", "source": "teacher", "block_size": 16, "accuracy_level": 0}],
+    )
+    refused = write_lm_recipe(tmp_path / "refused.yaml", text_data_dir, teacher={"path": str(shape)}, **recipe)
+    with pytest.raises(StageError, match="collapsed"):
+        run_pipeline(load_recipe(refused), tmp_path / "refused", log=lambda _: None)
+    path = write_lm_recipe(
+        tmp_path / "recipe.yaml", text_data_dir, teacher={"path": str(shape), "random_weights": True}, **recipe
+    )
+    report = run_pipeline(load_recipe(path), tmp_path / "run", log=lambda _: None)
+    int4 = next(v for v in report["variants"] if v["name"] == "int4")
+    assert int4["gate"]["passed"] and int4["gate"]["collapse"] == {"skipped": "random weights"}
+    assert int4["params"] > 151936 * 64  # the published vocabulary's embedding is there

@@ -18,7 +18,7 @@ from compress.structured import macs_per_token
 from compress.tasks.causal_lm.model import check_causal_lm_dir, evaluate_blocks, load_causal_lm
 from tests.lm_fixtures import tiny_causal_lm
 
-FAMILY_NAMES = ("gpt2", "llama", "qwen2")
+FAMILY_NAMES = ("gpt2", "llama", "qwen2", "phi3")
 
 
 def test_one_table_covers_every_family_and_onnx_block_names():
@@ -32,7 +32,7 @@ def test_one_table_covers_every_family_and_onnx_block_names():
 def test_projections_include_conv1d_and_exclude_embeddings_and_head(family):
     model = tiny_causal_lm(family, 100, 0)
     names = [n for n, _ in projection_modules(model)]
-    per_layer = {"gpt2": 4, "llama": 7, "qwen2": 7}[family]  # GPT-2: c_attn, c_proj, c_fc, c_proj
+    per_layer = {"gpt2": 4, "llama": 7, "qwen2": 7, "phi3": 4}[family]  # fused: qkv, out, gate-up (or up), down
     assert len(names) == 4 * per_layer
     assert not any("embed" in n or "wte" in n or "lm_head" in n for n in names)
 
@@ -59,7 +59,9 @@ def test_a_layer_subset_student_generates_with_its_own_kv_cache(family):
             assert torch.equal(a, b) and a.data_ptr() != b.data_ptr()
 
 
-@pytest.mark.parametrize("model_type", ["mistral", "qwen3", "gemma", "gemma2", "granite", "olmo", "olmo2", "stablelm"])
+@pytest.mark.parametrize(
+    "model_type", ["mistral", "qwen3", "gemma", "gemma2", "gemma3_text", "granite", "olmo", "olmo2", "stablelm"]
+)
 def test_other_llama_style_families_share_the_table_entry(model_type):
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -98,7 +100,7 @@ def test_a_narrower_ffn_keeps_gate_up_and_down_together(family):
     for path in (fam.ffn_in, fam.ffn_gate, fam.ffn_out):
         if path:
             w = layer.get_submodule(path).weight
-            assert 16 in w.shape
+            assert (2 * 16 if fam.gate_up and path == fam.ffn_in else 16) in w.shape
     with torch.inference_mode():
         student(input_ids=torch.tensor([[1, 2, 3]]))
     assert macs_per_token(student.config, 10) < macs_per_token(teacher.config, 10)
@@ -332,3 +334,28 @@ def test_benchmark_perplexity_and_kl_match_a_float64_reference_and_a_kept_refere
     assert suite._evaluate(t, blocks, reference=ref_ev.log_probs).kl_to_reference == pytest.approx(0.0, abs=1e-6)
     monkeypatch.setattr(suite, "KEEP_REFERENCE_BYTES", 1000)  # past the cap nothing is kept
     assert suite._evaluate(t, blocks, keep=True).log_probs is None
+
+
+def test_a_fused_gate_and_up_keep_the_same_neurons_in_both_halves():
+    """Phi-3's gate_up_proj holds a neuron's gate row at i and its up row at F + i: a narrower FFN keeps both."""
+    from compress.modeling import neuron_importance
+
+    teacher = tiny_causal_lm("phi3", 100, 0).eval()  # FFN 64
+    keep = torch.sort(torch.argsort(neuron_importance(teacher)[0], descending=True)[:16]).values
+    student = build_student(teacher, [0, 1, 2, 3], intermediate_size=16).eval()
+    t_mlp, s_mlp = teacher.model.layers[0].mlp, student.model.layers[0].mlp
+    assert torch.equal(s_mlp.gate_up_proj.weight, t_mlp.gate_up_proj.weight[torch.cat([keep, keep + 64])])
+    assert torch.equal(s_mlp.down_proj.weight, t_mlp.down_proj.weight[:, keep])
+    full = build_student(teacher, [0, 1, 2, 3], intermediate_size=64).eval()  # every neuron: the same function
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    with torch.inference_mode():
+        assert torch.allclose(full(input_ids=ids).logits, teacher(input_ids=ids).logits, atol=1e-5)
+    assert macs_per_token(teacher.config, 10) - macs_per_token(student.config, 10) == 4 * 3 * 32 * 48
+
+
+def test_gemma3s_image_text_model_is_refused_in_one_line(tmp_path):
+    (tmp_path / "config.json").write_text(
+        json.dumps({"model_type": "gemma3", "architectures": ["Gemma3ForConditionalGeneration"]})
+    )
+    with pytest.raises(RecipeError, match="not a decoder-only causal LM"):
+        check_causal_lm_dir(tmp_path)

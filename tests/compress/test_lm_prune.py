@@ -15,7 +15,7 @@ from compress.tasks.causal_lm.prune import prune_lm
 from tests.lm_fixtures import tiny_causal_lm
 
 
-@pytest.mark.parametrize("family", ["gpt2", "llama"])
+@pytest.mark.parametrize("family", ["gpt2", "llama", "phi3"])
 def test_unstructured_reaches_the_target_on_every_projection_kind(family):
     model = tiny_causal_lm(family, 100, 0)
     UnstructuredPruner(sparsity=0.6).prune_to_(model, 1.0)

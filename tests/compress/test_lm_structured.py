@@ -68,6 +68,9 @@ def _zeroed(model, cut):
             up.weight[:, neurons] = 0
             up.bias[neurons] = 0
             continue
+        if fam.gate_up:  # the neuron's gate row and its up row
+            up.weight[torch.cat([neurons, neurons])] = 0
+            continue
         up.weight[neurons] = 0
         layer.get_submodule(fam.ffn_gate).weight[neurons] = 0
         groups = torch.ones(g, dtype=torch.bool)
@@ -77,10 +80,10 @@ def _zeroed(model, cut):
     return ref
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3", "gpt2"])
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3", "gpt2", "phi3"])
 def test_a_cut_equals_zeroing_what_it_removes_and_reloads_as_an_ordinary_model(family, tmp_path):
     model = _model(family)
-    heads = 0.0 if family == "gpt2" else 0.5
+    heads = 0.0 if family in ("gpt2", "phi3") else 0.5  # fused Q, K, V: the FFN only
     cut = plan_cut(model, activation_importance(model, [IDS]), heads=heads, ffn=0.5)
     new = apply_cut(model, cut)
     assert new.num_parameters() < model.num_parameters()
@@ -90,7 +93,7 @@ def test_a_cut_equals_zeroing_what_it_removes_and_reloads_as_an_ordinary_model(f
     new.save_pretrained(tmp_path)
     again = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     assert torch.equal(again(IDS).logits, got)
-    if family != "gpt2":
+    if family not in ("gpt2", "phi3"):
         assert (
             new.config.num_key_value_heads == 1
             and new.config.num_attention_heads == model.config.num_attention_heads // 2
