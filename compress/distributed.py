@@ -11,6 +11,7 @@ is absent; accelerate then initialises gloo (nccl on CUDA is its default).
 
 from __future__ import annotations
 
+import datetime
 import os
 
 import torch
@@ -62,3 +63,30 @@ def describe_runtime(precision: str = "auto") -> dict:
         "precision": "bf16" if s["bf16"] else "fp16" if s["fp16"] else "fp32",
         "backend": ("gloo" if s["use_cpu"] else "nccl") if world_size() > 1 else None,
     }
+
+
+def join_process_group() -> None:
+    """Join the launch's process group (gloo on CPU, nccl on CUDA) before anything else uses it; the Trainer's
+    accelerate then takes this group as it is.
+
+    Its collective timeout is long on purpose: in a pipeline run, rank 0 alone runs the steps that do not train
+    (export, quantize, benchmark: an hour and more for a large model) while the other ranks wait for the next
+    training step, and the default 30 minutes would end the launch.
+    """
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(days=2))
+
+
+def agree(value: bool) -> bool:
+    """Rank 0's `value`, on every rank of the launch (a broadcast; the other ranks' `value` is ignored)."""
+    import torch.distributed as dist
+
+    box = [bool(value)]
+    dist.broadcast_object_list(box, src=0)
+    return bool(box[0])

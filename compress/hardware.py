@@ -141,3 +141,21 @@ def reused_heap() -> Iterator[bool]:
         libc.mallopt(_M_MMAP_MAX, _GLIBC_MMAP_MAX)
         libc.mallopt(_M_TRIM_THRESHOLD, _GLIBC_TRIM_THRESHOLD)
         libc.malloc_trim(0)
+
+
+def in_fresh_process(fn, *args):
+    """`fn(*args)` run in a child process started afresh (spawn), so that whatever it leaves allocated goes back to
+    the system when it ends; its return value, or its exception raised here. `fn` must be importable by name."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(fn, *args).result()
+
+
+def children_peak_rss_bytes() -> int:
+    """The largest peak resident memory of any child process this process has waited for so far (workers, probes,
+    fresh processes): `getrusage(RUSAGE_CHILDREN)`, which is never reset."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # KB on Linux

@@ -10,6 +10,7 @@ each step calls its task's function for that stage.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import shutil
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from compress.errors import RecipeError, StageError
-from compress.hardware import peak_rss_bytes, reset_peak_rss, returned_heap, reused_heap
+from compress.hardware import children_peak_rss_bytes, peak_rss_bytes, reset_peak_rss, returned_heap, reused_heap
 from compress.manifest import (
     Manifest,
     RunLockedError,
@@ -84,10 +85,24 @@ class RunContext:
         return self.out(self.recipe.model_step(variant))
 
     def load(self, variant: str):
-        """A model variant and its tokenizer, loaded once per run."""
+        """A model variant and its tokenizer, loaded once per run (until `release`)."""
         if variant not in self._models:
             self._models[variant] = self.task.load_model(self.model_dir(variant))
         return self._models[variant]
+
+    def tokenizer(self, variant: str):
+        """A variant's tokenizer, without its weights where the task can read it alone (`load_tokenizer`): a step
+        that only encodes text does not hold a 1B-parameter model for it."""
+        if variant in self._models:
+            return self._models[variant][1]
+        read = getattr(self.task, "load_tokenizer", None)
+        return read(self.model_dir(variant)) if read else self.load(variant)[1]
+
+    def release(self) -> None:
+        """Forget the models loaded so far: the steps that do not train (export, quantize, benchmark) work on
+        files, and a teacher kept from the teacher step would otherwise stay resident through all of them."""
+        self._models.clear()
+        gc.collect()
 
     def metrics(self, step_id: str) -> dict:
         return self.manifest.stage(step_id)["metrics"]
@@ -149,14 +164,14 @@ def run_pipeline(recipe: AnyRecipe, out_dir: Path | None = None, *, log: Callabl
     Returns:
         The report (also written to `out_dir/report.json` and `report.md`).
     """
-    from compress.distributed import world_size
+    from compress.distributed import is_main_process, join_process_group, world_size
 
-    if world_size() > 1:
-        # The training loop is DDP-ready (compress.training.train under torchrun), but the pipeline's steps write
-        # shared artifacts and the manifest; running them once per rank would race. Refuse rather than corrupt.
-        raise StageError("run the pipeline as one process; torchrun applies to compress.training.train, not to run")
     task_for(recipe.task).preflight(recipe)
     run_dir = Path(out_dir) if out_dir is not None else Path("runs") / recipe.name
+    if world_size() > 1:  # torchrun: the training steps on every rank (one DDP job), the rest on rank 0
+        join_process_group()
+        if not is_main_process():
+            return _follow(recipe, run_dir)
     _make_run_dir(run_dir)
     try:
         with run_lock(run_dir):
@@ -177,6 +192,33 @@ def _make_run_dir(run_dir: Path) -> None:
         probe.unlink()
     except OSError as e:
         raise RecipeError(f"--out {run_dir}: cannot write there ({e.strerror})") from None
+
+
+def _announce(step: Step, runs: bool) -> None:
+    """Under torchrun, tell the other ranks whether rank 0 runs this training step (they run it with it)."""
+    from compress.distributed import agree, world_size
+
+    if world_size() > 1 and step.stage in _TRAINING_STAGES:
+        agree(runs)
+
+
+def _follow(recipe: AnyRecipe, run_dir: Path) -> dict:
+    """A rank other than 0 in a torchrun launch: each training step that rank 0 runs, run alongside it (their
+    Trainer is one DistributedDataParallel job over the ranks, every rank computing the same evaluations), its
+    output written to a scratch directory and discarded; nothing of the run directory is written here. The
+    steps that do not train run on rank 0 alone while this rank waits for the next announcement."""
+    import tempfile
+
+    from compress.distributed import agree, rank
+
+    ctx = RunContext(recipe, run_dir, None, log=lambda _: None)  # type: ignore[arg-type]
+    for step in plan(recipe):
+        if step.stage not in _TRAINING_STAGES or not agree(False):
+            continue
+        ctx.manifest = Manifest(run_dir / "manifest.json", recipe.model_dump(mode="json"))  # rank 0's, read now
+        with reused_heap(), tempfile.TemporaryDirectory(prefix=f"edge-compress-rank{rank()}-") as tmp:
+            step.run(ctx, step, Path(tmp))
+    return {}
 
 
 def _run_locked(recipe: AnyRecipe, run_dir: Path, log: Callable[[str], None]) -> dict:
@@ -200,9 +242,12 @@ def _run_locked(recipe: AnyRecipe, run_dir: Path, log: Callable[[str], None]) ->
                 reason = f"not built: {', '.join(blocked)} failed its quality gate or was not built"
                 manifest.record(step.id, {"status": "skipped-gate", "stage": step.stage, "reason": reason})
                 log(f"{tag}: {reason}")
+                _announce(step, False)
                 continue
         key, basis = _step_key(ctx, step)
-        if manifest.is_fresh(step.id, key, out):
+        fresh = manifest.is_fresh(step.id, key, out)
+        _announce(step, not fresh)
+        if fresh:
             status = manifest.stage(step.id)["status"]
             log(
                 f"{tag}: inputs and config unchanged, skipped"
@@ -217,6 +262,8 @@ def _run_locked(recipe: AnyRecipe, run_dir: Path, log: Callable[[str], None]) ->
         # reused_heap); the other steps, which load model after model, give large blocks back (returned_heap; the
         # benchmark's timings and memory probes run in fresh processes, with the allocator a deployed runtime has)
         heap = reused_heap() if step.stage in _TRAINING_STAGES else returned_heap()
+        if step.stage not in _TRAINING_STAGES:
+            ctx.release()
         with heap, atomic_dir(out) as tmp:
             metrics = step.run(ctx, step, tmp)
             shutil.rmtree(tmp / "_trainer", ignore_errors=True)
@@ -242,6 +289,8 @@ def _run_locked(recipe: AnyRecipe, run_dir: Path, log: Callable[[str], None]) ->
                 # processes are measured by the benchmark)
                 "peak_rss_bytes": peak_rss_bytes(),
                 "peak_rss_scope": "step" if peak_is_the_steps else "process so far",
+                # the largest child process of the run so far (benchmark workers, probes, fresh processes)
+                "peak_rss_children_bytes": children_peak_rss_bytes(),
             },
         )
         if gate.get("passed") is False:

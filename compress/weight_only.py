@@ -11,17 +11,16 @@ an initializer of its own; and `Gemm` projections (GPT-2's) become MatMul + Add 
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
 
 from compress.calibration import FeedReader
-from compress.int8 import Int8Spec, quantize_model
+from compress.embedding_quant import token_embedding_gather
 from export.artifact import save_model
 
 
@@ -147,20 +146,60 @@ def weight_only(
         model = quantizer.model.model
     out = model
     set_accuracy_level(out, accuracy_level)
-    save_model(out, dst)
     if config.embeddings == "int8":
-        # MatMulNBitsQuantizer quantizes a Gather to 4 bits only; ONNX Runtime's dynamic quantizer gives the
-        # embedding table 8 bits (a uint8 table and a DequantizeLinear of the gathered rows), which .ort holds.
-        tmp = dst.with_name(dst.stem + ".gather.onnx")
-        spec = Int8Spec("dynamic", "uint8", "uint8", reduce_range=False, op_types=("Gather",))
-        quantize_model(dst, tmp, spec)
-        shutil.move(tmp, dst)
+        gather_uint8_(out)
+    save_model(out, dst)
     left = [n for n in take if bits_by_node is not None and bits_by_node.get(n, 32) == 32]
     return {
         "quantized_matmuls": len(take) - len(left),
         "kept_float_matmuls": skip + left,
         "embeddings": config.embeddings,
     }
+
+
+def gather_uint8_(model: onnx.ModelProto, rows_per_chunk: int = 1 << 14) -> str:
+    """The token embedding's `Gather` (`embedding_quant.token_embedding_gather`) reads a uint8 table, and one
+    `DequantizeLinear` (per-tensor scale and zero point, asymmetric over [min(0, min), max(0, max)]) turns the
+    gathered rows back into float32: in place; returns the node rewritten.
+
+    The form ONNX Runtime's dynamic quantizer gives a Gather (8 bits: MatMulNBitsQuantizer writes a Gather at 4 bits
+    only), which `.ort` holds. Written here because that quantizer reloads the whole model and re-infers its
+    shapes: at 1.2B parameters it took 50 s and 8 GB beyond the model for one table (measured); this converts the
+    table in chunks of rows, with the model already in memory.
+    """
+    gather = token_embedding_gather(model)
+    init = next(t for t in model.graph.initializer if t.name == gather.input[0])
+    table = numpy_helper.to_array(init)
+    lo, hi = min(0.0, float(table.min())), max(0.0, float(table.max()))
+    scale = np.float32((hi - lo) / 255.0 if hi > lo else 1.0)
+    zero = np.uint8(np.clip(round(-lo / float(scale)), 0, 255))
+    q = np.empty(table.shape, np.uint8)
+    for r in range(0, table.shape[0], rows_per_chunk):
+        q[r : r + rows_per_chunk] = np.clip(np.rint(table[r : r + rows_per_chunk] / scale) + zero, 0, 255)
+    name = gather.input[0]
+    model.graph.initializer.remove(init)
+    del table
+    model.graph.initializer.extend(
+        [
+            numpy_helper.from_array(q, f"{name}_quantized"),
+            numpy_helper.from_array(np.array(scale, np.float32), f"{name}_scale"),
+            numpy_helper.from_array(np.array(zero, np.uint8), f"{name}_zero_point"),
+        ]
+    )
+    rows = gather.output[0]
+    gather.input[0] = f"{name}_quantized"
+    gather.output[0] = f"{rows}_quantized"
+    dq = helper.make_node(
+        "DequantizeLinear",
+        [gather.output[0], f"{name}_scale", f"{name}_zero_point"],
+        [rows],
+        name=f"{gather.name or name}_DequantizeLinear",
+    )
+    nodes = list(model.graph.node)
+    nodes.insert(nodes.index(gather) + 1, dq)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return gather.name
 
 
 def _nbits_quantizer():

@@ -83,3 +83,14 @@ def test_returned_heap_gives_freed_large_blocks_back_where_glibcs_default_keeps_
         pytest.skip("not glibc: the allocator is left as it is")
     assert default > 100 * 2**20  # 16 MB blocks served from a heap that small blocks then pin: 128 MB kept
     assert returned < 8 * 2**20  # each mapped afresh and unmapped on free
+
+
+def test_a_fresh_process_returns_its_result_and_raises_its_error():
+    import os
+
+    from compress.hardware import children_peak_rss_bytes, in_fresh_process
+
+    assert in_fresh_process(os.getpid) != os.getpid()
+    assert children_peak_rss_bytes() > 0
+    with pytest.raises(ValueError, match="invalid literal"):
+        in_fresh_process(int, "not a number")

@@ -245,6 +245,30 @@ def test_depth_selection_drops_a_layer_that_does_nothing_first(tiny_lm_dirs):
         select_layers(model, blocks, 4)
 
 
+def test_a_bounded_layer_choice_measures_only_the_least_influential_layers_each_round(tiny_lm_dirs):
+    from compress.tasks.causal_lm.data import pack_blocks, token_stream
+    from compress.tasks.causal_lm.distill import block_influence, select_layers
+    from compress.tasks.causal_lm.model import load_causal_lm
+    from tests.lm_fixtures import make_documents
+
+    model, tok = load_causal_lm(tiny_lm_dirs["llama"])
+    with torch.no_grad():  # layer 1 leaves the residual stream as it found it
+        model.model.layers[1].self_attn.o_proj.weight.zero_()
+        model.model.layers[1].mlp.down_proj.weight.zero_()
+    blocks = pack_blocks(token_stream(tok, make_documents()["dev"]), 32)[:8]
+    influence = block_influence(model, blocks[:4])
+    assert influence[1] == pytest.approx(0.0, abs=1e-6) and min(influence[i] for i in (0, 2, 3)) > 1e-3
+    kept, rounds = select_layers(model, blocks, 1, candidates=2)
+    assert [len(r["perplexity_without"]) for r in rounds] == [2, 2, 2]  # (4 - 1) rounds x 2, not 4 + 3 + 2
+    assert rounds[0]["dropped"] == 1
+    for r in rounds[:2]:  # the layers measured are those of least influence in the model of that round
+        ranked = sorted(r["block_influence"], key=r["block_influence"].get)
+        assert set(r["perplexity_without"]) == set(ranked[:2])
+    assert "block_influence" not in rounds[2]  # two layers left: both measured
+    full, _ = select_layers(model, blocks, 1, candidates=4)  # as many candidates as layers: the exhaustive choice
+    assert full == select_layers(model, blocks, 1)[0]
+
+
 def test_a_recipe_takes_layers_or_num_layers_not_both():
     from compress.tasks.causal_lm.config import LMDistillConfig
 

@@ -143,6 +143,13 @@ class LMDistillConfig(LMTrainingMemory):
         description="instead of `layers`: keep this many, chosen by measured importance (the layer whose removal "
         "raises held-out perplexity least goes first, one at a time)",
     )
+    layer_candidates: int | None = Field(
+        default=8,
+        ge=1,
+        description="with num_layers: each round measures only this many layers by removal, those that change the "
+        "hidden state least (block influence, one forward pass): at most (layers - num_layers) x this many models "
+        "evaluated; null: every remaining layer each round",
+    )
     intermediate_size: int | None = Field(default=None, ge=1, description="FFN width kept per layer")
     hidden_size: int | None = Field(default=None, ge=8, description="a smaller hidden size (new config)")
     hidden_init: Literal["truncate", "random"] = "truncate"
@@ -316,6 +323,19 @@ class LMBenchmarkConfig(TargetsConfig):
     runs: int = Field(default=2, ge=1, le=100, description="timed generations per prompt and variant")
     warmup: int = Field(default=1, ge=0, le=100, description="untimed generations per variant first")
     memory: bool = Field(default=True, description="peak RSS of a fresh process per model and target")
+    baselines: list[Literal["optimum", "optimum-int8"]] = Field(
+        default=["optimum", "optimum-int8"],
+        description="reference rows beside the PyTorch teacher (always measured): the teacher through optimum's "
+        "export and ORTModelForCausalLM, and quantized by optimum's own dynamic int8 recipe (its quantizer holds "
+        "about 4x the float model: 22 GB for 1.2B parameters, measured; leave it out for a large model)",
+    )
+    worker_memory_gb: float | None = Field(
+        default=8.0,
+        gt=0,
+        description="the speed workers hold variants whose weights in memory add up to at most this (a variant "
+        "larger alone gets a worker to itself): the benchmark's peak is a group's, not every variant's at once; "
+        "variants are interleaved within a worker; null: one worker per target holds them all",
+    )
     memory_context: int = Field(default=128, ge=1, le=65536, description="prompt tokens of the RSS probe")
     memory_contexts: list[int] = Field(
         default=[],
@@ -338,6 +358,13 @@ class LMBenchmarkConfig(TargetsConfig):
         "generator, the same model file (export.backend genai; `make anchors`): the bundle's decode loop against "
         "the runtime a user would pick, like for like; each row is named NAME-genai",
     )
+
+    @field_validator("baselines")
+    @classmethod
+    def _int8_from_optimums_export(cls, v: list[str]) -> list[str]:
+        if "optimum-int8" in v and "optimum" not in v:
+            raise ValueError("optimum-int8 quantizes optimum's export: list optimum too")
+        return v
 
     @field_validator("prompt_lengths")
     @classmethod

@@ -19,6 +19,7 @@ Either failing fails the step: an artifact that does not compute what the model 
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -26,7 +27,7 @@ import numpy as np
 
 from compress.errors import StageError
 from compress.tasks.causal_lm.config import LMExportConfig
-from export.artifact import Artifact
+from export.artifact import INLINE_LIMIT_BYTES, Artifact
 
 
 class LMExportCheckError(StageError):
@@ -48,6 +49,24 @@ def generator_for(artifact_dir: Path, model_file: str | None = None, threads: in
         eos_token_ids(artifact_dir),
         session=session if session is not None else ort_session(path, threads),
     )
+
+
+def float32_bytes(model_dir: Path) -> int:
+    """The model's weights in float32, from its safetensors headers (no tensor is read)."""
+    from safetensors import safe_open
+
+    total = 0
+    for f in Path(model_dir).glob("*.safetensors"):
+        with safe_open(str(f), framework="np") as st:
+            total += sum(4 * math.prod(st.get_slice(k).get_shape()) for k in st.keys())  # noqa: SIM118
+    return total
+
+
+def _optimum_options(model_dir: Path) -> dict:
+    """optimum 2.1's post-processing (deduplicating tied weights) measures the whole ModelProto, which protobuf
+    cannot serialize past 2 GiB: every model over ONNX's limit fails there (Llama-3.2-1B's shape did, here). Such
+    a model is exported without it: its graph then holds the tied head's weights beside the embedding's."""
+    return {"no_post_process": True} if float32_bytes(model_dir) >= INLINE_LIMIT_BYTES else {}
 
 
 def eos_token_ids(model_dir: Path) -> list[int]:
@@ -107,15 +126,21 @@ def check_decoder(model_dir: Path, onnx_dir: Path, prompts: list[list[int]], con
         max_abs_logit_diff (over prompts and steps), its value at the prefill and per decode step, the share of
         prompts whose greedy tokens are identical, and the settings.
     """
+    import gc
+
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True).eval()
-    gen = generator_for(onnx_dir, threads=2)
     steps = config.new_tokens
+    # PyTorch's decoding of every prompt first, then the model freed: the two runtimes never hold the weights at
+    # once (a 1B model: 5 GB each in float32).
+    model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True).eval()
+    reference = [_torch_decode(model, prompt, steps) for prompt in prompts]
+    del model
+    gc.collect()
+    gen = generator_for(onnx_dir, threads=2)
     per_step = np.zeros(steps)
     identical, first_mismatch = 0, None
-    for k, prompt in enumerate(prompts):
-        ref_logits, ref_tokens = _torch_decode(model, prompt, steps)
+    for k, (prompt, (ref_logits, ref_tokens)) in enumerate(zip(prompts, reference, strict=True)):
         got_logits = _ort_forced(gen, prompt, ref_tokens)
         per_step = np.maximum(per_step, np.abs(ref_logits - got_logits).max(axis=-1))
         free = list(gen.stream(prompt, steps, ignore_eos=True))
@@ -162,6 +187,7 @@ def export_causal_lm(model_dir: Path, out_dir: Path, config: LMExportConfig, pro
             opset=config.opset,
             do_validation=False,  # optimum's own check uses random inputs; the one below uses real prompts
             local_files_only=True,
+            **_optimum_options(model_dir),
         )
     for f in Path(model_dir).iterdir():  # the model's config, tokenizer (chat template too), generation files
         if f.is_file() and f.suffix in (".json", ".jinja"):

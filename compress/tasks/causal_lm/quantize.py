@@ -141,7 +141,14 @@ def mixed_precision(
 
 
 def _mixed_within_perplexity(groups, sensitivity, config, build):
-    """The first assignment, raising blocks by sensitivity (int8, then float), within the perplexity budget."""
+    """The first assignment, raising blocks by sensitivity (int8, then float), within the perplexity budget.
+
+    The candidates (all int4, then one more block raised at each step) lower the perplexity ratio step by step, so
+    the first within the budget is found by bisection: all int4 first (often enough), the last candidate (if even
+    it misses, nothing will), then halving: at most 2 + log2(2 x blocks) models built and scored, not one per
+    candidate. A step that raised the ratio (noise between nearly equal candidates) can make it pick a later
+    candidate than a linear scan would: a model that is still within the budget, a little larger.
+    """
     budget = config.mixed_max_perplexity_ratio
     order = sorted(groups, key=lambda g: sensitivity[g], reverse=True)
     assign = {g: 4 for g in groups}
@@ -150,17 +157,38 @@ def _mixed_within_perplexity(groups, sensitivity, config, build):
         for g in order:
             assign[g] = level
             candidates.append(dict(assign))
-    tried = []
-    for cand in candidates[:-1]:  # the last is all float: not a quantized model
-        path, ratio = build(cand)
-        tried.append({"assignment": cand, "perplexity_ratio": ratio, "size_bytes": _file_bytes(path)})
+    candidates = candidates[:-1]  # the last is all float: not a quantized model
+    tried, kept = [], {}
+
+    def within(i: int) -> bool:
+        path, ratio = build(candidates[i])
+        tried.append({"assignment": candidates[i], "perplexity_ratio": ratio, "size_bytes": _file_bytes(path)})
         if ratio <= budget:
-            return path, cand, ratio, tried
-        _remove(path)
-    raise PerplexityBudgetError(
-        f"mixed precision: no assignment of int4 / int8 / float blocks is within "
-        f"quantize.mixed_max_perplexity_ratio {budget} (best tried {min(t['perplexity_ratio'] for t in tried):.4f})"
-    )
+            kept[i] = (path, ratio)
+        else:
+            _remove(path)
+        return ratio <= budget
+
+    lo, hi = 0, len(candidates) - 1
+    if not within(lo):
+        if hi == lo or not within(hi):
+            raise PerplexityBudgetError(
+                f"mixed precision: no assignment of int4 / int8 / float blocks is within quantize."
+                f"mixed_max_perplexity_ratio {budget} (best tried {min(t['perplexity_ratio'] for t in tried):.4f})"
+            )
+        while hi - lo > 1:  # candidates[lo] misses the budget, candidates[hi] is within it
+            mid = (lo + hi) // 2
+            if within(mid):
+                hi = mid
+            else:
+                lo = mid
+    else:
+        hi = lo
+    for i, (path, _) in kept.items():
+        if i != hi:
+            _remove(path)
+    path, ratio = kept[hi]
+    return path, candidates[hi], ratio, tried
 
 
 def _all_int4_within_size(groups, config, build) -> tuple[Path, int, int]:

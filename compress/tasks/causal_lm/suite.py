@@ -27,7 +27,7 @@ from compress.tasks.causal_lm.anchors import runner, weight_files
 from compress.tasks.causal_lm.config import LMBenchmarkConfig, TextDataConfig
 from compress.tasks.causal_lm.data import TextData, eval_blocks, prompts_from
 from compress.tasks.causal_lm.worker import measure_lm_target
-from export.artifact import Artifact
+from export.artifact import Artifact, gzip_size
 
 GREEDY_PROMPT_TOKENS = 32
 
@@ -255,7 +255,7 @@ def benchmark_lm(
         "task": "causal-lm",
         "environment": environment(targets, s.primary, per_target),
         "settings": _settings(s, data_config, records[reference], greedy_prompts, middle, threads, quality_s)
-        | {"baselines": [b for b in BASELINES if b in records]},
+        | {"baselines": [b for b in BASELINES if b in records], "speed_workers": per_target[s.primary]["workers"]},
         "reference": reference,
         "anchors": anchors or {"built": {}, "unavailable": []},
         "variants": [records[v.name] for v in variants],
@@ -332,16 +332,61 @@ def _speed(variants: list[LMVariant], targets: list, prompts: dict, warmup_promp
            log: Callable[[str], None]) -> dict[str, dict]:  # fmt: skip
     """Raw time to first token and per-token decode times of every variant, one fresh worker per target."""
     protocol = {"new_tokens": s.new_tokens, "runs": s.runs, "warmup": s.warmup, "warmup_prompt": warmup_prompt}
-    spec_variants = [{"name": v.name, "runtime": v.runtime, "path": str(v.path)} for v in variants]
+    groups = worker_groups(variants, s.worker_memory_gb)
     per_target: dict[str, dict] = {}
     for target in targets:
+        how = (
+            f"{len(variants)} variants interleaved"
+            if len(groups) == 1
+            else f"{len(variants)} variants in {len(groups)} workers of at most {s.worker_memory_gb} GB of weights "
+            f"({' | '.join(', '.join(v.name for v in g) for g in groups)}), interleaved within each"
+        )
         log(
             f"    benchmark target {target.name}: {target.threads} thread(s), cores "
-            f"{list(target.cpus) if target.cpus else 'any'}, spinning off; {len(variants)} variants interleaved, "
+            f"{list(target.cpus) if target.cpus else 'any'}, spinning off; {how}, "
             f"prompts of {s.prompt_lengths} tokens, {s.new_tokens} new tokens, {s.prompts} prompts x {s.runs} runs"
         )
-        per_target[target.name] = measure_lm_target(target, spec_variants, prompts, protocol)
+        parts = [
+            measure_lm_target(
+                target, [{"name": v.name, "runtime": v.runtime, "path": str(v.path)} for v in g], prompts, protocol
+            )
+            for g in groups
+        ]
+        merged = {k: {} for k in ("load_s", "ttft_s", "step_s")}
+        for part in parts:
+            merged["load_s"].update(part["load_s"])
+            for key in ("ttft_s", "step_s"):
+                for length, by_name in part[key].items():
+                    merged[key].setdefault(length, {}).update(by_name)
+        merged["process"] = parts[0]["process"]
+        merged["wall_s"] = sum(part["wall_s"] for part in parts)
+        merged["workers"] = [[v.name for v in g] for g in groups]
+        per_target[target.name] = merged
     return per_target
+
+
+def resident_bytes(v: LMVariant) -> int:
+    """What a variant's weights take in memory once loaded: float32 parameters in PyTorch, the weight files
+    otherwise (ONNX Runtime and the anchors' runtimes hold them about as stored)."""
+    if v.runtime == "torch":
+        return 4 * int(v.params)
+    return sum(f.stat().st_size for f in _weight_files(v))
+
+
+def worker_groups(variants: list[LMVariant], cap_gb: float | None) -> list[list[LMVariant]]:
+    """The variants in order, cut into consecutive groups whose `resident_bytes` add up to at most `cap_gb` (one
+    variant over the cap alone is a group); one group when `cap_gb` is None."""
+    if cap_gb is None:
+        return [list(variants)]
+    cap, groups, used = cap_gb * 1e9, [[]], 0
+    for v in variants:
+        size = resident_bytes(v)
+        if groups[-1] and used + size > cap:
+            groups.append([])
+            used = 0
+        groups[-1].append(v)
+        used += size
+    return groups
 
 
 def _memory(variants: list[LMVariant], targets: list, memory_prompt: list[str], s: LMBenchmarkConfig,
@@ -426,19 +471,20 @@ def _target_figures(rec: dict, name: str, targets: list, per_target: dict, prima
         rec.update({k: x for k, x in first["memory"].items() if k != "fits_memory_limit"})
 
 
-def _sizes(v: LMVariant) -> dict:
+def _weight_files(v: LMVariant) -> list[Path]:
     if v.runtime in ANCHOR_RUNTIMES:
-        files = weight_files(v.runtime, v.path)
-    elif v.runtime == "torch":
-        files = sorted(Path(v.path).glob("*.safetensors"))
-    elif v.runtime == "optimum":
-        files = Artifact.read(Path(v.path)).weight_files()
-    else:
-        files = Artifact.read(v.path.parent).weight_files()
-    import gzip
+        return weight_files(v.runtime, v.path)
+    if v.runtime == "torch":
+        return sorted(Path(v.path).glob("*.safetensors"))
+    if v.runtime == "optimum":
+        return Artifact.read(Path(v.path)).weight_files()
+    return Artifact.read(v.path.parent).weight_files()
 
+
+def _sizes(v: LMVariant) -> dict:
+    files = _weight_files(v)
     raw = sum(f.stat().st_size for f in files)
-    gz = sum(len(gzip.compress(f.read_bytes(), compresslevel=6)) for f in files)
+    gz = sum(gzip_size(f) for f in files)
     return {"size_bytes": raw, "size_gzip_bytes": gz}
 
 

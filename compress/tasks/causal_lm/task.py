@@ -55,6 +55,11 @@ class CausalLMTask(TaskBase):
 
         return load_causal_lm(model_dir, str(model_dir))
 
+    def load_tokenizer(self, model_dir: Path):
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+
     # ---- checks before anything runs ----
 
     def preflight(self, recipe: CausalLMRecipe) -> None:
@@ -261,7 +266,7 @@ class CausalLMTask(TaskBase):
         from compress.tasks.causal_lm.export import export_causal_lm
 
         e = step.config
-        _, tokenizer = ctx.load(step.name)
+        tokenizer = ctx.tokenizer(step.name)
         prompts = prompts_from(tokenizer, ctx.data.dev, e.prompts, e.prompt_tokens, ctx.recipe.data.max_eval_tokens)
         return export_causal_lm(ctx.model_dir(step.name), out, e, prompts)
 
@@ -270,7 +275,7 @@ class CausalLMTask(TaskBase):
         from compress.tasks.causal_lm.data import eval_blocks
         from compress.tasks.causal_lm.export import generator_for
 
-        _, tokenizer = ctx.load("teacher")
+        tokenizer = ctx.tokenizer("teacher")
         docs, key = (ctx.data.holdout, "holdout") if ctx.data.holdout else (ctx.data.dev, "dev")
         blocks = eval_blocks(tokenizer, docs, ctx.recipe.data, key)[:_HELDOUT_BLOCKS]
 
@@ -287,14 +292,16 @@ class CausalLMTask(TaskBase):
 
         q, src, r = step.config, ctx.out(step.inputs[0]), ctx.recipe
         nll, blocks = self.heldout_nll(ctx, src)
-        _, tokenizer = ctx.load("teacher")
+        tokenizer = ctx.tokenizer("teacher")
         prompt = prompts_from(tokenizer, ctx.data.dev, 1, 32, ctx.recipe.data.max_eval_tokens)[0]
         calibration = None
-        if q.algorithm == "gptq" or q.max_perplexity_ratio is not None:
+        weight_only_gptq = q.method == "weight-only" and q.algorithm == "gptq"
+        if weight_only_gptq or (q.method == "dynamic" and q.max_perplexity_ratio is not None):
             from compress.tasks.causal_lm.export import generator_for
 
-            gen = generator_for(src)
+            gen = generator_for(src)  # for the graph's input names and cache shapes
             calibration = [decoder_feeds(gen, b[None, :]) for b in blocks[: q.calibration_blocks]]
+            del gen  # its session holds the float model's weights: not through the whole quantization
         from compress.gate import lm_gate, unigram_perplexity
 
         try:
@@ -314,7 +321,7 @@ class CausalLMTask(TaskBase):
                     "reasons": [str(e)],
                 },  # fmt: skip
             }
-        _, tokenizer = ctx.load("teacher")
+        tokenizer = ctx.tokenizer("teacher")
         unigram = None if r.teacher.random_weights else unigram_perplexity(self.unigram(ctx, tokenizer), blocks)
         metrics["gate"] = lm_gate(
             metrics["holdout_perplexity"],
@@ -363,6 +370,7 @@ class CausalLMTask(TaskBase):
 
     def benchmark(self, ctx: RunContext, step: Step, out: Path) -> dict:
         from benchmarks.baselines import optimum_dynamic_int8
+        from compress.hardware import in_fresh_process
         from compress.tasks.causal_lm.suite import LMVariant, benchmark_lm
 
         r = ctx.recipe
@@ -374,33 +382,49 @@ class CausalLMTask(TaskBase):
 
         t = ctx.metrics("teacher")
         teacher_dir, export_dir = ctx.out("teacher"), ctx.out("export/teacher")
-        if r.export.backend != "optimum":  # the baselines are optimum's own export, whatever ours is
+        wanted = step.config.baselines
+        if "optimum" in wanted and r.export.backend != "optimum":  # optimum's own export, whatever ours is
             from compress.tasks.causal_lm.data import prompts_from
             from compress.tasks.causal_lm.export import export_causal_lm
 
             e = r.export.model_copy(update={"backend": "optimum"})
-            _, tokenizer = ctx.load("teacher")
+            tokenizer = ctx.tokenizer("teacher")
             prompts = prompts_from(tokenizer, ctx.data.dev, e.prompts, e.prompt_tokens, r.data.max_eval_tokens)
             export_dir = out / "teacher-onnx"
-            export_causal_lm(teacher_dir, export_dir, e, prompts)
-        optimum_int8 = out / "teacher-int8-optimum"
-        optimum_dynamic_int8(export_dir, optimum_int8)
+            # In a process of its own: torch's ONNX exporter keeps what it traced (12 GB after a 1B model's export,
+            # measured), which this process would carry through every measurement that follows.
+            in_fresh_process(export_causal_lm, teacher_dir, export_dir, e, prompts)
         variants = [
-            LMVariant("teacher-torch", "baseline", "torch", None, teacher_dir, teacher_dir, t["params"], t["layers"]),
-            LMVariant(
-                "teacher-onnx", "baseline", "optimum", "teacher-torch", export_dir, export_dir, t["params"], t["layers"]
-            ),
-            LMVariant(
-                "teacher-int8-optimum",
-                "baseline",
-                "optimum",
-                "teacher-onnx",
-                optimum_int8,
-                optimum_int8,
-                t["params"],
-                t["layers"],
-            ),
+            LMVariant("teacher-torch", "baseline", "torch", None, teacher_dir, teacher_dir, t["params"], t["layers"])
         ]
+        if "optimum" in wanted:
+            variants.append(
+                LMVariant(
+                    "teacher-onnx",
+                    "baseline",
+                    "optimum",
+                    "teacher-torch",
+                    export_dir,
+                    export_dir,
+                    t["params"],
+                    t["layers"],
+                )  # fmt: skip
+            )
+        if "optimum-int8" in wanted:
+            optimum_int8 = out / "teacher-int8-optimum"
+            in_fresh_process(optimum_dynamic_int8, export_dir, optimum_int8)
+            variants.append(
+                LMVariant(
+                    "teacher-int8-optimum",
+                    "baseline",
+                    "optimum",
+                    "teacher-onnx",
+                    optimum_int8,
+                    optimum_int8,
+                    t["params"],
+                    t["layers"],
+                )  # fmt: skip
+            )
         variants += [ours(*astuple(b)) for b in built_variants(ctx)]
         same_file = _same_file_in_genai(step.config.in_genai, variants, ctx.log)
         variants += same_file["variants"]

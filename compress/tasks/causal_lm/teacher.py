@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from compress.distributed import describe_runtime
 from compress.errors import RecipeError
 from compress.tasks.causal_lm.config import LMTeacherConfig, TextDataConfig
 from compress.tasks.causal_lm.data import (
@@ -107,6 +108,7 @@ def train_teacher_lm(
             "heldout_curve": curve.get("heldout_curve"),
             "converged": curve.get("converged"),
             "training_memory": memory_args(config) if trained else None,
+            "runtime": describe_runtime(config.precision) if trained else None,
             **describe_decoder(model, data_config.block_size),
         }
     )

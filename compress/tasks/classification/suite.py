@@ -7,7 +7,6 @@ on the `.ort` conversion when asked). Latency and throughput come from one fresh
 
 from __future__ import annotations
 
-import gzip
 import math
 import os
 import tempfile
@@ -27,7 +26,7 @@ from compress.targets import BASELINES, Target, resolve_target
 from compress.tasks.classification.config import BenchmarkConfig
 from compress.tasks.classification.data import TaskData
 from compress.tasks.classification.worker import measure_target
-from export.artifact import Artifact
+from export.artifact import Artifact, gzip_size
 from export.runtime import OrtClassifier, TorchClassifier, batched_logits, tokenize_each
 
 # Distinct sentences used at each fixed length: the content hardly matters when the length is fixed.
@@ -58,7 +57,7 @@ def size_on_disk(variant: Variant) -> dict:
 
 def _sizes(files: list[Path]) -> dict:
     raw = sum(f.stat().st_size for f in files)
-    gz = sum(len(gzip.compress(f.read_bytes(), compresslevel=6)) for f in files)
+    gz = sum(gzip_size(f) for f in files)
     return {"size_bytes": raw, "size_gzip_bytes": gz}
 
 

@@ -10,7 +10,6 @@ anchor a user would otherwise ship: the teacher in CTranslate2 at int8 (`compres
 
 from __future__ import annotations
 
-import gzip
 import json
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import torch
 from benchmarks.latency import percentiles
 from benchmarks.process import environment
 from compress.targets import resolve_target
+from export.artifact import gzip_size
 
 OUTPUTS_DIR = "outputs"  # each variant's dev outputs, one JSON line per input (the bundle checks against them)
 
@@ -150,7 +150,7 @@ def run_suite(ctx, variants, artifacts: dict[str, Path], out: Path) -> dict:
         weights = [f for f in Path(row["path"]).iterdir()
                    if f.name.endswith((".onnx", ".onnx_data", ".safetensors", ".bin"))]  # fmt: skip
         row["size_bytes"] = sum(f.stat().st_size for f in weights)
-        row["size_gzip_bytes"] = sum(len(gzip.compress(f.read_bytes(), 6)) for f in weights)
+        row["size_gzip_bytes"] = sum(gzip_size(f) for f in weights)
     timed = ctx.data.dev.sources[: s.sentences]
     inputs = tokenizer([r.data.source_prefix + x for x in timed], truncation=True, max_length=r.data.max_source_length)[
         "input_ids"
