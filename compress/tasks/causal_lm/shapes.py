@@ -31,38 +31,106 @@ from compress.tasks.causal_lm.data import END_OF_TEXT, read_documents, train_tok
 # Qwen/Qwen2.5-0.5B, Qwen/Qwen3-0.6B, meta-llama/Llama-3.2-1B). Token ids are not copied: the tokenizer is ours.
 PUBLISHED: dict[str, dict] = {
     "smollm2-135m": dict(
-        model_type="llama", architectures=["LlamaForCausalLM"], hidden_size=576, intermediate_size=1536,
-        num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3, head_dim=64, vocab_size=49152,
-        max_position_embeddings=8192, rope_theta=100000.0, rms_norm_eps=1e-5, tie_word_embeddings=True,
-        hidden_act="silu", initializer_range=0.041666666666666664, attention_bias=False, mlp_bias=False,
+        model_type="llama",
+        architectures=["LlamaForCausalLM"],
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        head_dim=64,
+        vocab_size=49152,
+        max_position_embeddings=8192,
+        rope_theta=100000.0,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=True,
+        hidden_act="silu",
+        initializer_range=0.041666666666666664,
+        attention_bias=False,
+        mlp_bias=False,
     ),
     "smollm2-360m": dict(
-        model_type="llama", architectures=["LlamaForCausalLM"], hidden_size=960, intermediate_size=2560,
-        num_hidden_layers=32, num_attention_heads=15, num_key_value_heads=5, head_dim=64, vocab_size=49152,
-        max_position_embeddings=8192, rope_theta=100000.0, rms_norm_eps=1e-5, tie_word_embeddings=True,
-        hidden_act="silu", initializer_range=0.02, attention_bias=False, mlp_bias=False,
+        model_type="llama",
+        architectures=["LlamaForCausalLM"],
+        hidden_size=960,
+        intermediate_size=2560,
+        num_hidden_layers=32,
+        num_attention_heads=15,
+        num_key_value_heads=5,
+        head_dim=64,
+        vocab_size=49152,
+        max_position_embeddings=8192,
+        rope_theta=100000.0,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=True,
+        hidden_act="silu",
+        initializer_range=0.02,
+        attention_bias=False,
+        mlp_bias=False,
     ),
     "qwen2.5-0.5b": dict(
-        model_type="qwen2", architectures=["Qwen2ForCausalLM"], hidden_size=896, intermediate_size=4864,
-        num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2, vocab_size=151936,
-        max_position_embeddings=32768, rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=True,
-        hidden_act="silu", initializer_range=0.02, use_sliding_window=False, sliding_window=32768,
+        model_type="qwen2",
+        architectures=["Qwen2ForCausalLM"],
+        hidden_size=896,
+        intermediate_size=4864,
+        num_hidden_layers=24,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        vocab_size=151936,
+        max_position_embeddings=32768,
+        rope_theta=1000000.0,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=True,
+        hidden_act="silu",
+        initializer_range=0.02,
+        use_sliding_window=False,
+        sliding_window=32768,
         max_window_layers=24,
     ),
     "qwen3-0.6b": dict(
-        model_type="qwen3", architectures=["Qwen3ForCausalLM"], hidden_size=1024, intermediate_size=3072,
-        num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8, head_dim=128, vocab_size=151936,
-        max_position_embeddings=40960, rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=True,
-        hidden_act="silu", initializer_range=0.02, attention_bias=False, use_sliding_window=False,
-        sliding_window=None, max_window_layers=28,
+        model_type="qwen3",
+        architectures=["Qwen3ForCausalLM"],
+        hidden_size=1024,
+        intermediate_size=3072,
+        num_hidden_layers=28,
+        num_attention_heads=16,
+        num_key_value_heads=8,
+        head_dim=128,
+        vocab_size=151936,
+        max_position_embeddings=40960,
+        rope_theta=1000000.0,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=True,
+        hidden_act="silu",
+        initializer_range=0.02,
+        attention_bias=False,
+        use_sliding_window=False,
+        sliding_window=None,
+        max_window_layers=28,
     ),
     "llama-3.2-1b": dict(
-        model_type="llama", architectures=["LlamaForCausalLM"], hidden_size=2048, intermediate_size=8192,
-        num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8, head_dim=64, vocab_size=128256,
-        max_position_embeddings=131072, rope_theta=500000.0, rms_norm_eps=1e-5, tie_word_embeddings=True,
-        hidden_act="silu", initializer_range=0.02, attention_bias=False, mlp_bias=False,
+        model_type="llama",
+        architectures=["LlamaForCausalLM"],
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=64,
+        vocab_size=128256,
+        max_position_embeddings=131072,
+        rope_theta=500000.0,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=True,
+        hidden_act="silu",
+        initializer_range=0.02,
+        attention_bias=False,
+        mlp_bias=False,
         rope_scaling=dict(
-            factor=32.0, high_freq_factor=4.0, low_freq_factor=1.0, original_max_position_embeddings=8192,
+            factor=32.0,
+            high_freq_factor=4.0,
+            low_freq_factor=1.0,
+            original_max_position_embeddings=8192,
             rope_type="llama3",
         ),
     ),
@@ -100,13 +168,12 @@ def build_random(name: str, out_dir: Path, docs: list[str], *, seed: int = 0, ov
         raise RecipeError("no documents to train the tokenizer on")
     config = published_config(name, overrides=overrides)
     started = time.time()
+    # BPE training stops at the published vocabulary size, or short of it on a small corpus: never beyond.
     tokenizer = train_tokenizer(
         docs[:TOKENIZER_DOCUMENTS],
-        TokenizerConfig(vocab_size=min(int(config.vocab_size), 1 << 20)),
+        TokenizerConfig(vocab_size=int(config.vocab_size)),
         int(config.max_position_embeddings),
     )
-    if len(tokenizer) > config.vocab_size:
-        raise RecipeError(f"tokenizer of {len(tokenizer)} pieces does not fit the model's {config.vocab_size}")
     eos = tokenizer.convert_tokens_to_ids(END_OF_TEXT)
     config.bos_token_id = config.eos_token_id = config.pad_token_id = eos
     torch.manual_seed(seed)
@@ -145,8 +212,10 @@ def main(argv: list[str] | None = None) -> int:
     except RecipeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"{a.out}: {record['shape']}, {record['parameters']:,} parameters, {record['tokenizer_pieces']:,} "
-          f"tokenizer pieces, {record['seconds']} s")
+    print(
+        f"{a.out}: {record['shape']}, {record['parameters']:,} parameters, {record['tokenizer_pieces']:,} "
+        f"tokenizer pieces, {record['seconds']} s"
+    )
     return 0
 
 
