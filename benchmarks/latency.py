@@ -108,6 +108,66 @@ def paired_speedup_ci(
     return {"ratio": ratio, "ci": [float(lo), float(hi)]}
 
 
+def rate_ci(
+    counts: Sequence[float],
+    seconds: Sequence[float],
+    *,
+    resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict:
+    """A rate over requests (total count / total seconds: tokens/s over generations) with a percentile-bootstrap
+    interval that resamples whole requests (a slow request moves the rate as much as its share of the time).
+
+    Returns:
+        {"rate": point estimate, "ci": [low, high], "requests": n}.
+    """
+    c, t = np.asarray(counts, dtype=np.float64), np.asarray(seconds, dtype=np.float64)
+    if c.shape != t.shape or c.size == 0 or t.sum() <= 0:
+        raise ValueError(f"rate_ci: need equal-length, non-empty counts and seconds, got {c.size} and {t.size}")
+    rate = float(c.sum() / t.sum())
+    if resamples == 0 or c.size == 1:
+        return {"rate": rate, "ci": [rate, rate], "requests": int(c.size)}
+    idx = _resample_indices(c.size, resamples, seed)
+    est = np.concatenate([c[i].sum(axis=1) / t[i].sum(axis=1) for i in idx])
+    return {"rate": rate, "ci": _interval(est, confidence), "requests": int(c.size)}
+
+
+def paired_rate_ratio_ci(
+    counts: Sequence[float],
+    seconds_a: Sequence[float],
+    seconds_b: Sequence[float],
+    *,
+    resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict:
+    """Rate of A over rate of B (tokens/s of A / tokens/s of B) on the same requests, with a paired bootstrap
+    interval: each resample draws request indices and takes both runs of those requests, so a slow moment shared
+    by both cancels in the ratio.
+
+    Returns:
+        {"ratio": point estimate, "ci": [low, high], "requests": n}.
+    """
+    c = np.asarray(counts, dtype=np.float64)
+    a, b = np.asarray(seconds_a, dtype=np.float64), np.asarray(seconds_b, dtype=np.float64)
+    if not c.shape == a.shape == b.shape or c.size == 0:
+        raise ValueError(f"paired_rate_ratio_ci: need equal-length, non-empty arrays, got {c.size}, {a.size}, {b.size}")
+    ratio = float(b.sum() / a.sum())  # same counts: (C / sum a) / (C / sum b)
+    if resamples == 0 or c.size == 1:
+        return {"ratio": ratio, "ci": [ratio, ratio], "requests": int(c.size)}
+    idx = _resample_indices(c.size, resamples, seed)
+    est = np.concatenate([b[i].sum(axis=1) / a[i].sum(axis=1) for i in idx])
+    return {"ratio": ratio, "ci": _interval(est, confidence), "requests": int(c.size)}
+
+
+def _interval(estimates: np.ndarray, confidence: float) -> list[float]:
+    """The central `confidence` interval of bootstrap estimates."""
+    tail = (1 - confidence) / 2 * 100
+    lo, hi = np.percentile(estimates, [tail, 100 - tail])
+    return [float(lo), float(hi)]
+
+
 def summarize(times_s: Sequence[float], *, resamples: int = 1000, confidence: float = 0.95, seed: int = 0) -> dict:
     """`percentiles` in ms plus `ci`: the bootstrap interval of p50, p90 and p99 (ms) at `confidence`."""
     out = percentiles(times_s)

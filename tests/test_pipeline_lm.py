@@ -756,6 +756,34 @@ def test_the_same_model_in_both_loops_is_one_row_with_their_ratio_and_greedy_agr
     (sec,) = _same_model_section(report)
     assert len(sec.rows) == 1 and sec.rows[0][:4] == ["int8", "900", "1000", "0.90x"] and sec.rows[0][-1] == "2/3"
     assert _same_model_section({"variants": report["variants"][2:]}) == []
+    # with the measured intervals (suite.same_model_ratios): shown in brackets
+    report["variants"][0]["tokens_per_s_ci"] = [880.0, 920.0]
+    report["variants"][1]["vs_parent"] = {"ratio": 0.9, "ci": [0.88, 0.93]}
+    (sec,) = _same_model_section(report)
+    assert sec.rows[0][1:4] == ["900 [880, 920]", "1000", "0.90x [0.88, 0.93]"]
+
+
+def test_same_model_ratios_pair_each_generation_of_our_loop_with_the_other_runtimes():
+    from compress.tasks.causal_lm.suite import same_model_ratios
+
+    class T:
+        name = "iot"
+
+    # two lengths x 2 generations of 3 steps each; GenAI takes 1.25x our time on every generation
+    ours = {"32": [0.01, 0.01, 0.01, 0.02, 0.02, 0.02], "128": [0.03] * 6}
+    res = {
+        "ttft_s": {n: {"int8": [0.1, 0.1], "int8-genai": [0.1, 0.1]} for n in ("32", "128")},
+        "step_s": {n: {"int8": ours[n], "int8-genai": [1.25 * x for x in ours[n]]} for n in ("32", "128")},
+    }
+    records = {
+        "int8": {"stage": "quantize", "runtime": "onnxruntime", "parent": "student", "targets": {"iot": {}}},
+        "int8-genai": {"stage": "anchor", "runtime": "genai", "parent": "int8", "targets": {"iot": {}}},
+        "genai-int4": {"stage": "anchor", "runtime": "genai", "parent": "teacher", "targets": {"iot": {}}},
+    }
+    same_model_ratios(records, [T()], {"iot": res}, "iot")
+    got = records["int8-genai"]["vs_parent"]
+    assert got["ratio"] == pytest.approx(1.25) and got["ci"] == pytest.approx([1.25, 1.25]) and got["requests"] == 4
+    assert "vs_parent" not in records["genai-int4"] and "vs_parent" not in records["int8"]
 
 
 def test_a_random_weight_published_shape_goes_through_the_ptq_path_only_when_said_to(text_data_dir, tmp_path):

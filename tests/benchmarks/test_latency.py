@@ -11,8 +11,10 @@ import pytest
 from benchmarks.latency import (
     bootstrap_ci,
     measure_latency,
+    paired_rate_ratio_ci,
     paired_speedup_ci,
     percentiles,
+    rate_ci,
     summarize,
     time_interleaved,
 )
@@ -149,6 +151,30 @@ def test_paired_speedup_interval_is_narrower_than_unpaired_noise():
     assert r2["ci"][0] < 2.0 < r2["ci"][1] and r2["ci"][1] - r2["ci"][0] > 0.1
     with pytest.raises(ValueError):
         paired_speedup_ci([1.0, 2.0], [1.0])
+
+
+def test_a_rate_is_total_count_over_total_time_with_an_interval_over_requests():
+    rng = np.random.default_rng(1)
+    counts, seconds = [127] * 40, list(0.03 * rng.lognormal(0, 0.3, 40))
+    r = rate_ci(counts, seconds, resamples=500)
+    assert r["rate"] == pytest.approx(sum(counts) / sum(seconds)) and r["requests"] == 40
+    assert r["ci"][0] < r["rate"] < r["ci"][1]
+    same = rate_ci([10, 10, 10], [0.5, 0.5, 0.5], resamples=200)  # no spread between requests: no width
+    assert same["ci"] == pytest.approx([20.0, 20.0])
+    with pytest.raises(ValueError):
+        rate_ci([1, 2], [1.0])
+
+
+def test_a_paired_rate_ratio_cancels_noise_both_runs_share():
+    rng = np.random.default_rng(2)
+    noise = rng.lognormal(0, 0.5, size=60)  # a slow request is slow for both loops
+    counts = [127] * 60
+    r = paired_rate_ratio_ci(counts, 1.0 * noise, 1.1 * noise, resamples=500)  # A needs 1/1.1 of B's time
+    assert r["ratio"] == pytest.approx(1.1) and r["ci"] == pytest.approx([1.1, 1.1])
+    r2 = paired_rate_ratio_ci(counts, rng.lognormal(0, 0.2, 60), rng.lognormal(0, 0.2, 60), resamples=500)
+    assert r2["ci"][0] < r2["ratio"] < r2["ci"][1]
+    with pytest.raises(ValueError):
+        paired_rate_ratio_ci([1], [1.0], [1.0, 2.0])
 
 
 def test_summarize_adds_intervals_in_ms():

@@ -303,7 +303,8 @@ def _target_sections(report: dict) -> list[Section]:
             paragraphs=[
                 env.get("emulation", ""),
                 "TTFT p50 (p90) per prompt length; decode ms per token over all lengths; tokens/s = 1000 / mean "
-                "ms per token. Peak RSS: a fresh process per model generating "
+                "ms per token, with its 95% bootstrap interval over the timed generations. Peak RSS: a fresh "
+                "process per model generating "
                 f"{s['new_tokens']} tokens after a {s['memory_context']}-token prompt; model RSS subtracts the "
                 "same process without a model. Each target runs in its own fresh process.",
             ],
@@ -323,7 +324,7 @@ def _target_sections(report: dict) -> list[Section]:
             d = rec["decode_ms_per_token"]
             row = [v["name"]]
             row += [f"{ms(rec['ttft_ms'][n].get('p50'))} ({ms(rec['ttft_ms'][n].get('p90'))})" for n in lengths]
-            row += [ms(d.get("p50")), ms(d.get("p90")), f"{rec['tokens_per_s']:.0f}" if rec["tokens_per_s"] else "–"]
+            row += [ms(d.get("p50")), ms(d.get("p90")), _rate(rec["tokens_per_s"], rec.get("tokens_per_s_ci"))]
             for b in baselines:
                 x = v["ratios"][b]["tokens_per_s_ratio_by_target"].get(t)
                 row.append("1" if v["name"] == b else (f"{x:.2f}x" if x else "–"))
@@ -429,8 +430,9 @@ def _same_model_section(report: dict) -> list[Section]:
         "The same model, two decode loops",
         paragraphs=[
             "Each row is one model file run by this project's loop (the bundle's `generate.py`) and by ONNX Runtime "
-            "GenAI's generator, in the same run, interleaved: what the loop itself costs or gains. Greedy: the "
-            "recorded dev continuations identical between the two loops."
+            "GenAI's generator, in the same run, interleaved: what the loop itself costs or gains. Brackets: 95% "
+            "bootstrap intervals over the timed generations (for the ratio, paired: both loops on the same "
+            "requests). Greedy: the recorded dev continuations identical between the two loops."
         ],
         header=["model", "tokens/s ours", "tokens/s GenAI", "ours / GenAI", "TTFT ms ours", "TTFT ms GenAI",
                 "greedy identical"],  # fmt: skip
@@ -440,18 +442,29 @@ def _same_model_section(report: dict) -> list[Section]:
         a, b = ours.get("tokens_per_s"), theirs.get("tokens_per_s")
         ga, gb = (ours.get("greedy") or {}).get("tokens") or [], (theirs.get("greedy") or {}).get("tokens") or []
         same = sum(x == y for x, y in zip(ga, gb, strict=False))
+        paired = theirs.get("vs_parent")
+        ratio = f"{a / b:.2f}x" if a and b else "–"
+        if paired:
+            ratio = f"{paired['ratio']:.2f}x [{paired['ci'][0]:.2f}, {paired['ci'][1]:.2f}]"
         sec.rows.append(
             [
                 ours["name"],
-                f"{a:.0f}" if a else "–",
-                f"{b:.0f}" if b else "–",
-                f"{a / b:.2f}x" if a and b else "–",
+                _rate(a, ours.get("tokens_per_s_ci")),
+                _rate(b, theirs.get("tokens_per_s_ci")),
+                ratio,
                 ms((ours.get("ttft_ms") or {}).get("p50")),
                 ms((theirs.get("ttft_ms") or {}).get("p50")),
                 f"{same}/{len(ga)}" if ga else "–",
             ]
         )
     return [sec]
+
+
+def _rate(rate, ci) -> str:
+    """Tokens/s with its interval when measured ("4,468 [4,401, 4,520]")."""
+    if not rate:
+        return "–"
+    return f"{rate:.0f} [{ci[0]:.0f}, {ci[1]:.0f}]" if ci else f"{rate:.0f}"
 
 
 def _mixed_section(report: dict) -> list[Section]:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from benchmarks.latency import percentiles
+from benchmarks.latency import paired_rate_ratio_ci, percentiles, rate_ci
 from benchmarks.memory import measure_peak_rss
 from benchmarks.process import environment
 from compress.targets import ANCHOR_RUNTIMES, BASELINES, resolve_target
@@ -251,6 +251,7 @@ def benchmark_lm(
     middle = str(sorted(s.prompt_lengths)[len(s.prompt_lengths) // 2])
     for v in variants:
         _target_figures(records[v.name], v.name, targets, per_target, s.primary, middle)
+    same_model_ratios(records, targets, per_target, s.primary)
     return {
         "task": "causal-lm",
         "environment": environment(targets, s.primary, per_target),
@@ -448,6 +449,7 @@ def _target_figures(rec: dict, name: str, targets: list, per_target: dict, prima
         res = per_target[target.name]
         steps_all = [x for length in res["step_s"] for x in res["step_s"][length][name]]
         decode = _summary(steps_all)
+        counts, seconds = _requests(res, name)
         rec["targets"][target.name] = {
             "ttft_ms": {length: _summary(res["ttft_s"][length][name]) for length in res["ttft_s"]},
             "decode_ms_per_token": decode,
@@ -455,6 +457,7 @@ def _target_figures(rec: dict, name: str, targets: list, per_target: dict, prima
                 length: _summary(res["step_s"][length][name]) for length in res["step_s"]
             },
             "tokens_per_s": 1e3 / decode["mean"] if decode else None,
+            **({"tokens_per_s_ci": rate_ci(counts, seconds)["ci"]} if seconds else {}),
             "load_s": res["load_s"][name],
             **({"memory": res["memory"][name]} if "memory" in res else {}),
             **(
@@ -465,10 +468,44 @@ def _target_figures(rec: dict, name: str, targets: list, per_target: dict, prima
         }
     first = rec["targets"][primary]
     rec["tokens_per_s"] = first["tokens_per_s"]
+    if "tokens_per_s_ci" in first:
+        rec["tokens_per_s_ci"] = first["tokens_per_s_ci"]
     rec["decode_ms_per_token"] = first["decode_ms_per_token"]
     rec["ttft_ms"] = first["ttft_ms"][middle]
     if "memory" in first and "error" not in first["memory"]:
         rec.update({k: x for k, x in first["memory"].items() if k != "fits_memory_limit"})
+
+
+def _requests(res: dict, name: str) -> tuple[list[int], list[float]]:
+    """(decode steps, their seconds) per timed generation of variant `name` on one target, in the worker's order
+    (every length, prompt and run; each generation gave the same number of steps)."""
+    counts, seconds = [], []
+    for length, by_name in res["step_s"].items():
+        steps, n = by_name[name], len(res["ttft_s"][length][name])
+        if not steps or not n or len(steps) % n:
+            continue
+        k = len(steps) // n
+        counts += [k] * n
+        seconds += [sum(steps[i : i + k]) for i in range(0, len(steps), k)]
+    return counts, seconds
+
+
+def same_model_ratios(records: dict, targets: list, per_target: dict, primary: str) -> None:
+    """For each of our variants also run by another runtime's loop (a `-genai` row of `benchmark.in_genai`): our
+    tokens/s over theirs on the same requests, with a paired bootstrap interval, per target, into that row's
+    record as `vs_parent` (and the primary target's at its top level)."""
+    for name, rec in records.items():
+        parent = rec.get("parent")
+        if rec.get("stage") != "anchor" or parent not in records or records[parent].get("runtime") != "onnxruntime":
+            continue
+        for target in targets:
+            counts, ours = _requests(per_target[target.name], parent)
+            counts_b, theirs = _requests(per_target[target.name], name)
+            if not ours or counts != counts_b:
+                continue
+            rec["targets"][target.name]["vs_parent"] = paired_rate_ratio_ci(counts, ours, theirs)
+        if "vs_parent" in rec["targets"].get(primary, {}):
+            rec["vs_parent"] = rec["targets"][primary]["vs_parent"]
 
 
 def _weight_files(v: LMVariant) -> list[Path]:
