@@ -286,6 +286,8 @@ def add_subparsers(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--draft", default=None, metavar="VARIANT",
                    help="language models: carry this smaller variant to speculate for the shipped one")  # fmt: skip
     b.add_argument("--draft-tokens", type=int, default=None, help="with --draft: proposals per pass (default 4)")
+    b.add_argument("--forms", default=None, metavar="LIST",
+                   help="language models: also as genai, gguf (default: both, where installed), or none")  # fmt: skip
     b.add_argument("--force", action="store_true", help="replace a bundle already at --out (never anything else)")
     b.add_argument("--verify", default=None, metavar="ARCH", help="arm64: run it emulated first (see verify)")
     b.add_argument("--verify-cpu", dest="verify_cpus", action="append", default=None, help="with --verify")
@@ -358,6 +360,7 @@ def dispatch(args: argparse.Namespace) -> int:
                     "max_chrf_drop": args.max_chrf_drop,
                     "draft": args.draft,
                     "draft_tokens": args.draft_tokens,
+                    "forms": args.forms,
                 },
                 force=args.force,
                 verify=args.verify,

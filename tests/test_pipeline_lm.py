@@ -351,6 +351,16 @@ def test_the_bundle_holds_what_a_device_needs_and_reproduces_the_measured_tokens
     # jinja2 only inside the chat template's class: a fresh venv with the three packages generates (test below)
     assert top - set(sys.stdlib_module_names) == {"numpy", "onnxruntime", "tokenizers", "jinja2"}
     assert meta["chat"] is None and not (d / "chat_template.jinja").exists()  # a tokenizer trained here has none
+    # the other runtimes' forms: GenAI's needs GenAI's builder's graph (this run exports with optimum)
+    genai, gguf = meta["runtimes"]["genai"], meta["runtimes"]["gguf"]
+    assert not genai["shipped"] and "GenAI's builder" in genai["why"] and not (d / "genai_config.json").exists()
+    ggufs = sorted(p.name for p in d.glob("*.gguf"))
+    if gguf["shipped"]:  # llama.cpp installed (make anchors): kept only at the bound, listed and checksummed
+        assert gguf["token_agreement"] >= gguf["min_agreement"]
+        assert ggufs == [gguf["file"]] and gguf["file"] in meta["files"]
+    else:  # not installed, or below the bound: no file left, and why
+        assert ggufs == [] and gguf["why"]
+        assert "token_agreement" not in gguf or gguf["token_agreement"] < gguf["min_agreement"]
 
 
 CHAT = (

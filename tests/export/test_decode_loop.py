@@ -274,3 +274,32 @@ def test_an_in_place_model_speculates_with_either_kind_of_draft(genai_export, ti
                 "tokens"
             ]
         assert gen.kv_cache == "in-place"
+
+
+def test_a_genai_form_is_the_same_file_checked_by_genais_generator_or_left_out(genai_export, tmp_path):
+    """The bundle's GenAI form: genai_config.json beside the bundle's model.onnx, kept only where GenAI's
+    generator gives the recorded greedy tokens (compress.tasks.causal_lm.forms)."""
+    pytest.importorskip("onnxruntime_genai")
+    import shutil
+
+    from compress.tasks.causal_lm.export import generator_for
+    from compress.tasks.causal_lm.forms import genai_form
+
+    b = tmp_path / "bundle"
+    b.mkdir()
+    for f in ("model.onnx", "tokenizer.json"):
+        shutil.copy2(genai_export / f, b / f)
+    ours = generator_for(genai_export, threads=1)
+    prompts = _prompts(3)
+    want = [list(ours.stream(p, 8, ignore_eos=True)) for p in prompts]
+    got = genai_form(genai_export, b, prompts, want, 8, 1)
+    assert got["shipped"] and got["greedy_identical"] == 1.0 and (b / "genai_config.json").is_file()
+    c = tmp_path / "other"
+    shutil.copytree(b, c)
+    (c / "genai_config.json").unlink()
+    wrong = [w[:-1] + [(w[-1] + 1) % 300] for w in want]  # a last token the model would not choose
+    refused = genai_form(genai_export, c, prompts, wrong, 8, 1)
+    assert not refused["shipped"] and refused["greedy_identical"] < 1.0 and "other greedy tokens" in refused["why"]
+    assert not (c / "genai_config.json").exists()  # no form that failed its check is left in the bundle
+    not_genai = genai_form(tmp_path / "nothing-here", c, prompts, want, 8, 1)
+    assert not not_genai["shipped"] and "GenAI's builder" in not_genai["why"]

@@ -88,9 +88,13 @@ def build_genai_int4(teacher_dir: Path, out: Path) -> dict:
     return {"path": str(out), **built, "build_s": seconds}
 
 
-def build_gguf(teacher_dir: Path, out_dir: Path, kinds: list[str]) -> dict[str, dict]:
-    """The teacher converted by llama.cpp's script to an f32 GGUF, then quantized by llama.cpp to each of
-    `kinds` ("q8_0", "q4_k_m")."""
+# llama.cpp's quantization types this project makes (llama_cpp.LLAMA_FTYPE_MOSTLY_<TYPE>)
+GGUF_TYPES = ("q8_0", "q4_0", "q4_1", "q4_k_m")
+
+
+def build_gguf(teacher_dir: Path, out_dir: Path, kinds: list[str], stem: str = "teacher") -> dict[str, dict]:
+    """The model directory `teacher_dir` converted by llama.cpp's script to an f32 GGUF, then quantized by
+    llama.cpp to each of `kinds` (`GGUF_TYPES`; "f32" is the conversion itself): `out_dir/STEM-KIND.gguf`."""
     src = llama_cpp_dir()
     script = src / "convert_hf_to_gguf.py"
     if not script.exists():
@@ -100,7 +104,7 @@ def build_gguf(teacher_dir: Path, out_dir: Path, kinds: list[str]) -> dict[str, 
     except ImportError as e:
         raise AnchorUnavailable(f"llama-cpp-python is not installed in this environment; {SETUP_HINT}") from e
     out_dir.mkdir(parents=True, exist_ok=True)
-    f32 = out_dir / "teacher-f32.gguf"
+    f32 = out_dir / f"{stem}-f32.gguf"
     if not f32.exists():
         tmp = f32.with_suffix(".tmp")
         cmd = [
@@ -116,7 +120,11 @@ def build_gguf(teacher_dir: Path, out_dir: Path, kinds: list[str]) -> dict[str, 
         tmp.rename(f32)
     built = {}
     for kind in kinds:
-        path = out_dir / f"teacher-{kind}.gguf"
+        path = out_dir / f"{stem}-{kind}.gguf"
+        if kind == "f32":
+            built[kind] = {"path": str(f32), "command": "python convert_hf_to_gguf.py MODEL --outtype f32",
+                           "build_s": 0.0, "builder": {"llama-cpp-python": llama_cpp.__version__}}  # fmt: skip
+            continue
         t0 = time.perf_counter()
         # In a child process: llama.cpp prints a line per tensor to the terminal.
         _run(
@@ -125,7 +133,7 @@ def build_gguf(teacher_dir: Path, out_dir: Path, kinds: list[str]) -> dict[str, 
         )
         built[kind] = {
             "path": str(path),
-            "command": f"python convert_hf_to_gguf.py TEACHER --outtype f32; llama_model_quantize(f32, {kind.upper()})",
+            "command": f"python convert_hf_to_gguf.py MODEL --outtype f32; llama_model_quantize(f32, {kind.upper()})",
             "build_s": time.perf_counter() - t0,
             "builder": {"llama-cpp-python": llama_cpp.__version__},
         }
@@ -331,7 +339,7 @@ def _quantize_gguf(src: str, dst: str, kind: str) -> None:
     """llama.cpp's own quantizer (`llama_model_quantize`, what its `llama-quantize` tool calls)."""
     import llama_cpp
 
-    types = {"q8_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0, "q4_k_m": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M}
+    types = {k: getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{k.upper()}") for k in GGUF_TYPES}
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = types[kind]
     params.nthread = os.cpu_count() or 1

@@ -127,6 +127,7 @@ def _readme(meta: dict) -> str:
   {c["tokens_per_s"]["model"]:.0f} without ({c["speedup"]:.2f}x). Greedy only: no `--temperature` or
   `--interactive` with it.
 """
+    chat += _forms_readme(meta.get("runtimes") or {})
     return f"""# {meta["variant"]} for target {meta["target"]}
 
 From run `{meta["run"]}`. {meta["selection"]}.
@@ -161,6 +162,7 @@ def bundle_lm(
     max_kl_to_teacher: float = 0.5,
     draft: str | None = None,
     draft_tokens: int = 4,
+    forms: str | None = None,
     force: bool = False,
 ) -> dict:
     """Write the bundle of a causal-LM run (see the module docstring); returns its metadata (bundle.json).
@@ -170,7 +172,16 @@ def bundle_lm(
     `draft`: another variant of the run (same tokenizer) carried in `draft/` to speculate for the model
     (`generate.py --draft`, `draft_tokens` proposals per pass); its greedy tokens must be the model's own, and the
     tokens/s with and without it and the share of its proposals kept are measured (`_check_draft`).
+    `forms`: the model also for the runtimes users already have ("genai,gguf", the default, or "none";
+    `compress.tasks.causal_lm.forms`), each checked against the benchmark's greedy tokens, recorded in
+    bundle.json's `runtimes` (with the reason where one is not made).
     """
+    from compress.tasks.causal_lm.forms import parse_forms
+
+    try:
+        wanted_forms = parse_forms(forms)
+    except ValueError as e:
+        raise LMBundleError(str(e)) from None
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     report, manifest = open_run(run_dir, out_dir, force, variant)
     chosen, why, threads = choose_variant(
@@ -217,6 +228,8 @@ def bundle_lm(
         (tmp / "check.json").write_text(json.dumps(record) + "\n")  # what `edge-compress verify` compares with
         if meta["chat"] is not None:
             meta["check"]["chat_template"] = _check_chat(tmp, artifact_dir)
+        meta["runtimes"] = _other_runtimes(wanted_forms, report, run_dir, manifest, chosen, artifact_dir, tmp,
+                                           prompts, greedy, threads)  # fmt: skip
         (tmp / "README.md").write_text(_readme(meta))
         meta["files"] = {
             f.relative_to(tmp).as_posix(): sha256(f)
@@ -225,6 +238,65 @@ def bundle_lm(
         }
         (tmp / "bundle.json").write_text(json.dumps(meta, indent=2) + "\n")
     return meta
+
+
+def _forms_readme(runtimes: dict) -> str:
+    """The README's lines on the model's GenAI and GGUF forms (`_other_runtimes`)."""
+    out = ""
+    g = runtimes.get("genai")
+    if g and g.get("shipped"):
+        out += f"""
+- ONNX Runtime GenAI: `genai_config.json` beside `model.onnx` (the same file) makes this directory a GenAI model:
+  `import onnxruntime_genai as og; model = og.Model(".")`, then `og.Generator` as GenAI documents (greedy tokens
+  checked identical to `generate.py`'s on {g["prompts"]} prompts at bundle time).
+"""
+    elif g:
+        out += f"\n- No GenAI form: {g['why']}.\n"
+    q = runtimes.get("gguf")
+    if q and q.get("shipped"):
+        out += f"""
+- llama.cpp: `{q["file"]}` (llama.cpp's converter on the float model, quantized by llama.cpp to {q["type"].upper()},
+  the type nearest this model's): `llama-cli -m {q["file"]}`, or `llama_cpp.Llama("{q["file"]}")` in Python. Its
+  quantization is llama.cpp's, not this model's: {q["token_agreement"]:.1%} of the checked greedy tokens are its own
+  argmax too (teacher-forced, {q["prompts"]} prompts; the bundle requires {q["min_agreement"]:.0%}), and
+  {q["greedy_identical"]:.0%} of the prompts give identical greedy continuations.
+"""
+    elif q:
+        out += f"\n- No GGUF form: {q['why']}.\n"
+    return out
+
+
+def _other_runtimes(forms, report: dict, run_dir: Path, manifest: dict, chosen: dict, artifact_dir: Path,
+                    bundle_dir: Path, prompts, greedy: dict, threads: int) -> dict:  # fmt: skip
+    """The model's GenAI and GGUF forms in the bundle (`compress.tasks.causal_lm.forms`), each checked."""
+    from compress.tasks.causal_lm.forms import genai_form, gguf_form, gguf_type
+
+    out = {}
+    if "genai" in forms:
+        out["genai"] = genai_form(artifact_dir, bundle_dir, prompts, greedy["tokens"], greedy["new_tokens"], threads)
+    if "gguf" in forms:
+        recipe = manifest.get("recipe") or {}
+        entry = next((q for q in recipe.get("quantize") or [] if q.get("name") == chosen["name"]), None)
+        model_dir = _float_model_dir(report, run_dir, chosen)
+        out["gguf"] = gguf_form(model_dir, gguf_type(entry), bundle_dir, prompts, greedy["tokens"], threads)
+    return out
+
+
+def _float_model_dir(report: dict, run_dir: Path, chosen: dict) -> Path | None:
+    """The model directory (safetensors and config) a variant was made from: its own for a student or a cut, its
+    source's for a quantized one, the teacher's for the teacher's exports; None where the run holds none."""
+    by = {v["name"]: v for v in report.get("variants") or []}
+    v = by.get(chosen["parent"]) if chosen.get("stage") == "quantize" else chosen
+    if v is None:
+        return None
+    if v["name"] in ("teacher-onnx", "teacher-torch"):
+        step = "teacher"
+    elif v.get("stage") in ("distill", "prune"):
+        step = f"{v['stage']}/{v['name']}"
+    else:
+        return None
+    path = Path(run_dir) / step
+    return path if (path / "config.json").is_file() else None
 
 
 def _with_ort(model: Path, target: str) -> dict:

@@ -350,8 +350,10 @@ class CausalLMTask(TaskBase):
         return bundle_lm
 
     # vs the teacher on dev: perplexity ratio, and KL(teacher || variant) in nats per token; a draft variant that
-    # speculates for the shipped one (none by default) and its proposals per pass
-    bundle_rules = {"max_perplexity_ratio": 1.25, "max_kl_to_teacher": 0.5, "draft": None, "draft_tokens": 4}
+    # speculates for the shipped one (none by default) and its proposals per pass; the model's forms for other
+    # runtimes (None: GenAI and GGUF, where their tools are installed)
+    bundle_rules = {"max_perplexity_ratio": 1.25, "max_kl_to_teacher": 0.5, "draft": None, "draft_tokens": 4,
+                    "forms": None}  # fmt: skip
 
     def bundle_message(self, meta: dict, out_dir: Path) -> str:
         return (
