@@ -164,11 +164,19 @@ def test_each_student_and_cut_has_an_equal_training_control_and_every_variant_a_
     assert by["teacher-torch"]["kl_to_teacher"] == 0.0
     assert by["teacher-onnx"]["kl_to_teacher"] == pytest.approx(0.0, abs=1e-6)  # the same model, other runtime
     assert by["student"]["kl_to_teacher"] > 1e-3 and by["int4"]["kl_to_teacher"] > 0
+    # KL to the parent, for every variant whose parent was measured (llama.cpp's check of a quantization)
+    for v in report["variants"]:
+        if v["parent"] in by:
+            assert v["kl_to_parent"] >= -1e-6 and v["kl_to_parent_blocks"] >= 1, v["name"]
+        else:
+            assert "kl_to_parent" not in v
+    assert by["teacher-onnx"]["kl_to_parent"] == pytest.approx(0.0, abs=1e-6)  # teacher-torch, other runtime
+    assert 0 < by["int4"]["kl_to_parent"] < by["int4"]["kl_to_teacher"]  # int4 of the student: near its source
     # a quantized student is measured against its source's control; the teacher has none
     assert by["int4"]["control"]["model"] == "student" and by["cut"]["control"]["model"] == "cut"
     assert "control" not in by["teacher-torch"] and "control" not in by["pruned"]  # trained further, no control
     md = (out / "report.md").read_text()
-    assert "Compression against equal training" in md and "KL nats" in md
+    assert "Compression against equal training" in md and "KL nats" in md and "KL parent" in md
 
 
 def test_every_anchor_is_measured_or_reported_with_its_reason(lm_run):

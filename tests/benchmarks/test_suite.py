@@ -102,3 +102,20 @@ def test_throughput_batches_keep_their_size(tiny_onnx_dir):
     assert [b["input_ids"].shape[0] for b in batches] == [2, 2]  # the short last batch is dropped
     assert batches[0]["input_ids"].shape[1] == max(len(tok(t)["input_ids"]) for t in texts[:2])
     assert [b["input_ids"].shape[0] for b in throughput_batches(tok, texts, 8, 32)] == [5]
+
+
+def test_variants_are_measured_after_their_parents_with_the_reference_first():
+    from pathlib import Path
+
+    from compress.tasks.causal_lm.suite import LMVariant, parents_first
+
+    def v(name, parent):
+        return LMVariant(name, "x", "onnxruntime", parent, Path("."), Path("."), 1, 1)
+
+    given = [v("int4", "student"), v("teacher", None), v("student", "teacher-onnx"), v("teacher-onnx", "teacher"),
+             v("int4-genai", "int4"), v("anchor", "teacher"), v("orphan", "not-measured")]  # fmt: skip
+    order = [x.name for x in parents_first(given, "teacher")]
+    assert order[0] == "teacher" and sorted(order) == sorted(x.name for x in given)
+    for x in given:
+        if x.parent in order:
+            assert order.index(x.parent) < order.index(x.name), x.name

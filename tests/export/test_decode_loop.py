@@ -185,12 +185,32 @@ def test_a_long_prompt_is_read_in_slices_to_the_same_tokens(genai_export, tiny_l
     for d in (genai_export, tiny_lm_exports["llama"]):
         whole, sliced = generator_for(d), generator_for(d)
         whole.prefill_chunk, sliced.prefill_chunk = 10_000, 32  # one pass; five slices, the last of 22
+        whole.prefill_scratch = sliced.prefill_scratch = None  # slices by length alone (bounded scratch: below)
         a, b = whole.generate(prompt, 20, ignore_eos=True), sliced.generate(prompt, 20, ignore_eos=True)
         assert a["tokens"] == b["tokens"]
         la, ca = whole.prefill(prompt)
         lb, cb = sliced.prefill(prompt)
         assert la.shape[1] == 150 and lb.shape[1] == 150 - 4 * 32 and ca.length == cb.length == 150
         np.testing.assert_allclose(la[0, -1], lb[0, -1], atol=1e-4)
+
+
+def test_prefill_slices_shorten_as_the_context_grows_so_scratch_stays_within_its_budget(genai_export):
+    from compress.tasks.causal_lm.export import generator_for
+
+    gen, whole = generator_for(genai_export), generator_for(genai_export)
+    whole.prefill_scratch = None
+    gen.prefill_chunk, gen.prefill_scratch = 64, 64 * (gen.vocab + gen.attention_heads * 64)  # 64 tokens at 0
+    assert gen.attention_heads == 4 and gen.vocab == 300  # from config.json (the cache holds 2 key/value heads)
+    lengths, past = [], 0
+    while past < 200:
+        n = gen.slice_length(past, 200 - past)
+        assert n >= 16 and (n == 16 or n * (gen.vocab + gen.attention_heads * (past + n)) <= gen.prefill_scratch)
+        lengths.append(n)
+        past += n
+    assert lengths[0] == 64 and lengths[-1] < lengths[0] and sorted(lengths[:-1], reverse=True) == lengths[:-1]
+    prompt = [t for p in _prompts(5, 40) for t in p][:200]
+    a, b = gen.generate(prompt, 12, ignore_eos=True), whole.generate(prompt, 12, ignore_eos=True)
+    assert a["tokens"] == b["tokens"]
 
 
 def _speculating(target_dir, draft_dir, tokens=4):
@@ -303,3 +323,21 @@ def test_a_genai_form_is_the_same_file_checked_by_genais_generator_or_left_out(g
     assert not (c / "genai_config.json").exists()  # no form that failed its check is left in the bundle
     not_genai = genai_form(tmp_path / "nothing-here", c, prompts, want, 8, 1)
     assert not not_genai["shipped"] and "GenAI's builder" in not_genai["why"]
+
+
+def test_a_generation_allocates_its_in_place_cache_once_for_prompt_and_new_tokens(genai_export, monkeypatch):
+    from compress.tasks.causal_lm.bundle_template import generate
+    from compress.tasks.causal_lm.export import generator_for
+
+    gen = generator_for(genai_export)
+    gen.cache_start = 16
+    prompt = _prompts(1)[0]  # 12 tokens
+    want = list(gen.stream(prompt, 40, ignore_eos=True))
+
+    def no_growth(self, capacity):
+        raise AssertionError("the cache grew during a generation whose length was known")
+
+    monkeypatch.setattr(generate.KVCache, "grown", no_growth)
+    state: dict = {}
+    assert list(gen.stream(prompt, 40, ignore_eos=True, state=state)) == want
+    assert state["cache"].capacity == 64 and state["cache"].length == 12 + 39  # 16 doubled to hold 52, once

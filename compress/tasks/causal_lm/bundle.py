@@ -216,6 +216,7 @@ def bundle_lm(
         meta = _metadata(report, chosen, target, threads, why, window, eos, conv)
         meta["chat"], meta["bos_token_ids"] = _tokenizer_settings(artifact_dir, tmp)
         meta["kv_cache"] = _kv_cache_mode(tmp / "model.onnx")
+        meta["attention_heads"] = config.get("num_attention_heads") or config.get("n_head")
         if draft_dir is not None:
             meta["draft"] = _add_draft(draft_dir, tmp, draft, draft_tokens, target)
         (tmp / "bundle.json").write_text(json.dumps(meta, indent=2) + "\n")

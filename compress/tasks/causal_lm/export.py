@@ -48,6 +48,7 @@ def generator_for(artifact_dir: Path, model_file: str | None = None, threads: in
         int(config.get("max_position_embeddings") or config.get("n_positions")),
         eos_token_ids(artifact_dir),
         session=session if session is not None else ort_session(path, threads),
+        attention_heads=config.get("num_attention_heads") or config.get("n_head"),
     )
 
 

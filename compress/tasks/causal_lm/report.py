@@ -228,7 +228,10 @@ def _main_table(report: dict) -> Section:
             f"Perplexity on dev ({s['dev_tokens']:,} predicted tokens) and test, {s['perplexity']}, through each "
             "variant's own runtime. Agreement: share of dev positions where the variant's greedy next token is the "
             f"teacher's. Greedy prefix: mean share of {s['greedy_tokens']} greedy tokens, from "
-            f"{s['greedy_prompts']} dev prompts, identical to the teacher's before the first difference.",
+            f"{s['greedy_prompts']} dev prompts, identical to the teacher's before the first difference. KL: "
+            "KL(teacher || variant) of the next-token distributions on dev, nats per token; KL parent: the same "
+            "to the model the variant was quantized, pruned or distilled from (its `parent`), on the first dev "
+            "blocks.",
             "Runtimes: `torch` is transformers' `generate`; `optimum` is optimum's `ORTModelForCausalLM`; "
             "`onnxruntime` is this project's decoder loop (the bundle's `generate.py`); `genai` and `llama.cpp` "
             "run the anchors (the teacher as ONNX Runtime GenAI's builder and llama.cpp make it) through their own "
@@ -243,6 +246,7 @@ def _main_table(report: dict) -> Section:
             "dev ppl",
             "× teacher ppl",
             "KL nats",
+            "KL parent",
             "test ppl",
             "agree",
             "greedy prefix",
@@ -257,7 +261,7 @@ def _main_table(report: dict) -> Section:
             "model RSS MB",
             "gate",
         ],  # fmt: skip
-        right=set(range(3, 20)),
+        right=set(range(3, 21)),
     )
     front = set(report.get("pareto", {}).get(primary, []))
     for v in report["variants"]:
@@ -273,6 +277,7 @@ def _main_table(report: dict) -> Section:
                 _ppl(v["perplexity"]),
                 f"{r['perplexity_ratio']:.3f}" if r.get("perplexity_ratio") else "–",
                 _kl(v.get("kl_to_teacher")),
+                _kl(v.get("kl_to_parent")),
                 _ppl(v.get("perplexity_test")),
                 pct(v["agreement_with_teacher"]),
                 pct(v["greedy_prefix_match"]),

@@ -125,6 +125,12 @@ def _log_probs(logits: np.ndarray):
 # memory (the default's 160 blocks at an 8k vocabulary: 1.3 GB); beyond it (160 blocks at 152k: 25 GB) they are
 # computed again for each variant, as its forward passes are.
 KEEP_REFERENCE_BYTES = 2 * 2**30
+# KL of each variant to its parent (the model it was quantized, pruned or distilled from; llama.cpp's standard
+# check of a quantization) is measured on the first dev blocks whose parent log-probabilities fit in this much
+# memory, at most PARENT_KL_BLOCKS (16 blocks of 256 at an 8k vocabulary: 134 MB; 3 at 152k), kept while the
+# parent has children left to measure.
+KEEP_PARENT_BYTES = 512 * 2**20
+PARENT_KL_BLOCKS = 16
 
 
 @dataclass
@@ -134,6 +140,8 @@ class _Evaluation:
     predictions: list  # the argmax next token at each predicting position, per block
     kl_to_reference: float | None = None  # mean KL(reference || variant) per token, nats
     log_probs: list | None = None  # with keep=True and within KEEP_REFERENCE_BYTES: per block, (T - 1, vocabulary)
+    kl_to_parent: float | None = None  # mean KL(parent || variant) per token over the parent's kept blocks
+    first_log_probs: list | None = None  # with keep_first=K: the first K blocks' (T - 1, vocabulary), for children
 
 
 def _evaluate(
@@ -142,15 +150,21 @@ def _evaluate(
     batch_size: int = 4,
     reference: _Quality | list | None = None,
     keep: bool = False,
+    parent: list | None = None,
+    keep_first: int = 0,
 ) -> _Evaluation:
     """Perplexity over `blocks`, the argmax next token at each predicting position and, with `reference` (the
     teacher), the mean per-token KL divergence KL(teacher || variant) of the next-token distributions, exact over
     the whole vocabulary. `reference` is the teacher's `_Quality` (its logits computed again for each chunk) or
     the log-probabilities an earlier `_evaluate(teacher, blocks, keep=True)` kept (`log_probs`); `keep` keeps this
-    variant's when they fit in KEEP_REFERENCE_BYTES. Per-token sums are accumulated in float64."""
+    variant's when they fit in KEEP_REFERENCE_BYTES. `parent`: the log-probabilities of the first blocks that
+    the variant's parent kept (`keep_first`), for its mean KL(parent || variant) over them. Per-token sums are
+    accumulated in float64."""
     import torch
 
     nll, kl, count, preds = 0.0, 0.0, 0, [None] * len(blocks)
+    pkl, pcount = 0.0, 0
+    first: list = [None] * min(keep_first, len(blocks))
     kept: list | None = [None] * len(blocks) if keep else None
     positions = sum(len(b) - 1 for b in blocks)
     order: dict[int, list[int]] = {}
@@ -171,13 +185,19 @@ def _evaluate(
                 if reference is not None:
                     ref = _log_probs(ref_logits[r]) if ref_logits is not None else reference[i]
                     kl += float((ref.exp() * (ref - logp)).sum(dtype=torch.float64))
+                if parent is not None and i < len(parent):
+                    pkl += float((parent[i].exp() * (parent[i] - logp)).sum(dtype=torch.float64))
+                    pcount += int(logp.shape[0])
                 if kept is not None:
                     kept[i] = logp
+                if i < len(first):
+                    first[i] = logp
                 preds[i] = logp.argmax(-1).numpy()  # the logits' argmax: log-softmax keeps the order
             count += int(ids[:, 1:].size)
     return _Evaluation(
-        math.exp(nll / count), count, preds, kl / count if reference is not None else None, log_probs=kept
-    )
+        math.exp(nll / count), count, preds, kl / count if reference is not None else None, log_probs=kept,
+        kl_to_parent=pkl / pcount if pcount else None, first_log_probs=first or None,
+    )  # fmt: skip
 
 
 def _prefix_match(a: list[int], b: list[int]) -> int:
@@ -302,12 +322,22 @@ def _quality(variants: list[LMVariant], splits: dict, greedy_prompts: list[list[
     preds: dict[str, list] = {}
     greedy: dict[str, list[list[int]]] = {}
     ref: _Quality | list | None = None
-    for v in tqdm(sorted(variants, key=lambda v: v.name != reference), desc="perplexity and greedy", unit="variant"):
+    order = parents_first(variants, reference)
+    names = {v.name for v in variants}
+    children = {v.name: sum(1 for c in variants if c.parent == v.name) for v in variants}
+    dev = splits["dev"]
+    vocab_bytes = 4 * max(1, len(dev[0]) - 1) * _vocab_size(variants[0]) if dev else 1
+    first_blocks = max(1, min(PARENT_KL_BLOCKS, len(dev), KEEP_PARENT_BYTES // max(1, vocab_bytes)))
+    kept_first: dict[str, list] = {}  # parents' log-probabilities on the first dev blocks, while children remain
+    for v in tqdm(order, desc="perplexity and greedy", unit="variant"):
         q = _Quality(v, threads)
         rec = {k: (str(x) if isinstance(x, Path) else x) for k, x in asdict(v).items()}
         for split, blocks in splits.items():
             is_ref_dev = v.name == reference and split == "dev"
-            ev = _evaluate(q, blocks, reference=ref if split == "dev" else None, keep=is_ref_dev)
+            parent = kept_first.get(v.parent) if split == "dev" else None
+            keep_first = first_blocks if split == "dev" and children[v.name] else 0
+            ev = _evaluate(q, blocks, reference=ref if split == "dev" else None, keep=is_ref_dev, parent=parent,
+                           keep_first=keep_first)  # fmt: skip
             if is_ref_dev:
                 ref = ev.log_probs if ev.log_probs is not None else q  # kept, or computed again per variant
             rec["perplexity" if split == "dev" else f"perplexity_{split}"] = ev.perplexity
@@ -315,6 +345,15 @@ def _quality(variants: list[LMVariant], splits: dict, greedy_prompts: list[list[
             if split == "dev":
                 preds[v.name] = ev.predictions
                 rec["kl_to_teacher"] = 0.0 if v.name == reference else ev.kl_to_reference
+                if ev.kl_to_parent is not None:
+                    rec["kl_to_parent"] = ev.kl_to_parent
+                    rec["kl_to_parent_blocks"] = len(parent)
+                if ev.first_log_probs is not None:
+                    kept_first[v.name] = ev.first_log_probs
+        if v.parent in names:
+            children[v.parent] -= 1
+            if children[v.parent] == 0:
+                kept_first.pop(v.parent, None)
         greedy[v.name] = [q.greedy(p, s.greedy_tokens) for p in greedy_prompts]
         rec.update(_sizes(v))
         records[v.name] = rec
@@ -327,6 +366,34 @@ def _quality(variants: list[LMVariant], splits: dict, greedy_prompts: list[list[
         rec["greedy_identical_with_teacher"] = float(np.mean([m == s.greedy_tokens for m in matches]))
         rec["greedy"] = {"prompts": len(greedy_prompts), "new_tokens": s.greedy_tokens, "tokens": greedy[name]}
     return {v.name: records[v.name] for v in variants}
+
+
+def parents_first(variants: list[LMVariant], reference: str) -> list[LMVariant]:
+    """The variants in measuring order: the reference first, then each variant after its parent (recipe order
+    otherwise), so a parent's log-probabilities are measured before its children's KL to them."""
+    by = {v.name: v for v in variants}
+    out: list[LMVariant] = []
+    seen: set[str] = set()
+
+    def visit(v: LMVariant, path: tuple[str, ...] = ()) -> None:
+        if v.name in seen or v.name in path:
+            return
+        if v.parent in by:
+            visit(by[v.parent], (*path, v.name))
+        seen.add(v.name)
+        out.append(v)
+
+    for v in sorted(variants, key=lambda v: v.name != reference):
+        visit(v)
+    return out
+
+
+def _vocab_size(v: LMVariant) -> int:
+    """The model's vocabulary (logit width), from its config.json."""
+    import json
+
+    cfg = json.loads((Path(v.model_dir) / "config.json").read_text())
+    return int(cfg.get("vocab_size") or 1)
 
 
 def _speed(variants: list[LMVariant], targets: list, prompts: dict, warmup_prompt: list[int], s: LMBenchmarkConfig,
