@@ -100,7 +100,9 @@ def estimate(recipe, t: DecoderShape) -> list[dict]:
         need = training_bytes(t, teacher.batch_size, block, teacher.precision, teacher.gradient_checkpointing)
         out = [row("teacher", need, f"training {t.params / 1e6:.1f}M parameters, batch {teacher.batch_size} x {block}")]
     else:
-        out = [row("teacher", 4 * t.params + logits_bytes(t.vocab, 8, block, False),
+        # float32 weights, and the evaluation's logits with their log-softmax temporaries (measured on the
+        # SmolLM2-135M shape: 2.18 GiB)
+        out = [row("teacher", 4 * t.params + 3 * logits_bytes(t.vocab, 8, block, False),
                    f"measuring {t.params / 1e6:.1f}M parameters")]  # fmt: skip
     for d in recipe.distill:
         s = student_shape(t, d)
@@ -113,12 +115,16 @@ def estimate(recipe, t: DecoderShape) -> list[dict]:
         s = student_shape(t, src) if src is not None else t
         trains = p.epochs > 0
         need = training_bytes(s, p.batch_size, block, p.precision, p.gradient_checkpointing) if trains else 8 * s.params
+        if p.method == "structured":  # the source beside the cut while it is made (its importance, its copy)
+            need += 8 * s.params
         need += teacher_beside_bytes(t, p.batch_size, block, False)
         out.append(row(f"prune/{p.name}", need, f"the {s.params / 1e6:.1f}M-parameter source"
                                                + (", fine-tuned beside the teacher" if trains else "")))  # fmt: skip
     # export: the PyTorch model, the traced graph and the serialized ONNX model at once; quantize: the float graph,
     # the quantized one and the evaluation's logits; the largest model (the teacher) decides
-    out.append(row("export", 12 * t.params, "the teacher: its weights three times over"))
+    # its weights three times over, and the check's PyTorch decoding and ONNX Runtime session (measured: 3.27 GiB
+    # for the SmolLM2-135M shape; 11.2 GiB for Llama-3.2-1B's, under this estimate)
+    out.append(row("export", 12 * t.params + 2**30, "the teacher: its weights three times over, and its check"))
     if recipe.quantize:
         need = 12 * t.params + logits_bytes(t.vocab, 4, block, False)
         out.append(row("quantize", need, "the largest source: float graph, quantized graph, evaluation"))
