@@ -103,9 +103,7 @@ def paired_speedup_ci(
             for idx in _resample_indices(b.size, resamples, seed)
         ]
     )
-    tail = (1 - confidence) / 2 * 100
-    lo, hi = np.percentile(est, [tail, 100 - tail])
-    return {"ratio": ratio, "ci": [float(lo), float(hi)]}
+    return {"ratio": ratio, "ci": _interval(est, confidence)}
 
 
 def rate_ci(
