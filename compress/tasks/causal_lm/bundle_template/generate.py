@@ -294,21 +294,17 @@ class Generator:
         This is the decode loop's per-token cost at the runtime's limit: the token, its position and its logits
         live in buffers allocated once, which ONNX Runtime reads and writes in place (bound to their memory once
         per cache); per step only the attention mask's length changes (a view of one buffer of ones)."""
-        b = cache.binding
-        if b is None or not b.step or past + 1 > cache.capacity:
+        b = cache.binding  # made by the cache's first in-place pass
+        if b is None or self._step_logits is None or past + 1 > cache.capacity:
             return (
                 self._forward_in_place(np.asarray([[token]], dtype=np.int64), cache, past, view=True)
                 if cache.in_place and self._step_logits is not None
                 else self.forward(np.asarray([[token]]), cache, past)
             )
-        self._step_ids[0, 0] = token
-        if self._mask:
-            b.io.bind_cpu_input("attention_mask", self._ones[:, : past + 1])
-        if self._position:
-            b.io.bind_cpu_input("position_ids", self._positions[:, past : past + 1])
+        logits = self._bind_step(b, token, past)
         self._run(b.io)
         cache.length = past + 1
-        return self._step_logits, cache
+        return logits, cache
 
     def prefill(self, ids, cache: KVCache | None = None, past: int = 0, reserve: int = 0):
         """`forward` over a prompt's tokens in slices (`slice_length`: what a prompt costs in memory beyond the
