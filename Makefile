@@ -94,7 +94,7 @@ data/devdocs/train.jsonl.gz: data/devdocs/prepare.py
 
 test: setup
 	$(BIN)/ruff check compress export benchmarks tests
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q --durations=15
 
 test-slow: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m slow

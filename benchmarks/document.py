@@ -53,7 +53,8 @@ def target_line(name: str, d: dict, env: dict) -> str:
     )
     over = " (more threads than cores: oversubscribed)" if d.get("oversubscribed") else ""
     return (
-        f"**{name}**: {d['threads']} intra-op thread(s){over}, {pin}, intra-op spinning off, {cap_text}. "
+        f"**{name}**: {d['threads']} intra-op thread(s){over}, {pin}, "
+        f"intra-op spinning {'on' if d.get('intra_op_spinning') else 'off'}, {cap_text}. "
         f"Emulated on {cpu_line(env)}."
     )
 

@@ -19,18 +19,25 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent  # the checkout: workers run `-m` modules from here
 EMULATION_NOTE = (
-    "Targets emulate device classes on this CPU (thread count, intra-op spinning off, core pinning, "
+    "Targets emulate device classes on this CPU (thread count, intra-op spinning off unless a target turns it on, "
+    "core pinning, "
     "address-space cap); they are not measurements on those devices."
 )
 
 
-def thread_env(threads: int) -> dict[str, str]:
-    """Environment for a child process: OpenMP (PyTorch's intra-op pool) sized and told not to spin."""
+def thread_env(threads: int, spinning: bool = False) -> dict[str, str]:
+    """Environment for a child process: OpenMP (PyTorch's and llama.cpp's thread pools) sized and told not to spin.
+
+    With `spinning`, OpenMP keeps its own default policy (libgomp: a short spin, about 300,000 iterations, before a
+    thread sleeps), what PyTorch and llama.cpp do out of the box; not ACTIVE, whose threads spin for seconds after
+    their work ends and would take a core from the next variant timed in the same process."""
     env = dict(os.environ)
+    env.pop("OMP_WAIT_POLICY", None)
+    if not spinning:
+        env["OMP_WAIT_POLICY"] = "PASSIVE"  # the OpenMP counterpart of ORT's allow_spinning=0
     env.update(
         OMP_NUM_THREADS=str(threads),
         MKL_NUM_THREADS=str(threads),
-        OMP_WAIT_POLICY="PASSIVE",  # the torch counterpart of ORT's allow_spinning=0
         TOKENIZERS_PARALLELISM="false",
         HF_HUB_OFFLINE="1",
     )
@@ -79,7 +86,9 @@ def run_worker(module: str, target, spec: dict, what: str = "benchmark worker") 
     Raises:
         RuntimeError: the worker failed; the message holds the last lines of its stderr.
     """
-    spec = {"threads": target.threads, "cpus": list(target.cpus) if target.cpus is not None else None, **spec}
+    spinning = bool(getattr(target, "spinning", False))
+    cpus = list(target.cpus) if target.cpus is not None else None
+    spec = {"threads": target.threads, "cpus": cpus, "spinning": spinning, **spec}
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "spec.json"
         path.write_text(json.dumps(spec))
@@ -89,7 +98,7 @@ def run_worker(module: str, target, spec: dict, what: str = "benchmark worker") 
             capture_output=True,
             text=True,
             cwd=ROOT,
-            env=thread_env(target.threads),
+            env=thread_env(target.threads, spinning),
         )
     if proc.returncode != 0:
         tail = " | ".join(proc.stderr.strip().splitlines()[-3:])

@@ -1,7 +1,8 @@
 """Device targets: the classes of device the benchmark emulates and a bundle is built for.
 
 A target emulates a class of device on this CPU: a thread count, intra-op spinning off (a phone's scheduler
-and battery do not tolerate busy-waiting worker threads), optionally pinned to that many cores
+and battery do not tolerate busy-waiting worker threads; a target may turn it on, as a desktop or server runs,
+to measure each runtime both ways), optionally pinned to that many cores
 (`os.sched_setaffinity`) and an address-space cap (`RLIMIT_AS`). It is an emulation of mobile-class
 constraints on this machine's cores, not a measurement on a phone: the CPU model and ISA go with every figure.
 """
@@ -38,6 +39,12 @@ class TargetSpec(_Config):
     pin_cpus: bool = Field(default=False, description="pin the process to its first `threads` allowed cores")
     memory_limit_mb: int | None = Field(
         default=None, ge=64, description="RLIMIT_AS cap (address space, stricter than RSS) for the memory probe"
+    )
+    spinning: bool = Field(
+        default=False,
+        description="worker threads busy-wait between operations instead of sleeping, as each runtime does out of "
+        "the box: ONNX Runtime's allow_spinning, OpenMP's own default policy (a short spin before sleeping) for "
+        "PyTorch and llama.cpp; off (the default; OMP_WAIT_POLICY=PASSIVE) as a phone's scheduler and battery want",
     )
 
     @field_validator("threads")
@@ -103,4 +110,4 @@ def resolve_target(spec: TargetSpec) -> Target:
     threads = len(cpus) if spec.threads == "all" else int(spec.threads)
     pinned = tuple(cpus[: max(1, min(threads, len(cpus)))]) if spec.pin_cpus else None
     limit = spec.memory_limit_mb * 2**20 if spec.memory_limit_mb is not None else None
-    return Target(spec.name, threads, pinned, limit)
+    return Target(spec.name, threads, pinned, limit, spec.spinning)

@@ -15,9 +15,9 @@ from export.artifact import Artifact  # stdlib only at import: the probes' no-mo
 def session_options(threads: int, *, spinning: bool = False):
     """The session options every ONNX Runtime session of the project uses (checks, searches, benchmarks).
 
-    `threads` intra-op threads, one inter-op thread, sequential execution, warnings off. Intra-op spinning is
-    off: a spinning worker thread burns a core while it waits for work, which a phone's scheduler and battery do
-    not tolerate; the deployed bundles set the same.
+    `threads` intra-op threads, one inter-op thread, sequential execution, warnings off. Intra-op spinning is off
+    unless `spinning` (a target that measures a desktop's policy): a spinning worker thread burns a core while it
+    waits for work, which a phone's scheduler and battery do not tolerate; the deployed bundles set the same.
     """
     import onnxruntime as ort
 
@@ -26,9 +26,9 @@ def session_options(threads: int, *, spinning: bool = False):
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.log_severity_level = 3
-    if not spinning:
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    spin = "1" if spinning else "0"  # stated either way, so a session's policy can be read back
+    so.add_session_config_entry("session.intra_op.allow_spinning", spin)
+    so.add_session_config_entry("session.inter_op.allow_spinning", spin)
     return so
 
 

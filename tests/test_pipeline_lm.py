@@ -62,7 +62,10 @@ def lm_run(tmp_path_factory):
             data,
             prune=prune,
             benchmark={"memory": True, "memory_contexts": [48], "anchors": ["genai-int4", "llama.cpp-q8_0"],
-                       "worker_memory_gb": 0.0004},  # fmt: skip
+                       "worker_memory_gb": 0.0004, "in_llama_cpp": ["int8"],
+                       # the same target with its threads spinning: each runtime measured both ways
+                       "targets": ["host", {"name": "host-spin", "threads": "all", "spinning": True}]},
+            # fmt: skip
         )
     )
     out = work / "run"
@@ -184,7 +187,8 @@ def test_every_anchor_is_measured_or_reported_with_its_reason(lm_run):
     report = json.loads((out / "report.json").read_text())
     measured = {v["name"]: v for v in report["variants"] if v["stage"] == "anchor"}
     missing = {u["name"]: u["reason"] for u in report["anchors"]["unavailable"]}
-    assert set(measured) | set(missing) == {"genai-int4", "llama.cpp-q8_0"} and not set(measured) & set(missing)
+    expected = {"genai-int4", "llama.cpp-q8_0", "int8-llama.cpp"}
+    assert set(measured) | set(missing) == expected and not set(measured) & set(missing)
     md = (out / "report.md").read_text()
     assert "Against what a user would pick instead" in md
     for reason in missing.values():
@@ -192,6 +196,40 @@ def test_every_anchor_is_measured_or_reported_with_its_reason(lm_run):
     for name, v in measured.items():
         assert v["runtime"] in ("genai", "llama.cpp") and v["perplexity"] > 1 and v["tokens_per_s"] > 0
         assert name in md
+
+
+def test_a_variant_in_llama_cpp_is_its_own_model_at_the_nearest_type_timed_against_ours(lm_run):
+    """benchmark.in_llama_cpp: int8 (dynamic) as llama.cpp converts and quantizes the student it came from (Q8_0),
+    measured on every target beside our loop, with a paired ratio and its KL to our int8."""
+    _, out, report, _ = lm_run
+    by = {v["name"]: v for v in report["variants"]}
+    if "int8-llama.cpp" not in by:
+        pytest.skip("llama.cpp not installed here (make anchors): " + str(report["anchors"]["unavailable"])[:200])
+    row = by["int8-llama.cpp"]
+    assert row["runtime"] == "llama.cpp" and row["parent"] == "int8" and row["path"].endswith("student-q8_0.gguf")
+    assert row["perplexity"] == pytest.approx(by["int8"]["perplexity"], rel=0.1)  # the same model, rounded alike
+    assert 0 <= row["kl_to_parent"] < 0.05
+    for t in ("host", "host-spin"):
+        paired = row["targets"][t]["vs_parent"]
+        assert paired["ci"][0] <= paired["ratio"] <= paired["ci"][1]
+    md = (out / "report.md").read_text()
+    assert "The same model in other runtimes" in md and "| llama.cpp (Q8_0) | host-spin |" in md
+
+
+def test_a_spinning_target_runs_every_runtime_spinning_and_records_cpu_time(lm_run):
+    """A target with `spinning: true`: ONNX Runtime's allow_spinning and OpenMP's wait policy (PyTorch, llama.cpp)
+    read back from its worker; every generation's CPU time recorded; no second memory probe."""
+    _, out, report, _ = lm_run
+    env = report["environment"]["targets"]
+    assert env["host"]["intra_op_spinning"] is False and env["host-spin"]["intra_op_spinning"] is True
+    still, spin = env["host"]["process"], env["host-spin"]["process"]
+    assert still["omp_wait_policy"] == "PASSIVE" and still["ort_allow_spinning"] == "0"
+    assert spin["omp_wait_policy"] is None and spin["ort_allow_spinning"] == "1"  # OpenMP's own default: it spins
+    for v in report["variants"]:
+        for t in ("host", "host-spin"):
+            assert v["targets"][t]["cpu_per_wall"] > 0.2, (v["name"], t)  # CPU time was measured and counted
+        assert "memory" in v["targets"]["host"] and "memory" not in v["targets"]["host-spin"]
+    assert "intra-op spinning on" in (out / "report.md").read_text()
 
 
 def test_memory_against_context_is_measured_tabled_and_plotted_for_our_variants(lm_run):
@@ -761,24 +799,38 @@ def test_a_variant_runs_in_genai_only_as_genais_builder_exports_it(text_data_dir
         load_recipe(write_lm_recipe(tmp_path / "b.yaml", text_data_dir, benchmark={"in_genai": ["nope"]}))
 
 
-def test_the_same_model_in_both_loops_is_one_row_with_their_ratio_and_greedy_agreement():
+def test_the_same_model_in_other_runtimes_is_a_row_per_runtime_and_target_with_ratio_cpu_and_greedy():
     from compress.tasks.causal_lm.report import _same_model_section
 
+    def t(rate, **more):
+        return {"tokens_per_s": rate, "ttft_ms": {"16": {"p50": 2.0}}, "cpu_per_wall": 1.0, **more}
+
     greedy = {"tokens": [[1, 2], [3, 4], [5, 6]]}
-    report = {"variants": [
-        {"name": "int8", "stage": "quantize", "runtime": "onnxruntime", "tokens_per_s": 900.0, "greedy": greedy},
-        {"name": "int8-genai", "stage": "anchor", "runtime": "genai", "parent": "int8", "tokens_per_s": 1000.0,
-         "greedy": {"tokens": [[1, 2], [3, 9], [5, 6]]}},
-        {"name": "genai-int4", "stage": "anchor", "runtime": "genai", "parent": "teacher-torch", "tokens_per_s": 1.0},
-    ]}  # fmt: skip
+    report = {
+        "settings": {"ttft_headline_length": 16},
+        "environment": {"targets": {"iot": {"intra_op_spinning": False}, "spin": {"intra_op_spinning": True}}},
+        "variants": [
+            {"name": "int8", "stage": "quantize", "runtime": "onnxruntime", "greedy": greedy,
+             "targets": {"iot": t(900.0, tokens_per_s_ci=[880.0, 920.0]), "spin": t(1500.0)}},
+            {"name": "int8-genai", "stage": "anchor", "runtime": "genai", "parent": "int8",
+             "greedy": {"tokens": [[1, 2], [3, 9], [5, 6]]},
+             "targets": {"iot": t(1000.0, vs_parent={"ratio": 0.9, "ci": [0.88, 0.93]}), "spin": t(1400.0)}},
+            {"name": "int8-llama.cpp", "stage": "anchor", "runtime": "llama.cpp", "parent": "int8",
+             "path": "/r/benchmark/gguf/student/student-q8_0.gguf", "greedy": greedy,
+             "targets": {"iot": t(500.0), "spin": t(800.0, cpu_per_wall=1.97)}},
+            {"name": "genai-int4", "stage": "anchor", "runtime": "genai", "parent": "teacher-torch",
+             "targets": {"iot": t(1.0)}},
+        ],
+    }  # fmt: skip
     (sec,) = _same_model_section(report)
-    assert len(sec.rows) == 1 and sec.rows[0][:4] == ["int8", "900", "1000", "0.90x"] and sec.rows[0][-1] == "2/3"
-    assert _same_model_section({"variants": report["variants"][2:]}) == []
-    # with the measured intervals (suite.same_model_ratios): shown in brackets
-    report["variants"][0]["tokens_per_s_ci"] = [880.0, 920.0]
-    report["variants"][1]["vs_parent"] = {"ratio": 0.9, "ci": [0.88, 0.93]}
-    (sec,) = _same_model_section(report)
-    assert sec.rows[0][1:4] == ["900 [880, 920]", "1000", "0.90x [0.88, 0.93]"]
+    assert [r[:3] for r in sec.rows] == [
+        ["int8", "this project's loop", "iot"], ["", "GenAI's generator", "iot"], ["", "llama.cpp (Q8_0)", "iot"],
+        ["int8", "this project's loop", "spin"], ["", "GenAI's generator", "spin"], ["", "llama.cpp (Q8_0)", "spin"],
+    ]  # fmt: skip
+    assert sec.rows[0][3:5] == ["900 [880, 920]", "1"] and sec.rows[1][3:5] == ["1000", "0.90x [0.88, 0.93]"]
+    assert sec.rows[1][-1] == "2/3" and sec.rows[2][-1] == "3/3" and sec.rows[5][6] == "1.97"
+    assert "iot off, spin on" in sec.paragraphs[0]
+    assert _same_model_section({"variants": report["variants"][3:]}) == []
 
 
 def test_same_model_ratios_pair_each_generation_of_our_loop_with_the_other_runtimes():

@@ -78,3 +78,12 @@ def test_each_anchor_runtime_keeps_the_teachers_quality_and_generates_exactly_n_
         assert ppl(r.logits(ids)) <= bounds[name] * reference, name
         tokens = list(runner(b["runtime"], b["path"], 1).stream(ids[0, :8].tolist(), 6))
         assert len(tokens) == 6 and all(0 <= t < model.config.vocab_size for t in tokens)
+    # llama.cpp's cache is sized by its caller (prompt + new tokens), not to the model's whole window, and a
+    # request past it reloads the model with a cache that fits, giving the same tokens as one sized for it
+    gguf = built["llama.cpp-q8_0"]["path"]
+    small = runner("llama.cpp", gguf, 1, context=16)
+    assert 16 <= small.context < 1024
+    n = small.context - 8 + 4
+    prompt = ids[0, :8].tolist()
+    grown = list(small.stream(prompt, n))
+    assert small.context >= 8 + n and grown == list(runner("llama.cpp", gguf, 1, context=8 + n).stream(prompt, n))

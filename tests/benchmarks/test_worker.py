@@ -32,6 +32,21 @@ def test_torch_and_onnx_variants_in_one_pinned_single_thread_worker(tiny_torch_v
     assert res["speedup"]["real"]["teacher-torch"] == {}
 
 
+def test_a_spinning_target_runs_its_worker_spinning(tiny_torch_variant, tiny_variants):
+    """`spinning: true` reaches the worker: ONNX Runtime's allow_spinning on, OpenMP left to its own policy."""
+    variants = [{"name": v.name, "runtime": v.runtime, "path": str(v.path)} for v in (tiny_torch_variant,
+                                                                                     tiny_variants[0])]  # fmt: skip
+    request = {"input_ids": [[2, 7, 9, 3]], "attention_mask": [[1, 1, 1, 1]], "token_type_ids": [[0, 0, 0, 0]]}
+    protocol = {
+        "warmup": 1, "requests": 4, "seconds": 10, "passes": None, "throughput_seconds": 0.1,
+        "bootstrap_resamples": 50, "confidence": 0.9,
+    }  # fmt: skip
+    target = resolve_target(TargetSpec(name="spin", threads=1, pin_cpus=True, spinning=True))
+    assert target.spinning and target.describe()["intra_op_spinning"] is True
+    p = measure_target(target, variants, {"real": [request]}, {}, protocol, ["teacher-torch"])["process"]
+    assert p["ort_allow_spinning"] == "1" and p["omp_wait_policy"] is None and p["torch_threads"] == 1
+
+
 def test_pytorch_does_not_fit_a_512_mib_address_space_and_onnx_runtime_does(tiny_torch_variant, tiny_variants):
     cap = 512 * 2**20
     torch_m = measure_peak_rss(

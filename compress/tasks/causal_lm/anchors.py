@@ -177,14 +177,17 @@ def _convert(script: str, model_dir: str, outfile: str) -> None:
 
 class GenAIRunner:
     """A GenAI model directory (genai_config.json) run by onnxruntime-genai with `threads` intra-op threads,
-    spinning off (as every variant's session)."""
+    asked not to spin (as every variant's session; `spinning`: asked to). onnxruntime-genai 0.18 spins its worker
+    thread either way (measured: CPU time 2.0x wall on 2 threads with the option and without): the benchmark
+    records each generation's CPU time, so the report shows who spun."""
 
-    def __init__(self, model_dir: Path | str, threads: int):
+    def __init__(self, model_dir: Path | str, threads: int, spinning: bool = False):
         import onnxruntime_genai as og
 
         self.og = og
         config = og.Config(str(model_dir))
-        options = {"intra_op_num_threads": threads, "inter_op_num_threads": 1, "allow_spinning": "0"}
+        spin = "1" if spinning else "0"
+        options = {"intra_op_num_threads": threads, "inter_op_num_threads": 1, "allow_spinning": spin}
         config.overlay(json.dumps({"model": {"decoder": {"session_options": options}}}))
         self.model = og.Model(config)
         self.context = json.loads((Path(model_dir) / "genai_config.json").read_text())["model"]["context_length"]
@@ -213,31 +216,57 @@ class GenAIRunner:
             yield int(g.get_next_tokens()[0])
 
 
-class LlamaCppRunner:
-    """A GGUF file run by llama.cpp (llama-cpp-python's `Llama`), `threads` threads, greedy from its logits."""
+# The cache a llama.cpp runner starts with, in tokens, when its caller does not size it (it grows on demand).
+LLAMA_CPP_CONTEXT = 512
 
-    def __init__(self, path: Path | str, threads: int, all_logits: bool = False):
+
+class LlamaCppRunner:
+    """A GGUF file run by llama.cpp (llama-cpp-python's `Llama`), `threads` threads, greedy from its logits.
+
+    Its KV cache holds `context` tokens (llama.cpp's `n_ctx`), sized like the other runtimes' caches: the caller
+    gives prompt + new tokens (the speed worker: its longest prompt + new tokens); a request that needs more
+    reloads the model with a cache that fits it (never during a timed generation that was sized for). Not the
+    model's whole trained window (`n_ctx=0`), which would allocate a cache no other runtime holds. Its threads
+    spin or sleep by OpenMP's `OMP_WAIT_POLICY` (llama-cpp-python's wheel is built with OpenMP), which the
+    benchmark's workers set from the target.
+    """
+
+    def __init__(self, path: Path | str, threads: int, all_logits: bool = False, context: int = LLAMA_CPP_CONTEXT):
+        self.path, self.threads, self.all_logits = str(path), threads, all_logits
+        self.llm, self.context = None, 0
+        self._load(context)
+
+    def _load(self, context: int) -> None:
         from llama_cpp import Llama
 
+        self.llm = None  # the old context's memory is freed before the new one is allocated
         self.llm = Llama(
-            model_path=str(path),
-            n_ctx=0,  # the model's own context window
-            n_batch=4096,
-            n_threads=threads,
-            n_threads_batch=threads,
-            logits_all=all_logits,
+            model_path=self.path,
+            n_ctx=int(context),
+            n_batch=min(4096, int(context)),
+            n_threads=self.threads,
+            n_threads_batch=self.threads,
+            logits_all=self.all_logits,
             verbose=False,
         )
+        self.context = int(self.llm.n_ctx())
+
+    def _fit(self, tokens: int) -> None:
+        if tokens > self.context:
+            self._load(tokens)
 
     def logits(self, ids: np.ndarray) -> np.ndarray:
         out = []
-        for row in np.asarray(ids):
+        ids = np.asarray(ids)
+        self._fit(ids.shape[1])
+        for row in ids:
             self.llm.reset()
             self.llm.eval(row.tolist())
             out.append(np.array(self.llm.scores[: len(row)], dtype=np.float32))
         return np.stack(out)
 
     def stream(self, prompt: list[int], new_tokens: int):
+        self._fit(len(prompt) + new_tokens)
         llm = self.llm
         llm.reset()
         llm.eval(list(prompt))
@@ -248,12 +277,14 @@ class LlamaCppRunner:
                 llm.eval([token])
 
 
-def runner(runtime: str, path: Path | str, threads: int, *, all_logits: bool = False):
-    """The runner of an anchor's runtime ("genai": a model directory; "llama.cpp": a .gguf file)."""
+def runner(runtime: str, path: Path | str, threads: int, *, all_logits: bool = False, context: int | None = None,
+           spinning: bool = False):  # fmt: skip
+    """The runner of an anchor's runtime ("genai": a model directory; "llama.cpp": a .gguf file, its cache sized
+    to `context` tokens where given; `spinning`: what GenAI is asked, llama.cpp's follows OMP_WAIT_POLICY)."""
     if runtime == "genai":
-        return GenAIRunner(path, threads)
+        return GenAIRunner(path, threads, spinning)
     if runtime == "llama.cpp":
-        return LlamaCppRunner(path, threads, all_logits=all_logits)
+        return LlamaCppRunner(path, threads, all_logits=all_logits, context=context or LLAMA_CPP_CONTEXT)
     raise ValueError(f"not an anchor runtime: {runtime!r}")
 
 

@@ -321,7 +321,9 @@ class LMBenchmarkConfig(TargetsConfig):
     new_tokens: int = Field(default=128, ge=2, le=4096, description="tokens generated per timed request")
     prompts: int = Field(default=2, ge=1, le=100, description="distinct prompts per length")
     runs: int = Field(default=2, ge=1, le=100, description="timed generations per prompt and variant")
-    warmup: int = Field(default=1, ge=0, le=100, description="untimed generations per variant first")
+    warmup: int = Field(
+        default=1, ge=0, le=100, description="untimed full generations per variant first, after the longest prompt"
+    )
     memory: bool = Field(default=True, description="peak RSS of a fresh process per model and target")
     baselines: list[Literal["optimum", "optimum-int8"]] = Field(
         default=["optimum", "optimum-int8"],
@@ -357,6 +359,12 @@ class LMBenchmarkConfig(TargetsConfig):
         description="our variants (distill, prune or quantize names) also run through ONNX Runtime GenAI's own "
         "generator, the same model file (export.backend genai; `make anchors`): the bundle's decode loop against "
         "the runtime a user would pick, like for like; each row is named NAME-genai",
+    )
+    in_llama_cpp: list[str] = Field(
+        default=[],
+        description="our variants also run by llama.cpp (`make anchors`): llama.cpp's converter on the float model "
+        "the variant was made from, quantized by llama.cpp to the type nearest the variant's (dynamic int8: Q8_0; "
+        "int4: Q4_1 or Q4_0; mixed: Q4_K_M; float: F32), as the bundle's GGUF form; each row is named NAME-llama.cpp",
     )
 
     @field_validator("baselines")
@@ -442,8 +450,11 @@ class CausalLMRecipe(RecipeBase):
         return self
 
     @model_validator(mode="after")
-    def _same_model_in_genai(self) -> CausalLMRecipe:
+    def _same_model_rows(self) -> CausalLMRecipe:
         names = [*(d.name for d in self.distill), *(p.name for p in self.prune), *(q.name for q in self.quantize)]
+        for name in self.benchmark.in_llama_cpp:
+            if name not in names:
+                raise ValueError(f"benchmark.in_llama_cpp: {name!r} is not a variant of this recipe (one of {names})")
         for name in self.benchmark.in_genai:
             if name not in names:
                 raise ValueError(f"benchmark.in_genai: {name!r} is not a variant of this recipe (one of {names})")

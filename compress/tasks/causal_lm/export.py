@@ -34,8 +34,10 @@ class LMExportCheckError(StageError):
     """The ONNX decoder's logits or greedy tokens differ from PyTorch's."""
 
 
-def generator_for(artifact_dir: Path, model_file: str | None = None, threads: int = 1, session=None):
-    """The ONNX Runtime generator (the bundle's `Generator`) of an exported LM directory."""
+def generator_for(artifact_dir: Path, model_file: str | None = None, threads: int = 1, session=None,
+                  spinning: bool = False):  # fmt: skip
+    """The ONNX Runtime generator (the bundle's `Generator`) of an exported LM directory (`spinning`: its session's
+    worker threads busy-wait, as a desktop app may run it; off as the bundle runs it)."""
     from compress.tasks.causal_lm.bundle_template.generate import Generator
     from export.session import ort_session
 
@@ -47,7 +49,7 @@ def generator_for(artifact_dir: Path, model_file: str | None = None, threads: in
         artifact_dir / "tokenizer.json",
         int(config.get("max_position_embeddings") or config.get("n_positions")),
         eos_token_ids(artifact_dir),
-        session=session if session is not None else ort_session(path, threads),
+        session=session if session is not None else ort_session(path, threads, spinning=spinning),
         attention_heads=config.get("num_attention_heads") or config.get("n_head"),
     )
 

@@ -48,7 +48,7 @@ def child(
         n = sum(1 for _ in gen.stream(prompt, new_tokens, ignore_eos=True))
         return {"load_s": load_s, "generated": n}
     if runtime in ANCHOR_RUNTIMES:
-        r = runner(runtime, model, threads)
+        r = runner(runtime, model, threads, context=len(prompt) + new_tokens)
         load_s = time.perf_counter() - t0
         return {"load_s": load_s, "generated": sum(1 for _ in r.stream(prompt, new_tokens))}
     if runtime == "torch":

@@ -15,11 +15,14 @@
         kl_to_teacher (KL(teacher || variant) on dev, nats per token),
         control {model, perplexity, perplexity_ratio} (its own or its nearest ancestor's equal-training control),
         greedy_prefix_match, greedy_identical_with_teacher, greedy {prompts, new_tokens, tokens},
-        size_bytes, size_gzip_bytes,
+        size_bytes, size_gzip_bytes (size_gzip_estimated: true where a file past 256 MB was sampled,
+        `export.artifact.gzip_size`),
         ttft_ms (primary target, headline prompt length), decode_ms_per_token, tokens_per_s (primary target),
         peak_rss_bytes, baseline_rss_bytes, model_rss_bytes, load_s (primary target),
         targets {NAME: {ttft_ms {LENGTH: {p50, p90, ...}}, decode_ms_per_token {p50, p90, mean, ...},
-                        decode_ms_per_token_by_length, tokens_per_s, load_s, memory {...}}},
+                        decode_ms_per_token_by_length, tokens_per_s, tokens_per_s_ci, cpu_per_wall (CPU
+                        seconds over wall seconds while it generated), vs_parent (another runtime's row: our
+                        tokens/s over its, paired), load_s, memory {...}}},
         ort {path, size_bytes, perplexity_first_blocks, perplexity_first_blocks_onnx, greedy_identical_with_onnx},
         ratios {BASELINE: {tokens_per_s_ratio, ttft_speedup, size_ratio, perplexity_ratio, peak_rss_ratio,
                            tokens_per_s_ratio_by_target {NAME}}}}]
@@ -287,7 +290,7 @@ def _main_table(report: dict) -> Section:
                 f"{v['tokens_per_s']:.0f}" if v.get("tokens_per_s") else "–",
                 f"{r['tokens_per_s_ratio']:.2f}x" if r.get("tokens_per_s_ratio") else "–",
                 mb(v["size_bytes"]),
-                mb(v["size_gzip_bytes"]),
+                mb(v["size_gzip_bytes"]) + (" (est.)" if v.get("size_gzip_estimated") else ""),
                 mb(v.get("peak_rss_bytes")),
                 mb(v.get("model_rss_bytes")),
                 "pass" if not is_reference(v) else "",
@@ -318,7 +321,7 @@ def _target_sections(report: dict) -> list[Section]:
     baselines = [b for b in BASELINES if any(v["name"] == b for v in variants)]
     for t, desc in (env.get("targets") or {}).items():
         lengths = list(variants[0]["targets"][t]["ttft_ms"])
-        header = ["variant"] + [f"TTFT @{n}" for n in lengths] + ["ms/token p50", "p90", "tokens/s"]
+        header = ["variant"] + [f"TTFT @{n}" for n in lengths] + ["ms/token p50", "p90", "tokens/s", "CPU/wall"]
         header += [f"× {b}" for b in baselines] + ["peak RSS MB", "model RSS MB", "load s"]
         if desc.get("memory_limit_bytes"):
             header.append(f"fits {desc['memory_limit_bytes'] / 2**20:.0f} MiB")
@@ -330,6 +333,7 @@ def _target_sections(report: dict) -> list[Section]:
             row = [v["name"]]
             row += [f"{ms(rec['ttft_ms'][n].get('p50'))} ({ms(rec['ttft_ms'][n].get('p90'))})" for n in lengths]
             row += [ms(d.get("p50")), ms(d.get("p90")), _rate(rec["tokens_per_s"], rec.get("tokens_per_s_ci"))]
+            row.append(f"{rec['cpu_per_wall']:.2f}" if rec.get("cpu_per_wall") else "–")
             for b in baselines:
                 x = v["ratios"][b]["tokens_per_s_ratio_by_target"].get(t)
                 row.append("1" if v["name"] == b else (f"{x:.2f}x" if x else "–"))
@@ -423,45 +427,74 @@ def _anchor_section(report: dict) -> list[Section]:
     return [sec]
 
 
+_RUNTIME_NAMES = {"onnxruntime": "this project's loop", "genai": "GenAI's generator", "llama.cpp": "llama.cpp"}
+
+
 def _same_model_section(report: dict) -> list[Section]:
-    """Our variants also run by GenAI's generator (`benchmark.in_genai`): the same model file, two decode loops."""
+    """Our variants also run by the runtimes users already have (`benchmark.in_genai`: the same model file through
+    GenAI's generator; `benchmark.in_llama_cpp`: the same model as llama.cpp converts and quantizes it), on every
+    target, with each runtime's CPU time over wall time (who spins)."""
     by = {v["name"]: v for v in report["variants"]}
-    pairs = [(by[v["parent"]], v) for v in report["variants"]
-             if v.get("runtime") == "genai" and v.get("stage") == "anchor" and v.get("parent") in by
-             and by[v["parent"]].get("runtime") == "onnxruntime"]  # fmt: skip
-    if not pairs:
+    children: dict[str, list[dict]] = {}
+    for v in report["variants"]:
+        parent = by.get(v.get("parent"))
+        if v.get("stage") == "anchor" and v.get("runtime") in ("genai", "llama.cpp") and parent is not None \
+                and parent.get("runtime") == "onnxruntime":  # fmt: skip
+            children.setdefault(parent["name"], []).append(v)
+    if not children:
         return []
+    env = report.get("environment") or {}
+    targets = list(env.get("targets") or next(iter(by.values())).get("targets", {}))
+    spin = {t: "on" if (env.get("targets") or {}).get(t, {}).get("intra_op_spinning") else "off" for t in targets}
     sec = Section(
-        "The same model, two decode loops",
+        "The same model in other runtimes",
         paragraphs=[
-            "Each row is one model file run by this project's loop (the bundle's `generate.py`) and by ONNX Runtime "
-            "GenAI's generator, in the same run, interleaved: what the loop itself costs or gains. Brackets: 95% "
-            "bootstrap intervals over the timed generations (for the ratio, paired: both loops on the same "
-            "requests). Greedy: the recorded dev continuations identical between the two loops."
+            "Each of these variants run by this project's loop (the bundle's `generate.py`), by ONNX Runtime GenAI's "
+            "generator on the same model file, and by llama.cpp on the same model as llama.cpp's converter and "
+            "quantizer make it (the type nearest ours: its rounding differs, so its greedy tokens may too), in the "
+            "same run, interleaved, same prompts, threads and token counts; llama.cpp's cache sized to the longest "
+            "prompt + new tokens. Brackets: 95% bootstrap intervals over the timed generations (for the ratio, "
+            "paired: both on the same requests). CPU/wall: the process's CPU time over wall time while it "
+            "generated, about 1 per busy thread: a runtime whose threads spin while they wait shows its thread count. "
+            "Spinning asked of every runtime per target: "
+            + ", ".join(f"{t} {spin[t]}" for t in targets)
+            + " (ONNX Runtime's allow_spinning; for llama.cpp OpenMP's wait policy, PASSIVE when off and its own "
+            "default, a short spin before sleeping, when on; GenAI's generator is asked through its session "
+            "options). Greedy: the recorded dev continuations identical to ours.",
         ],
-        header=["model", "tokens/s ours", "tokens/s GenAI", "ours / GenAI", "TTFT ms ours", "TTFT ms GenAI",
-                "greedy identical"],  # fmt: skip
-        right={1, 2, 3, 4, 5, 6},
+        header=["model", "runtime", "target", "tokens/s", "ours / it", "TTFT ms", "CPU/wall", "greedy identical"],
+        right={3, 4, 5, 6, 7},
     )
-    for ours, theirs in pairs:
-        a, b = ours.get("tokens_per_s"), theirs.get("tokens_per_s")
-        ga, gb = (ours.get("greedy") or {}).get("tokens") or [], (theirs.get("greedy") or {}).get("tokens") or []
-        same = sum(x == y for x, y in zip(ga, gb, strict=False))
-        paired = theirs.get("vs_parent")
-        ratio = f"{a / b:.2f}x" if a and b else "–"
-        if paired:
-            ratio = f"{paired['ratio']:.2f}x [{paired['ci'][0]:.2f}, {paired['ci'][1]:.2f}]"
-        sec.rows.append(
-            [
-                ours["name"],
-                _rate(a, ours.get("tokens_per_s_ci")),
-                _rate(b, theirs.get("tokens_per_s_ci")),
-                ratio,
-                ms((ours.get("ttft_ms") or {}).get("p50")),
-                ms((theirs.get("ttft_ms") or {}).get("p50")),
-                f"{same}/{len(ga)}" if ga else "–",
-            ]
-        )
+    middle = str((report.get("settings") or {}).get("ttft_headline_length", ""))
+    for name, others in children.items():
+        ours = by[name]
+        ga = (ours.get("greedy") or {}).get("tokens") or []
+        for t in targets:
+            for v in [ours, *others]:
+                rec = (v.get("targets") or {}).get(t) or {}
+                if not rec:
+                    continue
+                paired = rec.get("vs_parent")
+                ratio = "1" if v is ours else "–"
+                if paired:
+                    ratio = f"{paired['ratio']:.2f}x [{paired['ci'][0]:.2f}, {paired['ci'][1]:.2f}]"
+                gb = (v.get("greedy") or {}).get("tokens") or []
+                same = sum(x == y for x, y in zip(ga, gb, strict=False))
+                gguf = v["runtime"] == "llama.cpp"
+                kind = Path(str(v.get("path") or "")).stem.rsplit("-", 1)[-1].upper() if gguf else ""
+                ttft = (rec.get("ttft_ms") or {}).get(middle) or {}
+                sec.rows.append(
+                    [
+                        name if v is ours else "",
+                        _RUNTIME_NAMES[v["runtime"]] + (f" ({kind})" if kind else ""),
+                        t,
+                        _rate(rec.get("tokens_per_s"), rec.get("tokens_per_s_ci")),
+                        ratio,
+                        ms(ttft.get("p50")),
+                        f"{rec['cpu_per_wall']:.2f}" if rec.get("cpu_per_wall") else "–",
+                        "" if v is ours else (f"{same}/{len(ga)}" if ga else "–"),
+                    ]
+                )
     return [sec]
 
 

@@ -27,7 +27,7 @@ from compress.tasks.causal_lm.anchors import runner, weight_files
 from compress.tasks.causal_lm.config import LMBenchmarkConfig, TextDataConfig
 from compress.tasks.causal_lm.data import TextData, eval_blocks, prompts_from
 from compress.tasks.causal_lm.worker import measure_lm_target
-from export.artifact import Artifact, gzip_size
+from export.artifact import Artifact, gzip_size, gzip_size_is_estimated
 
 GREEDY_PROMPT_TOKENS = 32
 
@@ -261,7 +261,7 @@ def benchmark_lm(
     # Speed: the same prompts for every variant and target.
     prompts = {str(n): prompts_from(tokenizer, data.dev, s.prompts, n, None) for n in s.prompt_lengths}
     targets = [resolve_target(t) for t in s.targets]
-    per_target = _speed(variants, targets, prompts, greedy_prompts[0], s, log)
+    per_target = _speed(variants, targets, prompts, prompts[str(max(s.prompt_lengths))][0], s, log)
     if s.memory:
         memory_prompt = [str(t) for t in prompts_from(tokenizer, data.dev, 1, s.memory_context, None)[0]]
         _memory(variants, targets, memory_prompt, s, per_target, log)
@@ -411,7 +411,7 @@ def _speed(variants: list[LMVariant], targets: list, prompts: dict, warmup_promp
         )
         log(
             f"    benchmark target {target.name}: {target.threads} thread(s), cores "
-            f"{list(target.cpus) if target.cpus else 'any'}, spinning off; {how}, "
+            f"{list(target.cpus) if target.cpus else 'any'}, spinning {'on' if target.spinning else 'off'}; {how}, "
             f"prompts of {s.prompt_lengths} tokens, {s.new_tokens} new tokens, {s.prompts} prompts x {s.runs} runs"
         )
         parts = [
@@ -420,13 +420,14 @@ def _speed(variants: list[LMVariant], targets: list, prompts: dict, warmup_promp
             )
             for g in groups
         ]
-        merged = {k: {} for k in ("load_s", "ttft_s", "step_s")}
+        merged = {k: {} for k in ("load_s", "ttft_s", "step_s", "generation_s", "cpu_s")}
         for part in parts:
             merged["load_s"].update(part["load_s"])
-            for key in ("ttft_s", "step_s"):
+            for key in ("ttft_s", "step_s", "generation_s", "cpu_s"):
                 for length, by_name in part[key].items():
                     merged[key].setdefault(length, {}).update(by_name)
-        merged["process"] = parts[0]["process"]
+        # what each worker read back (the same settings; a worker without an ONNX Runtime session has no ORT facts)
+        merged["process"] = {k: x for part in parts for k, x in part["process"].items()}
         merged["wall_s"] = sum(part["wall_s"] for part in parts)
         merged["workers"] = [[v.name for v in g] for g in groups]
         per_target[target.name] = merged
@@ -459,8 +460,9 @@ def worker_groups(variants: list[LMVariant], cap_gb: float | None) -> list[list[
 
 def _memory(variants: list[LMVariant], targets: list, memory_prompt: list[str], s: LMBenchmarkConfig,
             per_target: dict[str, dict], log: Callable[[str], None]) -> None:  # fmt: skip
-    """Peak RSS of each variant on each target (a fresh process per model), into `per_target[target]["memory"]`."""
-    for target in targets:
+    """Peak RSS of each variant on each target (a fresh process per model), into `per_target[target]["memory"]`;
+    not on a spinning target other than the primary (a spinning thread holds no more memory than a sleeping one)."""
+    for target in [t for t in targets if not t.spinning or t.name == s.primary]:
         log(
             f"    peak RSS on target {target.name}: a fresh process per model, generating after a "
             f"{s.memory_context}-token prompt"
@@ -525,6 +527,7 @@ def _target_figures(rec: dict, name: str, targets: list, per_target: dict, prima
             },
             "tokens_per_s": 1e3 / decode["mean"] if decode else None,
             **({"tokens_per_s_ci": rate_ci(counts, seconds)["ci"]} if seconds else {}),
+            **_cpu_per_wall(res, name),
             "load_s": res["load_s"][name],
             **({"memory": res["memory"][name]} if "memory" in res else {}),
             **(
@@ -543,6 +546,14 @@ def _target_figures(rec: dict, name: str, targets: list, per_target: dict, prima
         rec.update({k: x for k, x in first["memory"].items() if k != "fits_memory_limit"})
 
 
+def _cpu_per_wall(res: dict, name: str) -> dict:
+    """{"cpu_per_wall": the process's CPU seconds over wall seconds during the variant's timed generations}: about 1
+    per busy thread; a runtime whose threads spin while they wait shows its thread count whatever it computes."""
+    wall = sum(x for by in (res.get("generation_s") or {}).values() for x in by.get(name, []))
+    cpu = sum(x for by in (res.get("cpu_s") or {}).values() for x in by.get(name, []))
+    return {"cpu_per_wall": cpu / wall} if wall > 0 else {}
+
+
 def _requests(res: dict, name: str) -> tuple[list[int], list[float]]:
     """(decode steps, their seconds) per timed generation of variant `name` on one target, in the worker's order
     (every length, prompt and run; each generation gave the same number of steps)."""
@@ -558,7 +569,8 @@ def _requests(res: dict, name: str) -> tuple[list[int], list[float]]:
 
 
 def same_model_ratios(records: dict, targets: list, per_target: dict, primary: str) -> None:
-    """For each of our variants also run by another runtime's loop (a `-genai` row of `benchmark.in_genai`): our
+    """For each of our variants also run by another runtime (a `-genai` row of `benchmark.in_genai`, a `-llama.cpp`
+    row of `benchmark.in_llama_cpp`): our
     tokens/s over theirs on the same requests, with a paired bootstrap interval, per target, into that row's
     record as `vs_parent` (and the primary target's at its top level)."""
     for name, rec in records.items():
@@ -589,7 +601,8 @@ def _sizes(v: LMVariant) -> dict:
     files = _weight_files(v)
     raw = sum(f.stat().st_size for f in files)
     gz = sum(gzip_size(f) for f in files)
-    return {"size_bytes": raw, "size_gzip_bytes": gz}
+    estimated = {"size_gzip_estimated": True} if any(gzip_size_is_estimated(f) for f in files) else {}
+    return {"size_bytes": raw, "size_gzip_bytes": gz, **estimated}
 
 
 def _ort_format(v: LMVariant, work_dir: Path, dev_blocks, prompts, s: LMBenchmarkConfig, threads: int) -> dict:

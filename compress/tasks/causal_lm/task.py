@@ -427,9 +427,13 @@ class CausalLMTask(TaskBase):
                     t["layers"],
                 )  # fmt: skip
             )
-        variants += [ours(*astuple(b)) for b in built_variants(ctx)]
+        built_ours = built_variants(ctx)
+        variants += [ours(*astuple(b)) for b in built_ours]
         same_file = _same_file_in_genai(step.config.in_genai, variants, ctx.log)
         variants += same_file["variants"]
+        in_llama_cpp = _same_model_in_llama_cpp(step.config.in_llama_cpp, built_ours, variants, ctx, out / "gguf")
+        variants += in_llama_cpp["variants"]
+        same_file["unavailable"] += in_llama_cpp["unavailable"]
         anchors = {"built": {}, "unavailable": []}
         if step.config.anchors:
             from compress.tasks.causal_lm.anchors import build_anchors
@@ -536,6 +540,38 @@ def _same_file_in_genai(names: list[str], variants: list, log) -> dict:
             continue
         out.append(LMVariant(f"{name}-genai", "anchor", "genai", name, v.model_dir, v.model_dir, v.params, v.layers))
     return {"variants": out, "unavailable": unavailable}
+
+
+def _same_model_in_llama_cpp(names: list[str], built: list, variants: list, ctx, out: Path) -> dict:
+    """`benchmark.in_llama_cpp`: rows NAME-llama.cpp, each our variant as llama.cpp runs it: its float model
+    converted by llama.cpp's own script and quantized by llama.cpp to the nearest type (`forms.gguf_type`, as the
+    bundle's GGUF form), when llama.cpp is installed and runs it ({"variants", "unavailable"}, as the anchors')."""
+    from compress.tasks.causal_lm.anchors import AnchorUnavailable, build_gguf, runner
+    from compress.tasks.causal_lm.forms import gguf_type
+    from compress.tasks.causal_lm.suite import LMVariant
+
+    r = ctx.recipe
+    by_name, made, unavailable = {v.name: v for v in variants}, [], []
+    entries = {q.name: q.model_dump() for q in r.quantize}
+    for b in built:
+        if b.name not in names or b.name not in by_name:  # gated, or not built: nothing to run
+            continue
+        v, kind = by_name[b.name], gguf_type(entries.get(b.name))
+        try:
+            # one conversion per float model, shared by the variants made from it
+            rec = build_gguf(ctx.out(r.model_step(b.model)), out / b.model, [kind], stem=b.model)[kind]
+            check = runner("llama.cpp", rec["path"], 1, context=8)
+            list(check.stream([0, 1, 2], 2))
+            del check
+        except (AnchorUnavailable, OSError, ValueError, RuntimeError) as e:
+            reason = f"{type(e).__name__}: {str(e).strip()[:300]}"
+            unavailable.append({"name": f"{b.name}-llama.cpp", "reason": reason})
+            ctx.log(f"    {b.name}-llama.cpp: not measured: {reason}")
+            continue
+        ctx.log(f"    {b.name}-llama.cpp: {kind.upper()} built from {r.model_step(b.model)} in {rec['build_s']:.1f} s")
+        made.append(LMVariant(f"{b.name}-llama.cpp", "anchor", "llama.cpp", b.name, Path(rec["path"]), v.model_dir,
+                              v.params, v.layers))  # fmt: skip
+    return {"variants": made, "unavailable": unavailable}
 
 
 def _train_blocks(recipe: CausalLMRecipe, data) -> tuple[int, str]:

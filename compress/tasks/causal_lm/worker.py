@@ -1,9 +1,11 @@
 """Time to first token and decode speed of several causal LMs under one target's constraints, in a fresh process.
 
 Run as `python -m compress.tasks.causal_lm.worker SPEC.json`: the process pins itself to the target's cores, loads every
-variant with the target's thread count (intra-op spinning off), and generates from the same prompts with each,
-interleaved (the variant order rotates from generation to generation, so a slow moment of the machine is shared),
-then prints one JSON line of raw times.
+variant with the target's thread count (worker threads not spinning, unless the target says so), and generates
+from the same prompts with each, interleaved (the variant order rotates from generation to generation, so a slow
+moment of the machine is shared), then prints one JSON line of raw times: each generation's wall time and the
+process's CPU time during it (every thread's: CPU time over wall time above the useful work shows threads that
+spin while they wait).
 
 Each variant generates through what a user of it runs:
 - `torch`: transformers' `generate` (greedy, its KV cache);
@@ -44,15 +46,16 @@ def _hf_streamer():
     return Stamps
 
 
-def _runner(variant: dict, threads: int):
-    """A callable (prompt ids, new tokens) -> (seconds to the first token, [seconds per later token])."""
+def _runner(variant: dict, threads: int, context: int, spinning: bool = False):
+    """A callable (prompt ids, new tokens) -> (seconds to the first token, [seconds per later token]); `context`:
+    the longest prompt + new tokens it will be given (llama.cpp's cache is sized to it)."""
     runtime = variant["runtime"]
     from compress.targets import ANCHOR_RUNTIMES
 
     if runtime in ANCHOR_RUNTIMES:
         from compress.tasks.causal_lm.anchors import runner as anchor_runner
 
-        r = anchor_runner(runtime, variant["path"], threads)
+        r = anchor_runner(runtime, variant["path"], threads, context=context, spinning=spinning)
 
         def run(prompt: list[int], new_tokens: int):
             t0 = time.perf_counter()
@@ -64,7 +67,7 @@ def _runner(variant: dict, threads: int):
         from compress.tasks.causal_lm.export import generator_for
 
         path = Path(variant["path"])
-        gen = generator_for(path.parent, path.name, threads=threads)
+        gen = generator_for(path.parent, path.name, threads=threads, spinning=spinning)
 
         def run(prompt: list[int], new_tokens: int):
             t0 = time.perf_counter()
@@ -86,7 +89,8 @@ def _runner(variant: dict, threads: int):
         from export.session import session_options
 
         model = ORTModelForCausalLM.from_pretrained(
-            variant["path"], session_options=session_options(threads), provider="CPUExecutionProvider"
+            variant["path"], session_options=session_options(threads, spinning=spinning),
+            provider="CPUExecutionProvider",
         )
     streamer_class = _hf_streamer()
     pad = model.generation_config.pad_token_id
@@ -117,32 +121,38 @@ def _run(spec: dict) -> dict:
     import onnxruntime  # libraries first, so that load_s is the model's load alone
 
     runners, load_s = {}, {}
+    context = max(len(p) for prompts in spec["prompts"].values() for p in prompts) + spec["new_tokens"]
     for v in spec["variants"]:
         t0 = time.perf_counter()
-        runners[v["name"]] = _runner(v, threads)
+        runners[v["name"]] = _runner(v, threads, context, spec.get("spinning", False))
         load_s[v["name"]] = time.perf_counter() - t0
     names = list(runners)
-    warm = spec["warmup_prompt"]
+    warm = spec["warmup_prompt"]  # the longest prompt: arenas and caches grow to their largest before timing
     for _ in range(spec["warmup"]):
         for n in names:
-            runners[n](warm, min(8, spec["new_tokens"]))
+            runners[n](warm, spec["new_tokens"])  # a full generation
     ttft: dict[str, dict[str, list[float]]] = {}
     steps: dict[str, dict[str, list[float]]] = {}
+    wall: dict[str, dict[str, list[float]]] = {}
+    cpu: dict[str, dict[str, list[float]]] = {}
     k = 0
     for length, prompts in spec["prompts"].items():
-        ttft[length] = {n: [] for n in names}
-        steps[length] = {n: [] for n in names}
+        ttft[length], steps[length] = {n: [] for n in names}, {n: [] for n in names}
+        wall[length], cpu[length] = {n: [] for n in names}, {n: [] for n in names}
         for prompt in prompts:
             for _ in range(spec["runs"]):
                 for j in range(len(names)):
                     n = names[(k + j) % len(names)]
+                    c0, t0 = time.process_time(), time.perf_counter()
                     first, later = runners[n](prompt, spec["new_tokens"])
+                    wall[length][n].append(time.perf_counter() - t0)
+                    cpu[length][n].append(time.process_time() - c0)
                     ttft[length][n].append(first)
                     steps[length][n].extend(later)
                 k += 1
     ours = {n: r for n, r in runners.items() if isinstance(getattr(r, "session", None), onnxruntime.InferenceSession)}
     facts = process_facts(ours)
-    return {"load_s": load_s, "ttft_s": ttft, "step_s": steps, "process": facts}
+    return {"load_s": load_s, "ttft_s": ttft, "step_s": steps, "generation_s": wall, "cpu_s": cpu, "process": facts}
 
 
 def measure_lm_target(target, variants: list[dict], prompts: dict[str, list[list[int]]], protocol: dict) -> dict:
@@ -150,13 +160,14 @@ def measure_lm_target(target, variants: list[dict], prompts: dict[str, list[list
 
     Args:
         target: a resolved `compress.targets.Target`.
-        variants: [{"name", "runtime" (torch | optimum | onnxruntime), "path"}].
+        variants: [{"name", "runtime" (torch | optimum | onnxruntime | genai | llama.cpp), "path"}].
         prompts: prompt length (as a string) -> prompts (token id lists of that length).
         protocol: new_tokens, runs, warmup, warmup_prompt.
 
     Returns:
-        load_s, ttft_s (length -> variant -> seconds), step_s (length -> variant -> per-token seconds), process,
-        wall_s.
+        load_s, ttft_s (length -> variant -> seconds), step_s (length -> variant -> per-token seconds),
+        generation_s and cpu_s (length -> variant -> each generation's wall and process CPU seconds), process,
+        wall_s (the whole worker).
 
     Raises:
         RuntimeError: the worker failed; the message holds the last lines of its stderr.

@@ -305,7 +305,8 @@ def _measure_targets(
         budget = f"{s.passes} pass(es)" if s.passes else f"up to {s.requests} requests or {s.seconds:g} s per length"
         log(
             f"    benchmark target {target.name}: {target.threads} thread(s), cores "
-            f"{list(target.cpus) if target.cpus else 'any'}, spinning off; {len(variants)} variants interleaved, "
+            f"{list(target.cpus) if target.cpus else 'any'}, spinning {'on' if target.spinning else 'off'}; "
+            f"{len(variants)} variants interleaved, "
             f"lengths {list(request_sets)}, {budget}"
             + (f", throughput at batch {s.batch_sizes}" if s.batch_sizes else "")
         )

@@ -1,9 +1,9 @@
 """Latency of several models under one target's constraints, measured in a fresh process.
 
 Run as `python -m compress.tasks.classification.worker SPEC.json`: the process first pins itself to the target's
-cores, then
-loads every listed model with the target's thread count and intra-op spinning off, times them interleaved on
-each request set (`latency.time_interleaved`), measures batch throughput, and prints one JSON line.
+cores, then loads every listed model with the target's thread count and intra-op spinning off (on for a target that
+says so), times them interleaved on each request set (`latency.time_interleaved`), measures batch throughput, and
+prints one JSON line.
 
 A fresh process per target means one target's thread pools, arenas and warmed caches do not carry into the
 next. The address-space cap of a target is not applied here: interleaving needs every variant loaded in one
@@ -19,13 +19,13 @@ import time
 from benchmarks.process import process_facts, read_spec, run_worker
 
 
-def _runner(variant: dict, threads: int):
+def _runner(variant: dict, threads: int, spinning: bool = False):
     import numpy as np
 
     if variant["runtime"] == "onnxruntime":
         from export.session import ort_session
 
-        sess = ort_session(variant["path"], threads)
+        sess = ort_session(variant["path"], threads, spinning=spinning)
         names = [i.name for i in sess.get_inputs()]
         run = lambda x: sess.run(["logits"], {k: x[k] for k in names})  # noqa: E731
         run.session = sess
@@ -64,7 +64,7 @@ def _run(spec: dict) -> dict:
     runners, load_s = {}, {}
     for v in spec["variants"]:
         t0 = time.perf_counter()
-        runners[v["name"]] = _runner(v, threads)
+        runners[v["name"]] = _runner(v, threads, spec.get("spinning", False))
         load_s[v["name"]] = time.perf_counter() - t0
     out: dict = {"load_s": load_s, "latency": {}, "speedup": {}, "throughput": {}, "process": process_facts(runners)}
     for key, requests in spec["request_sets"].items():

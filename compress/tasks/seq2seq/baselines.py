@@ -47,12 +47,12 @@ def optimum_dirs(export_dir: Path, out: Path) -> dict[str, Path]:
     return {OPTIMUM_FP32: fp32, OPTIMUM_INT8: out / OPTIMUM_INT8}
 
 
-def optimum_model(path: Path, threads: int):
+def optimum_model(path: Path, threads: int, spinning: bool = False):
     """optimum's `ORTModelForSeq2SeqLM` on a baseline directory, with the project's session options."""
     from optimum.onnxruntime import ORTModelForSeq2SeqLM
 
     from export.session import session_options
 
     return ORTModelForSeq2SeqLM.from_pretrained(
-        path, session_options=session_options(threads), provider="CPUExecutionProvider"
+        path, session_options=session_options(threads, spinning=spinning), provider="CPUExecutionProvider"
     )

@@ -1,9 +1,9 @@
 """Sentence latency of several seq2seq variants under one target's constraints, in a fresh process.
 
 Run as `python -m compress.tasks.seq2seq.worker SPEC.json`: the process pins itself to the target's cores, loads
-every variant with the target's thread count (ONNX Runtime's intra-op spinning off), and turns the same inputs
-into outputs with each, one input at a time as an app does, interleaved (the variant order rotates from input to
-input, so a slow moment of the machine is shared), then prints one JSON line of raw times.
+every variant with the target's thread count (worker threads not spinning, unless the target says so), and turns the
+same inputs into outputs with each, one input at a time as an app does, interleaved (the variant order rotates from
+input to input, so a slow moment of the machine is shared), then prints one JSON line of raw times.
 
 Each variant runs through what a user of it runs: `torch` is transformers' `generate` (greedy, its cache),
 `optimum` optimum's `ORTModelForSeq2SeqLM.generate`;
@@ -22,10 +22,10 @@ from benchmarks.process import process_facts, read_spec, run_worker
 
 
 class _OnnxRunner:
-    def __init__(self, path: str, threads: int, max_length: int):
+    def __init__(self, path: str, threads: int, max_length: int, spinning: bool = False):
         from compress.tasks.seq2seq.bundle_template.translate import Translator
 
-        self.translator = Translator(path, threads)
+        self.translator = Translator(path, threads, spinning=spinning)
         self.session = self.translator.decoder  # what process_facts reads back
         self.max_length = max_length
 
@@ -34,7 +34,7 @@ class _OnnxRunner:
 
 
 class _CT2Runner:
-    def __init__(self, path: str, threads: int, max_length: int):
+    def __init__(self, path: str, threads: int, max_length: int, spinning: bool = False):
         from compress.tasks.seq2seq.anchors import CT2Translator
 
         self.translator = CT2Translator(path, threads, max_length)
@@ -46,7 +46,7 @@ class _CT2Runner:
 class _TorchRunner:
     optimum = False
 
-    def __init__(self, path: str, threads: int, max_length: int):
+    def __init__(self, path: str, threads: int, max_length: int, spinning: bool = False):
         import torch
         from transformers import AutoModelForSeq2SeqLM
 
@@ -57,7 +57,7 @@ class _TorchRunner:
         if self.optimum:
             from compress.tasks.seq2seq.baselines import optimum_model
 
-            self.model = optimum_model(path, threads)
+            self.model = optimum_model(path, threads, spinning)
         else:
             self.model = AutoModelForSeq2SeqLM.from_pretrained(path, local_files_only=True).eval()
         self.config = plain_greedy(self.model.config, max_length)
@@ -81,7 +81,7 @@ def _run(spec: dict) -> dict:
         kind = {"torch": _TorchRunner, "optimum": _OptimumRunner, "ctranslate2": _CT2Runner}.get(
             v["runtime"], _OnnxRunner
         )
-        runners[v["name"]] = kind(v["path"], spec["threads"], spec["max_length"])
+        runners[v["name"]] = kind(v["path"], spec["threads"], spec["max_length"], spec.get("spinning", False))
         load_s[v["name"]] = time.perf_counter() - t0
     names, inputs = list(runners), spec["inputs"]
     for n in names:

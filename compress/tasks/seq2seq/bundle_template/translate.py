@@ -36,14 +36,15 @@ except ImportError as e:  # pragma: no cover - exercised only without the depend
 ENCODER, DECODER, SETTINGS = "encoder_model", "decoder_model_merged", "seq2seq.json"
 
 
-def _session(path: Path, threads: int):
+def _session(path: Path, threads: int, spinning: bool = False):
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.log_severity_level = 3
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as the pipeline measured it
-    so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    spin = "1" if spinning else "0"  # off: as the pipeline measures a device target
+    so.add_session_config_entry("session.intra_op.allow_spinning", spin)
+    so.add_session_config_entry("session.inter_op.allow_spinning", spin)
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
@@ -64,11 +65,12 @@ class Translator:
         threads: ONNX Runtime intra-op threads.
     """
 
-    def __init__(self, model_dir, threads: int = 1, encoder: Path | None = None, decoder: Path | None = None):
+    def __init__(self, model_dir, threads: int = 1, encoder: Path | None = None, decoder: Path | None = None,
+                 spinning: bool = False):  # fmt: skip
         model_dir = Path(model_dir)
         self.settings = json.loads((model_dir / SETTINGS).read_text(encoding="utf-8"))
-        self.encoder = _session(encoder or model_file(model_dir, ENCODER), threads)
-        self.decoder = _session(decoder or model_file(model_dir, DECODER), threads)
+        self.encoder = _session(encoder or model_file(model_dir, ENCODER), threads, spinning)
+        self.decoder = _session(decoder or model_file(model_dir, DECODER), threads, spinning)
         self.start = int(self.settings["decoder_start_token_id"])
         self.eos = int(self.settings["eos_token_id"])
         self.pad = int(self.settings["pad_token_id"])
