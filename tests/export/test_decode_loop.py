@@ -314,6 +314,7 @@ def test_a_genai_form_is_the_same_file_checked_by_genais_generator_or_left_out(g
     want = [list(ours.stream(p, 8, ignore_eos=True)) for p in prompts]
     got = genai_form(genai_export, b, prompts, want, 8, 1)
     assert got["shipped"] and got["greedy_identical"] == 1.0 and (b / "genai_config.json").is_file()
+    assert 0 <= got["greedy_identical_whole_prompt"] <= 1  # GenAI's own way, the prompt appended whole
     c = tmp_path / "other"
     shutil.copytree(b, c)
     (c / "genai_config.json").unlink()
@@ -323,6 +324,28 @@ def test_a_genai_form_is_the_same_file_checked_by_genais_generator_or_left_out(g
     assert not (c / "genai_config.json").exists()  # no form that failed its check is left in the bundle
     not_genai = genai_form(tmp_path / "nothing-here", c, prompts, want, 8, 1)
     assert not not_genai["shipped"] and "GenAI's builder" in not_genai["why"]
+
+
+def test_genais_generator_given_our_prefill_slices_reproduces_our_loop_on_dynamic_int8(genai_export, tmp_path):
+    """Dynamic int8 quantizes a pass's activations per tensor, so its logits depend on which tokens a pass reads
+    together: GenAI's generator reads a prompt whole, our loop in bounded slices. Given our slices
+    (`prefill_slices`), GenAI's generator on the same file gives our greedy tokens (the bundle's GenAI-form check)."""
+    pytest.importorskip("onnxruntime_genai")
+    from compress.tasks.causal_lm.anchors import runner
+    from compress.tasks.causal_lm.config import LMQuantizeConfig
+    from compress.tasks.causal_lm.export import generator_for
+    from compress.tasks.causal_lm.quantize import quantize_lm
+
+    m = quantize_lm(genai_export, tmp_path / "int8", LMQuantizeConfig(name="int8", method="dynamic"),
+                    heldout_nll=lambda _: 1.0, timing_prompt=[1, 2, 3], log=lambda _: None)  # fmt: skip
+    assert m["quantized_ops"].get("DynamicQuantizeLinear", 0) > 0  # activations quantized per tensor, per pass
+    ours = generator_for(tmp_path / "int8", threads=1)
+    ours.prefill_scratch = 16 * (ours.vocab + ours.attention_heads * 48)  # slices of 16 tokens at this length
+    theirs = runner("genai", tmp_path / "int8", 1)
+    for prompt in _prompts(3, 40):
+        slices = ours.prefill_slices(len(prompt))
+        assert len(slices) == 3 and sum(slices) == 40
+        assert list(theirs.stream(prompt, 8, slices=slices)) == list(ours.stream(prompt, 8, ignore_eos=True))
 
 
 def test_a_generation_allocates_its_in_place_cache_once_for_prompt_and_new_tokens(genai_export, monkeypatch):

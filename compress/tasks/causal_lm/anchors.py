@@ -206,11 +206,15 @@ class GenAIRunner:
             out.append(np.asarray(g.get_output("logits"))[0])
         return np.stack(out)
 
-    def stream(self, prompt: list[int], new_tokens: int):
-        """Greedy tokens after `prompt`, exactly `new_tokens` (end-of-text held back by GenAI's min_length)."""
+    def stream(self, prompt: list[int], new_tokens: int, slices: list[int] | None = None):
+        """Greedy tokens after `prompt`, exactly `new_tokens` (end-of-text held back by GenAI's min_length). The
+        prompt is appended whole, as a GenAI app does, or in `slices` (token counts), as another loop reads it."""
         total = len(prompt) + new_tokens
         g = self._generator(total, min_length=total)
-        g.append_tokens(np.asarray(prompt, dtype=np.int32)[None, :])
+        start = 0
+        for n in slices or [len(prompt)]:
+            g.append_tokens(np.asarray(prompt[start : start + n], dtype=np.int32)[None, :])
+            start += n
         for _ in range(new_tokens):
             g.generate_next_token()
             yield int(g.get_next_tokens()[0])

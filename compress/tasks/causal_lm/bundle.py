@@ -249,7 +249,9 @@ def _forms_readme(runtimes: dict) -> str:
         out += f"""
 - ONNX Runtime GenAI: `genai_config.json` beside `model.onnx` (the same file) makes this directory a GenAI model:
   `import onnxruntime_genai as og; model = og.Model(".")`, then `og.Generator` as GenAI documents (greedy tokens
-  checked identical to `generate.py`'s on {g["prompts"]} prompts at bundle time).
+  checked identical to `generate.py`'s on {g["prompts"]} prompts at bundle time, each prompt appended in the slices
+  `generate.py` reads it in; appended whole, as an app usually does, {g.get("greedy_identical_whole_prompt", 1.0):.0%}
+  of them: a model that quantizes activations per tensor, dynamic int8, rounds a pass by the tokens read together).
 """
     elif g:
         out += f"\n- No GenAI form: {g['why']}.\n"

@@ -460,7 +460,8 @@ def _same_model_section(report: dict) -> list[Section]:
             + ", ".join(f"{t} {spin[t]}" for t in targets)
             + " (ONNX Runtime's allow_spinning; for llama.cpp OpenMP's wait policy, PASSIVE when off and its own "
             "default, a short spin before sleeping, when on; GenAI's generator is asked through its session "
-            "options). Greedy: the recorded dev continuations identical to ours.",
+            "options); on a spinning target each generation starts after a 50 ms pause, so that the previous "
+            "runtime's spinning threads are quiet. Greedy: the recorded dev continuations identical to ours.",
         ],
         header=["model", "runtime", "target", "tokens/s", "ours / it", "TTFT ms", "CPU/wall", "greedy identical"],
         right={3, 4, 5, 6, 7},

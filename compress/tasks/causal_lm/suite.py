@@ -30,6 +30,7 @@ from compress.tasks.causal_lm.worker import measure_lm_target
 from export.artifact import Artifact, gzip_size, gzip_size_is_estimated
 
 GREEDY_PROMPT_TOKENS = 32
+SPIN_SETTLE_S = 0.05  # untimed pause before each generation on a spinning target (`_speed`)
 
 
 @dataclass(frozen=True)
@@ -414,9 +415,16 @@ def _speed(variants: list[LMVariant], targets: list, prompts: dict, warmup_promp
             f"{list(target.cpus) if target.cpus else 'any'}, spinning {'on' if target.spinning else 'off'}; {how}, "
             f"prompts of {s.prompt_lengths} tokens, {s.new_tokens} new tokens, {s.prompts} prompts x {s.runs} runs"
         )
+        # On a spinning target a pause before each timed generation: the previous runtime's threads (OpenMP's
+        # spin, ONNX Runtime's pool) would otherwise still spin on the cores the next one is timed on (measured:
+        # our int8 6,553 tokens/s right after GenAI's and llama.cpp's generations, 8,110 with 20 ms between).
+        settle = {"settle_s": SPIN_SETTLE_S if target.spinning else 0.0}
         parts = [
             measure_lm_target(
-                target, [{"name": v.name, "runtime": v.runtime, "path": str(v.path)} for v in g], prompts, protocol
+                target,
+                [{"name": v.name, "runtime": v.runtime, "path": str(v.path)} for v in g],
+                prompts,
+                {**protocol, **settle},
             )
             for g in groups
         ]

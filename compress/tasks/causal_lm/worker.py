@@ -131,6 +131,7 @@ def _run(spec: dict) -> dict:
     for _ in range(spec["warmup"]):
         for n in names:
             runners[n](warm, spec["new_tokens"])  # a full generation
+    settle = float(spec.get("settle_s") or 0.0)
     ttft: dict[str, dict[str, list[float]]] = {}
     steps: dict[str, dict[str, list[float]]] = {}
     wall: dict[str, dict[str, list[float]]] = {}
@@ -143,6 +144,8 @@ def _run(spec: dict) -> dict:
             for _ in range(spec["runs"]):
                 for j in range(len(names)):
                     n = names[(k + j) % len(names)]
+                    if settle:  # the previous generation's spinning threads go quiet before this one is timed
+                        time.sleep(settle)
                     c0, t0 = time.process_time(), time.perf_counter()
                     first, later = runners[n](prompt, spec["new_tokens"])
                     wall[length][n].append(time.perf_counter() - t0)
@@ -162,7 +165,7 @@ def measure_lm_target(target, variants: list[dict], prompts: dict[str, list[list
         target: a resolved `compress.targets.Target`.
         variants: [{"name", "runtime" (torch | optimum | onnxruntime | genai | llama.cpp), "path"}].
         prompts: prompt length (as a string) -> prompts (token id lists of that length).
-        protocol: new_tokens, runs, warmup, warmup_prompt.
+        protocol: new_tokens, runs, warmup, warmup_prompt, settle_s (an untimed pause before each generation).
 
     Returns:
         load_s, ttft_s (length -> variant -> seconds), step_s (length -> variant -> per-token seconds),

@@ -316,13 +316,20 @@ class Generator:
         logits, start = None, 0
         self._reserve = min(int(reserve), self.context_window)
         try:
-            while start < len(ids):
-                n = self.slice_length(past + start, len(ids) - start)
+            for n in self.prefill_slices(len(ids), past):
                 logits, cache = self.forward(np.asarray([ids[start : start + n]]), cache, past + start)
                 start += n
         finally:
             self._reserve = 0
         return logits, cache
+
+    def prefill_slices(self, tokens: int, past: int = 0) -> list[int]:
+        """The lengths of the passes `prefill` reads `tokens` prompt tokens in, after `past` cached positions."""
+        out, start = [], 0
+        while start < tokens:
+            out.append(self.slice_length(past + start, tokens - start))
+            start += out[-1]
+        return out
 
     def slice_length(self, past: int, left: int) -> int:
         """Tokens the next prefill pass reads after `past` cached positions, of `left` still to read: at most
