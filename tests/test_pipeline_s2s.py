@@ -203,6 +203,7 @@ def test_a_users_model_directory_runs_through_with_teacher_path(tmp_path, family
             data,
             teacher={"path": str(model_dir)},
             quantize=[{"name": "int8", "method": "dynamic", "max_chrf_drop": None}],
+            benchmark={"memory": False},  # the family's path is under test; memory probes: s2s_run
         )  # fmt: skip
     )
     report = run_pipeline(recipe, tmp_path / "run", log=lambda s: None)
