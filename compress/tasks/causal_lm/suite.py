@@ -578,9 +578,8 @@ def _requests(res: dict, name: str) -> tuple[list[int], list[float]]:
 
 def same_model_ratios(records: dict, targets: list, per_target: dict, primary: str) -> None:
     """For each of our variants also run by another runtime (a `-genai` row of `benchmark.in_genai`, a `-llama.cpp`
-    row of `benchmark.in_llama_cpp`): our
-    tokens/s over theirs on the same requests, with a paired bootstrap interval, per target, into that row's
-    record as `vs_parent` (and the primary target's at its top level)."""
+    row of `benchmark.in_llama_cpp`): our tokens/s over theirs on the same requests, with a paired bootstrap
+    interval, per target, into that row's record as `vs_parent` (and the primary target's at its top level)."""
     for name, rec in records.items():
         parent = rec.get("parent")
         if rec.get("stage") != "anchor" or parent not in records or records[parent].get("runtime") != "onnxruntime":
