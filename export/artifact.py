@@ -44,13 +44,8 @@ class Artifact:
         return out
 
     def sizes(self) -> dict:
-        """Bytes of the weight files, raw and gzip-compressed (level 6; sampled past `GZIP_EXACT_BYTES` a file)."""
-        files = self.weight_files()
-        raw = sum(f.stat().st_size for f in files)
-        out = {"size_bytes": raw, "size_gzip_bytes": sum(gzip_size(f) for f in files)}
-        if any(gzip_size_is_estimated(f) for f in files):
-            out["size_gzip_estimated"] = True
-        return out
+        """Bytes of the weight files, raw and gzip-compressed (`file_sizes`)."""
+        return file_sizes(self.weight_files())
 
     def with_dir(self, directory: Path) -> Artifact:
         """The same files, in another directory (a copy of the artifact)."""
@@ -182,3 +177,15 @@ def gzip_size(path: Path, chunk: int = 1 << 24, exact_up_to: int = GZIP_EXACT_BY
 def gzip_size_is_estimated(path: Path, exact_up_to: int = GZIP_EXACT_BYTES) -> bool:
     """Whether `gzip_size(path)` is sampled rather than measured on the whole file."""
     return Path(path).stat().st_size > exact_up_to
+
+
+def file_sizes(files: list[Path]) -> dict:
+    """What a download of `files` weighs: {"size_bytes", "size_gzip_bytes" (level 6, `gzip_size`)}, and
+    "size_gzip_estimated": true where a file past `GZIP_EXACT_BYTES` was sampled. Every task's report uses it."""
+    out = {
+        "size_bytes": sum(Path(f).stat().st_size for f in files),
+        "size_gzip_bytes": sum(gzip_size(f) for f in files),
+    }
+    if any(gzip_size_is_estimated(f) for f in files):
+        out["size_gzip_estimated"] = True
+    return out

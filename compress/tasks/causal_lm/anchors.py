@@ -292,6 +292,13 @@ def runner(runtime: str, path: Path | str, threads: int, *, all_logits: bool = F
     raise ValueError(f"not an anchor runtime: {runtime!r}")
 
 
+def check_runs(runtime: str, path: Path | str) -> None:
+    """Load `path` in its runtime and generate two tokens; whatever the runtime raises is the reason it cannot be
+    measured (a model that builds but that its runtime cannot load is a finding too)."""
+    r = runner(runtime, path, 1, context=8)
+    list(r.stream([0, 1, 2], 2))
+
+
 def weight_files(runtime: str, path: Path) -> list[Path]:
     path = Path(path)
     if runtime == "genai":
@@ -323,9 +330,7 @@ def build_anchors(names: list[str], teacher_dir: Path, out: Path, log=print) -> 
     # A model that builds but that its runtime cannot load is a finding too.
     for name in list(built):
         try:
-            r = runner(built[name]["runtime"], built[name]["path"], 1)
-            list(r.stream([0, 1, 2], 2))
-            del r
+            check_runs(built[name]["runtime"], built[name]["path"])
         except Exception as e:  # noqa: BLE001 - whatever the runtime raises, it is the reason to report
             unavailable.append({"name": name, "reason": f"{type(e).__name__}: {str(e).strip()[:300]}"})
             log(f"    anchor {name}: built, but its runtime cannot run it: {e}")

@@ -27,7 +27,7 @@ from compress.tasks.causal_lm.anchors import runner, weight_files
 from compress.tasks.causal_lm.config import LMBenchmarkConfig, TextDataConfig
 from compress.tasks.causal_lm.data import TextData, eval_blocks, prompts_from
 from compress.tasks.causal_lm.worker import measure_lm_target
-from export.artifact import Artifact, gzip_size, gzip_size_is_estimated
+from export.artifact import Artifact, file_sizes
 
 GREEDY_PROMPT_TOKENS = 32
 SPIN_SETTLE_S = 0.05  # untimed pause before each generation on a spinning target (`_speed`)
@@ -356,7 +356,7 @@ def _quality(variants: list[LMVariant], splits: dict, greedy_prompts: list[list[
             if children[v.parent] == 0:
                 kept_first.pop(v.parent, None)
         greedy[v.name] = [q.greedy(p, s.greedy_tokens) for p in greedy_prompts]
-        rec.update(_sizes(v))
+        rec.update(file_sizes(_weight_files(v)))
         records[v.name] = rec
     ref_preds, ref_greedy = preds[reference], greedy[reference]
     for name, rec in records.items():
@@ -604,12 +604,6 @@ def _weight_files(v: LMVariant) -> list[Path]:
     return Artifact.read(v.path.parent).weight_files()
 
 
-def _sizes(v: LMVariant) -> dict:
-    files = _weight_files(v)
-    raw = sum(f.stat().st_size for f in files)
-    gz = sum(gzip_size(f) for f in files)
-    estimated = {"size_gzip_estimated": True} if any(gzip_size_is_estimated(f) for f in files) else {}
-    return {"size_bytes": raw, "size_gzip_bytes": gz, **estimated}
 
 
 def _ort_format(v: LMVariant, work_dir: Path, dev_blocks, prompts, s: LMBenchmarkConfig, threads: int) -> dict:

@@ -521,7 +521,7 @@ def _decoder_shape(shape):
 def _same_file_in_genai(names: list[str], variants: list, log) -> dict:
     """`benchmark.in_genai`: rows NAME-genai, each our variant's own model file run by GenAI's generator, when
     that runtime is installed and runs it ({"variants", "unavailable": [{name, reason}]}, as the anchors')."""
-    from compress.tasks.causal_lm.anchors import runner
+    from compress.tasks.causal_lm.anchors import check_runs
     from compress.tasks.causal_lm.suite import LMVariant
 
     by_name, out, unavailable = {v.name: v for v in variants}, [], []
@@ -530,9 +530,7 @@ def _same_file_in_genai(names: list[str], variants: list, log) -> dict:
             continue
         v = by_name[name]
         try:
-            r = runner("genai", v.model_dir, 1)
-            list(r.stream([0, 1, 2], 2))
-            del r
+            check_runs("genai", v.model_dir)
         except Exception as e:  # noqa: BLE001 - a missing runtime or one that cannot run the file: the reason
             reason = f"{type(e).__name__}: {str(e).strip()[:300]}"
             unavailable.append({"name": f"{name}-genai", "reason": reason})
@@ -546,7 +544,7 @@ def _same_model_in_llama_cpp(names: list[str], built: list, variants: list, ctx,
     """`benchmark.in_llama_cpp`: rows NAME-llama.cpp, each our variant as llama.cpp runs it: its float model
     converted by llama.cpp's own script and quantized by llama.cpp to the nearest type (`forms.gguf_type`, as the
     bundle's GGUF form), when llama.cpp is installed and runs it ({"variants", "unavailable"}, as the anchors')."""
-    from compress.tasks.causal_lm.anchors import AnchorUnavailable, build_gguf, runner
+    from compress.tasks.causal_lm.anchors import build_gguf, check_runs
     from compress.tasks.causal_lm.forms import gguf_type
     from compress.tasks.causal_lm.suite import LMVariant
 
@@ -560,10 +558,8 @@ def _same_model_in_llama_cpp(names: list[str], built: list, variants: list, ctx,
         try:
             # one conversion per float model, shared by the variants made from it
             rec = build_gguf(ctx.out(r.model_step(b.model)), out / b.model, [kind], stem=b.model)[kind]
-            check = runner("llama.cpp", rec["path"], 1, context=8)
-            list(check.stream([0, 1, 2], 2))
-            del check
-        except (AnchorUnavailable, OSError, ValueError, RuntimeError) as e:
+            check_runs("llama.cpp", rec["path"])
+        except Exception as e:  # noqa: BLE001 - no llama.cpp, or one that cannot convert or run it: the reason
             reason = f"{type(e).__name__}: {str(e).strip()[:300]}"
             unavailable.append({"name": f"{b.name}-llama.cpp", "reason": reason})
             ctx.log(f"    {b.name}-llama.cpp: not measured: {reason}")

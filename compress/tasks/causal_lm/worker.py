@@ -46,6 +46,17 @@ def _hf_streamer():
     return Stamps
 
 
+def _stamped(stream):
+    """A token stream (prompt, new tokens) -> tokens, as the timed callable `_runner` returns."""
+
+    def run(prompt: list[int], new_tokens: int):
+        t0 = time.perf_counter()
+        stamps = [time.perf_counter() for _ in stream(prompt, new_tokens)]
+        return stamps[0] - t0, [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+
+    return run
+
+
 def _runner(variant: dict, threads: int, context: int, spinning: bool = False):
     """A callable (prompt ids, new tokens) -> (seconds to the first token, [seconds per later token]); `context`:
     the longest prompt + new tokens it will be given (llama.cpp's cache is sized to it)."""
@@ -55,25 +66,13 @@ def _runner(variant: dict, threads: int, context: int, spinning: bool = False):
     if runtime in ANCHOR_RUNTIMES:
         from compress.tasks.causal_lm.anchors import runner as anchor_runner
 
-        r = anchor_runner(runtime, variant["path"], threads, context=context, spinning=spinning)
-
-        def run(prompt: list[int], new_tokens: int):
-            t0 = time.perf_counter()
-            stamps = [time.perf_counter() for _ in r.stream(prompt, new_tokens)]
-            return stamps[0] - t0, [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
-
-        return run
+        return _stamped(anchor_runner(runtime, variant["path"], threads, context=context, spinning=spinning).stream)
     if runtime == "onnxruntime":
         from compress.tasks.causal_lm.export import generator_for
 
         path = Path(variant["path"])
         gen = generator_for(path.parent, path.name, threads=threads, spinning=spinning)
-
-        def run(prompt: list[int], new_tokens: int):
-            t0 = time.perf_counter()
-            stamps = [time.perf_counter() for _ in gen.stream(prompt, new_tokens, ignore_eos=True)]
-            return stamps[0] - t0, [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
-
+        run = _stamped(lambda prompt, new_tokens: gen.stream(prompt, new_tokens, ignore_eos=True))
         run.session = gen.session
         return run
     import torch

@@ -26,7 +26,7 @@ from compress.targets import BASELINES, Target, resolve_target
 from compress.tasks.classification.config import BenchmarkConfig
 from compress.tasks.classification.data import TaskData
 from compress.tasks.classification.worker import measure_target
-from export.artifact import Artifact, gzip_size
+from export.artifact import Artifact, file_sizes
 from export.runtime import OrtClassifier, TorchClassifier, batched_logits, tokenize_each
 
 # Distinct sentences used at each fixed length: the content hardly matters when the length is fixed.
@@ -52,13 +52,7 @@ def size_on_disk(variant: Variant) -> dict:
     artifact (`export.artifact`), or a PyTorch model directory's safetensors."""
     if variant.path.is_file():
         return Artifact.read(variant.path.parent).sizes()
-    return _sizes(sorted(variant.path.glob("*.safetensors")))
-
-
-def _sizes(files: list[Path]) -> dict:
-    raw = sum(f.stat().st_size for f in files)
-    gz = sum(gzip_size(f) for f in files)
-    return {"size_bytes": raw, "size_gzip_bytes": gz}
+    return file_sizes(sorted(variant.path.glob("*.safetensors")))
 
 
 def _load(variant: Variant, threads: int):
@@ -160,7 +154,7 @@ def _ort_format(
     ort_path = Path(conv["ort_path"])
     tok = AutoTokenizer.from_pretrained(v.tokenizer_dir, local_files_only=True)
     clf = OrtClassifier(ort_path, threads=threads)
-    rec: dict[str, Any] = {"path": str(ort_path), **_sizes([ort_path])}
+    rec: dict[str, Any] = {"path": str(ort_path), **file_sizes([ort_path])}
     for split_name in ("dev", "test"):
         split = getattr(data, split_name)
         if split is None:

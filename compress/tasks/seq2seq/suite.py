@@ -19,7 +19,7 @@ import torch
 from benchmarks.latency import percentiles
 from benchmarks.process import environment
 from compress.targets import resolve_target
-from export.artifact import gzip_size
+from export.artifact import file_sizes
 
 OUTPUTS_DIR = "outputs"  # each variant's dev outputs, one JSON line per input (the bundle checks against them)
 
@@ -149,8 +149,7 @@ def run_suite(ctx, variants, artifacts: dict[str, Path], out: Path) -> dict:
         row["params"] = ctx.metrics(model_step).get("params")
         weights = [f for f in Path(row["path"]).iterdir()
                    if f.name.endswith((".onnx", ".onnx_data", ".safetensors", ".bin"))]  # fmt: skip
-        row["size_bytes"] = sum(f.stat().st_size for f in weights)
-        row["size_gzip_bytes"] = sum(gzip_size(f) for f in weights)
+        row.update(file_sizes(weights))
     timed = ctx.data.dev.sources[: s.sentences]
     inputs = tokenizer([r.data.source_prefix + x for x in timed], truncation=True, max_length=r.data.max_source_length)[
         "input_ids"
