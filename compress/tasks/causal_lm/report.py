@@ -333,7 +333,7 @@ def _target_sections(report: dict) -> list[Section]:
             row = [v["name"]]
             row += [f"{ms(rec['ttft_ms'][n].get('p50'))} ({ms(rec['ttft_ms'][n].get('p90'))})" for n in lengths]
             row += [ms(d.get("p50")), ms(d.get("p90")), _rate(rec["tokens_per_s"], rec.get("tokens_per_s_ci"))]
-            row.append(f"{rec['cpu_per_wall']:.2f}" if rec.get("cpu_per_wall") else "–")
+            row.append(_cpu(rec))
             for b in baselines:
                 x = v["ratios"][b]["tokens_per_s_ratio_by_target"].get(t)
                 row.append("1" if v["name"] == b else (f"{x:.2f}x" if x else "–"))
@@ -492,11 +492,16 @@ def _same_model_section(report: dict) -> list[Section]:
                         _rate(rec.get("tokens_per_s"), rec.get("tokens_per_s_ci")),
                         ratio,
                         ms(ttft.get("p50")),
-                        f"{rec['cpu_per_wall']:.2f}" if rec.get("cpu_per_wall") else "–",
+                        _cpu(rec),
                         "" if v is ours else (f"{same}/{len(ga)}" if ga else "–"),
                     ]
                 )
     return [sec]
+
+
+def _cpu(rec: dict) -> str:
+    """CPU seconds over wall seconds while a variant generated on one target ("1.86"), when measured."""
+    return f"{rec['cpu_per_wall']:.2f}" if rec.get("cpu_per_wall") else "–"
 
 
 def _rate(rate, ci) -> str:
